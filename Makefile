@@ -1,0 +1,134 @@
+# Cairnloop engine.
+#
+#   make            libcairnloop (static + shared + pkg-config), the `cairnloop`
+#                   command and the Lua 5.4 module build/lua5.4/cairnloop.so
+#   make check      installs missing packages, builds, runs every suite
+#                   (C, C under ASan+UBSan, Lua specs, CLI) and prints
+#                   "N passed, M failed"
+#   make demo       installs missing packages, builds, runs the demo on the
+#                   embedded default database under ./.cairnloop/
+#   make install    honours PREFIX and DESTDIR
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD ?= build
+CC ?= cc
+OPT ?= -O2 -g
+SANITIZE ?=
+
+VERSION := 0.1.0
+SOVERSION := 0
+
+PKGS := libpq uuid jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) lua5.4 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wno-unused-parameter
+ifneq ($(SANITIZE),)
+  OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+  SAN_LDFLAGS := -fsanitize=address,undefined
+endif
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fvisibility=hidden \
+              -Iinclude -Isrc -I$(BUILD)/gen $(PKG_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL := $(SAN_LDFLAGS) $(LDFLAGS)
+
+# The engine library: everything in src/ but the command and the module.
+LIB_SRCS := $(filter-out src/cli%.c src/lua_module.c,$(wildcard src/*.c))
+LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/migrations_gen.o
+CLI_SRCS := $(wildcard src/cli*.c)
+CLI_OBJS := $(CLI_SRCS:src/%.c=$(BUILD)/obj/%.o)
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+TEST_SUPPORT := $(wildcard tests/support/*.c)
+
+STATIC_LIB := $(BUILD)/libcairnloop.a
+SHARED_LIB := $(BUILD)/libcairnloop.so.$(VERSION)
+CLI_BIN := $(BUILD)/cairnloop
+LUA_MOD := $(BUILD)/lua5.4/cairnloop.so
+PC_FILE := $(BUILD)/cairnloop.pc
+
+.PHONY: all deps check test-c demo install uninstall clean bench luajit
+all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(PC_FILE)
+
+# Installs the Debian packages the build and the tests need (as root).
+deps:
+	@tools/deps.sh
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/cairnloop.h | $(BUILD)/gen/migrations_gen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# Migrations are compiled into the library, so an installed engine needs no
+# data files to migrate a database.
+$(BUILD)/gen/migrations_gen.c: $(MIGRATIONS) tools/embed-migrations.sh
+	@mkdir -p $(dir $@)
+	tools/embed-migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/migrations_gen.o: $(BUILD)/gen/migrations_gen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(STATIC_LIB): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED_LIB): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,libcairnloop.so.$(SOVERSION) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS)
+	ln -sf libcairnloop.so.$(VERSION) $(BUILD)/libcairnloop.so.$(SOVERSION)
+	ln -sf libcairnloop.so.$(VERSION) $(BUILD)/libcairnloop.so
+
+$(CLI_BIN): $(CLI_OBJS) $(STATIC_LIB)
+	$(CC) -o $@ $(CLI_OBJS) $(STATIC_LIB) $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lm
+
+# The Lua 5.4 module: the host interpreter provides the lua_* symbols.
+$(LUA_MOD): $(BUILD)/obj/lua_module.o $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+
+$(PC_FILE): cairnloop.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests/support -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) \
+	    $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lcmocka -lm
+
+tests: $(TEST_BINS)
+
+# The whole suite: C tests, the same under ASan+UBSan, Lua specs, CLI tests.
+check: deps
+	@$(MAKE) --no-print-directory all tests
+	@$(MAKE) --no-print-directory BUILD=build/asan SANITIZE=1 tests
+	@tools/check.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@tools/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/5.4 \
+	    $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop
+	install -m 644 include/cairnloop.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(STATIC_LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED_LIB) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libcairnloop.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcairnloop.so.$(SOVERSION)
+	ln -sf libcairnloop.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcairnloop.so
+	install -m 644 $(PC_FILE) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 755 $(CLI_BIN) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(LUA_MOD) $(DESTDIR)$(PREFIX)/lib/lua/5.4/
+	if [ -d lua/cairnloop ]; then cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop/; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/cairnloop.h $(DESTDIR)$(PREFIX)/lib/libcairnloop.* \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/cairnloop.pc $(DESTDIR)$(PREFIX)/bin/cairnloop \
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so
+	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop
+
+clean:
+	rm -rf build
+
+-include $(wildcard bench/bench.mk)

@@ -1,0 +1,420 @@
+/*
+ * cairnloop.h - the public C API of the Cairnloop engine.
+ *
+ * An engine sends outbound support messages to conversations stored in
+ * PostgreSQL: one at a time (cl_trigger) or a whole cohort under one durable
+ * audit envelope (cl_bulk_trigger), and delivers them through a durable job
+ * queue.  This is the only header a host includes; it exposes neither libpq
+ * nor Lua.  The contract shared with the Lua module and the command line is
+ * API.md; names and codes here match it.
+ *
+ * Conventions:
+ *   - every function returns a cl_status and fills a caller-provided
+ *     cl_error (which may be NULL) with the same one-line message;
+ *   - input strings are borrowed for the duration of the call;
+ *   - results are caller-owned structs released with their cl_*_clear(),
+ *     handles are released with cl_close(); both accept NULL and are
+ *     idempotent;
+ *   - one engine per thread; engines share nothing.
+ */
+#ifndef CAIRNLOOP_H
+#define CAIRNLOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define CL_API __attribute__((visibility("default")))
+#else
+#define CL_API
+#endif
+
+#define CL_VERSION "0.1.0"
+
+/*
+ * The status table.  One row per status: enum suffix, the code string used
+ * by Lua and the CLI, and the CLI exit status.  Everything else derives
+ * from it, so C, Lua and the CLI cannot drift apart.
+ */
+#define CL_STATUS_MAP(XX)                                   \
+  XX(OK, "ok", 0)                                           \
+  XX(INVALID_ARGUMENT, "invalid_argument", 2)               \
+  XX(BATCH_TOO_LARGE, "batch_too_large", 3)                 \
+  XX(ACTOR_REJECTED, "actor_rejected", 4)                   \
+  XX(AUDIT_REJECTED, "audit_rejected", 4)                   \
+  XX(UNKNOWN_CONVERSATION, "unknown_conversation", 4)       \
+  XX(ENVELOPE_CONFLICT, "envelope_conflict", 4)             \
+  XX(HOOK_ERROR, "hook_error", 5)                           \
+  XX(DB_ERROR, "db_error", 6)
+
+typedef enum cl_status {
+#define CL__STATUS_ENUM(name, str, exit_code) CL_##name,
+  CL_STATUS_MAP(CL__STATUS_ENUM)
+#undef CL__STATUS_ENUM
+  CL_STATUS__COUNT
+} cl_status;
+
+/* The code string of API.md ("invalid_argument", ...); "unknown" if out of range. */
+CL_API const char *cl_status_name(cl_status status);
+/* The `cairnloop` command's exit status for a status (0, 2..6). */
+CL_API int cl_status_exit_code(cl_status status);
+
+/* One human line naming the offending field or id, never a trailing newline. */
+#define CL_ERROR_MESSAGE_MAX 256
+typedef struct cl_error {
+  cl_status code;
+  char message[CL_ERROR_MESSAGE_MAX];
+} cl_error;
+
+/* Limits enforced by validation (CL_INVALID_ARGUMENT past them). */
+#define CL_MAX_TEMPLATE_ID_BYTES 255
+#define CL_MAX_ACTOR_BYTES 255
+#define CL_MAX_BODY_BYTES (256 * 1024)
+#define CL_MAX_SCHEDULE_IN (10LL * 366 * 24 * 3600)
+#define CL_MAX_COHORT 1000000
+
+/* ------------------------------------------------------------------ */
+/* Engine lifecycle                                                     */
+/* ------------------------------------------------------------------ */
+
+typedef struct cl_engine cl_engine;
+
+typedef enum cl_log_level {
+  CL_LOG_DEBUG,
+  CL_LOG_INFO,
+  CL_LOG_WARN,
+  CL_LOG_ERROR
+} cl_log_level;
+
+/* A log sink.  `line` is one line without a newline, valid for the call. */
+typedef void (*cl_log_fn)(void *ud, cl_log_level level, const char *line);
+
+typedef struct cl_config {
+  /* libpq URI or conninfo.  NULL: env CAIRNLOOP_DATABASE_URL, else libpq's
+   * own defaults (PGHOST, PGDATABASE, ...). */
+  const char *database;
+  /* Schema holding every table; [a-z_][a-z0-9_]* up to 63 bytes.  NULL: "cairnloop". */
+  const char *schema;
+  /* Cohort cap.  0: env CAIRNLOOP_MAX_BATCH_SIZE, else 25. */
+  int max_batch_size;
+  /* Budgets for every policy hook call; 0 selects the documented default:
+   * 10,000,000 Lua instructions, 5,000 ms wall clock, 64 MiB of Lua memory. */
+  int64_t hook_instruction_limit;
+  int64_t hook_time_limit_ms;
+  size_t hook_memory_limit;
+  /* Where the engine logs.  NULL: warnings and errors to stderr. */
+  cl_log_fn log;
+  void *log_ud;
+  /* Below this level log lines are dropped.  Default CL_LOG_INFO. */
+  cl_log_level log_level;
+} cl_config;
+
+/* Fills `cfg` with the defaults (all zero/NULL, log level info). */
+CL_API void cl_config_init(cl_config *cfg);
+
+/*
+ * Opens an engine: validates the configuration, connects to PostgreSQL.
+ * On success *out owns the engine until cl_close().  `cfg` may be NULL.
+ * Returns CL_OK, CL_INVALID_ARGUMENT (bad schema, bad cap) or CL_DB_ERROR.
+ */
+CL_API cl_status cl_open(cl_engine **out, const cl_config *cfg, cl_error *err);
+
+/* Closes the connection, releases every hook and handler.  NULL is a no-op. */
+CL_API void cl_close(cl_engine *eng);
+
+/*
+ * Applies the embedded migrations in file-name order, each in its own
+ * transaction, serialised by an advisory lock; re-running is a no-op.
+ * Returns CL_OK or CL_DB_ERROR.
+ */
+CL_API cl_status cl_migrate(cl_engine *eng, cl_error *err);
+
+/* Sets the cohort cap; it takes effect on the next call.  CL_INVALID_ARGUMENT if < 1. */
+CL_API cl_status cl_set_max_batch_size(cl_engine *eng, int max_batch_size, cl_error *err);
+/* The cohort cap of the moment. */
+CL_API int cl_max_batch_size(const cl_engine *eng);
+/* The schema the engine uses (owned by the engine). */
+CL_API const char *cl_schema(const cl_engine *eng);
+
+/* Logs one line through the engine's sink (used by policy `cl.log`). */
+CL_API void cl_log(cl_engine *eng, cl_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ------------------------------------------------------------------ */
+/* Telemetry                                                            */
+/* ------------------------------------------------------------------ */
+
+typedef enum cl_value_type {
+  CL_VALUE_NIL,
+  CL_VALUE_INT,
+  CL_VALUE_STRING
+} cl_value_type;
+
+/* One key of a measurement or metadata map. */
+typedef struct cl_kv {
+  const char *key;
+  cl_value_type type;
+  int64_t i;     /* CL_VALUE_INT */
+  const char *s; /* CL_VALUE_STRING */
+} cl_kv;
+
+typedef struct cl_map {
+  const cl_kv *items;
+  size_t count;
+} cl_map;
+
+typedef cl_map cl_measurements;
+typedef cl_map cl_metadata;
+
+/*
+ * A telemetry handler.  `event` is the NULL-terminated list of name parts
+ * ({"cairnloop","outbound","triggered","start",NULL}); everything passed is
+ * valid only for the call.  A handler may call cl_detach(), also on itself.
+ */
+typedef void (*cl_handler_fn)(const char *const *event,
+                              const cl_measurements *measurements,
+                              const cl_metadata *metadata, void *config);
+
+/*
+ * Attaches `fn` under `handler_id` to one event, named in dotted form
+ * ("cairnloop.outbound.bulk.triggered.stop").  Any name may be attached,
+ * including ones never emitted.  `config` is passed back to every call.
+ * CL_INVALID_ARGUMENT if the id is taken or a name is empty.
+ * `release`, if not NULL, is called with `config` when the handler is
+ * detached or the engine closes.
+ */
+CL_API cl_status cl_attach(cl_engine *eng, const char *handler_id, const char *event_name,
+                           cl_handler_fn fn, void *config, void (*release)(void *config),
+                           cl_error *err);
+/* As cl_attach, for `count` event names under one id. */
+CL_API cl_status cl_attach_many(cl_engine *eng, const char *handler_id,
+                                const char *const *event_names, size_t count,
+                                cl_handler_fn fn, void *config,
+                                void (*release)(void *config), cl_error *err);
+/* Detaches a handler: 1 if it was attached, 0 otherwise. */
+CL_API int cl_detach(cl_engine *eng, const char *handler_id);
+
+/* Looks a key up in a map; NULL if absent. */
+CL_API const cl_kv *cl_map_get(const cl_map *map, const char *key);
+
+/* ------------------------------------------------------------------ */
+/* Hooks (host policy).  Lua policy scripts plug in through these.      */
+/* ------------------------------------------------------------------ */
+
+/* The operation's transaction, valid only during an auditor call. */
+typedef struct cl_tx cl_tx;
+/* Rows returned by cl_tx_exec (text values; NULL for SQL NULL). */
+typedef struct cl_rows cl_rows;
+
+/*
+ * Runs one parameterised statement in the operation's transaction.
+ * `params` are bound as text ($1..$n; NULL is SQL NULL), never interpolated.
+ * On success *rows (may be NULL when not wanted) owns the result until
+ * cl_rows_free().  An SQL error returns CL_DB_ERROR with the server's
+ * message and aborts the operation's transaction; using `tx` after its
+ * call returns CL_INVALID_ARGUMENT.
+ */
+CL_API cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams,
+                            const char *const *params, cl_rows **rows, cl_error *err);
+CL_API int cl_rows_count(const cl_rows *rows);
+CL_API int cl_rows_columns(const cl_rows *rows);
+CL_API const char *cl_rows_name(const cl_rows *rows, int column);
+/* PostgreSQL type oid of a column (20 int8, 23 int4, 16 bool, 25 text, ...). */
+CL_API unsigned cl_rows_type(const cl_rows *rows, int column);
+CL_API const char *cl_rows_value(const cl_rows *rows, int row, int column);
+CL_API void cl_rows_free(cl_rows *rows);
+
+/*
+ * The auditor.  audit() runs inside the operation's transaction after its
+ * inserts, once per trigger or bulk.  action is "outbound_trigger"
+ * (metadata {conversation_id, template_id}) or "bulk_outbound_trigger"
+ * (metadata {bulk_envelope_id, count, template_id}); actor is the resolved
+ * actor or NULL.  Return CL_OK to accept, optionally setting *audit_json to
+ * a malloc'd JSON text that becomes the result's audit; CL_AUDIT_REJECTED
+ * (err says why) to refuse; CL_HOOK_ERROR when the hook failed.  Anything
+ * but CL_OK rolls the operation back.
+ * list_events (may be NULL) answers cl_audit_events: opts and the result
+ * are JSON texts; the result is malloc'd.
+ */
+typedef struct cl_auditor {
+  cl_status (*audit)(void *ud, cl_tx *tx, const char *action, const char *actor,
+                     const cl_metadata *metadata, char **audit_json, cl_error *err);
+  cl_status (*list_events)(void *ud, const char *opts_json, char **events_json,
+                           cl_error *err);
+  void (*release)(void *ud); /* called when replaced or on close; may be NULL */
+  void *ud;
+} cl_auditor;
+
+/*
+ * The actor resolver, called before anything is written with the caller's
+ * actor (may be NULL) and the action.  Return CL_OK with *resolved set to a
+ * malloc'd string (or NULL for "no actor"); CL_ACTOR_REJECTED to refuse;
+ * CL_HOOK_ERROR on failure.
+ */
+typedef struct cl_actor_resolver {
+  cl_status (*resolve)(void *ud, const char *actor, const char *action, char **resolved,
+                       cl_error *err);
+  void (*release)(void *ud);
+  void *ud;
+} cl_actor_resolver;
+
+/*
+ * Loads a Lua 5.4 policy script into the engine's own policy state (created
+ * on first use, sandboxed).  The script registers hooks through
+ * `require "cairnloop"`.  CL_INVALID_ARGUMENT if the file cannot be read or
+ * does not compile; CL_HOOK_ERROR if it raises while loading.
+ */
+CL_API cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err);
+
+/* Installs (or with NULL removes) a hook; the previous one is released. */
+CL_API cl_status cl_set_auditor(cl_engine *eng, const cl_auditor *auditor, cl_error *err);
+CL_API cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolver,
+                                       cl_error *err);
+
+/* ------------------------------------------------------------------ */
+/* Outbound: trigger and bulk_trigger                                   */
+/* ------------------------------------------------------------------ */
+
+/* A UUID in canonical lowercase text form, NUL-terminated. */
+#define CL_UUID_LEN 36
+
+typedef struct cl_message {
+  int64_t id;
+  int64_t conversation_id;
+  const char *role;             /* "system_outbound" */
+  const char *content;
+  const char *template_id;      /* metadata.template_id */
+  const char *status;           /* metadata.status: "pending" | "sent" | "failed" */
+  const char *bulk_envelope_id; /* metadata.bulk_envelope_id; NULL when none */
+} cl_message;
+
+typedef struct cl_delivery_job {
+  int64_t id;
+  const char *worker;       /* "outbound" */
+  const char *state;        /* "available" | "scheduled" | ... */
+  const char *scheduled_at; /* ISO 8601, UTC */
+  /* args */
+  int64_t message_id;
+  int64_t conversation_id;
+  const char *template_id;
+  const char *bulk_envelope_id; /* NULL when none */
+} cl_delivery_job;
+
+typedef struct cl_trigger_opts {
+  const char *template_id;      /* required, non-empty, <= 255 bytes */
+  const char *content;          /* NULL: "Outbound message using template: <template_id>" */
+  int64_t schedule_in;          /* seconds >= 0 */
+  const char *actor;            /* NULL: none; passed through the actor resolver */
+  const char *bulk_envelope_id; /* NULL: none; a UUID correlation key */
+} cl_trigger_opts;
+
+typedef struct cl_trigger_result {
+  cl_message message;
+  cl_delivery_job delivery_job;
+  int duplicate;    /* 1: already triggered, nothing new written */
+  char *audit_json; /* the auditor's return value as JSON, or NULL */
+  void *priv_;      /* storage; released by cl_trigger_result_clear */
+} cl_trigger_result;
+
+/*
+ * Triggers one outbound message: one message row (pending) and one delivery
+ * job in one transaction, with the auditor in it.  A duplicate
+ * (conversation_id, template_id, bulk_envelope_id) writes nothing and
+ * returns the existing rows with duplicate = 1.  `res` is filled on CL_OK
+ * and must be released with cl_trigger_result_clear() in any case.
+ * Returns CL_OK, CL_INVALID_ARGUMENT, CL_ACTOR_REJECTED, CL_AUDIT_REJECTED,
+ * CL_UNKNOWN_CONVERSATION, CL_HOOK_ERROR or CL_DB_ERROR.
+ */
+CL_API cl_status cl_trigger(cl_engine *eng, int64_t conversation_id,
+                            const cl_trigger_opts *opts, cl_trigger_result *res,
+                            cl_error *err);
+CL_API void cl_trigger_result_clear(cl_trigger_result *res);
+
+typedef struct cl_envelope {
+  char id[CL_UUID_LEN + 1];
+  const char *template_id;
+  const char *rendered_body;
+  const int64_t *recipient_conversation_ids;
+  size_t count;
+  int effective_cap;
+  const char *requested_by;   /* NULL for system */
+  const char *requested_at;   /* ISO 8601, UTC */
+  const char *status;         /* "submitted" | "refused_cap_exceeded" */
+  const char *refused_reason; /* NULL unless refused */
+} cl_envelope;
+
+typedef struct cl_bulk_opts {
+  const char *template_id;   /* required */
+  const char *rendered_body; /* required; stored exactly as given */
+  const char *actor;         /* optional; resolved, stored as requested_by */
+  const char *envelope_id;   /* optional caller-chosen UUID: retries become idempotent */
+  int64_t schedule_in;       /* seconds >= 0 */
+} cl_bulk_opts;
+
+typedef struct cl_bulk_result {
+  cl_envelope envelope;
+  size_t count;                  /* == envelope.count */
+  cl_message *messages;          /* messages[i] is for ids[i] */
+  cl_delivery_job *delivery_jobs;
+  int replayed;     /* 1: envelope_id named a stored envelope with the same content */
+  char *audit_json; /* the auditor's return value as JSON, or NULL */
+  void *priv_;
+} cl_bulk_result;
+
+/*
+ * Bulk-triggers `count` distinct positive conversation ids under one
+ * envelope.  Over the cap of the moment, a refused envelope is stored on its
+ * own and CL_BATCH_TOO_LARGE returned ("batch_size N exceeds cap C").
+ * Within it, the envelope, N messages and N jobs are written in one
+ * transaction with one auditor call, all or nothing, in a constant number of
+ * round trips.  `res` must be released with cl_bulk_result_clear().
+ * Returns CL_OK, CL_INVALID_ARGUMENT, CL_BATCH_TOO_LARGE, CL_ACTOR_REJECTED,
+ * CL_AUDIT_REJECTED, CL_UNKNOWN_CONVERSATION, CL_ENVELOPE_CONFLICT,
+ * CL_HOOK_ERROR or CL_DB_ERROR.
+ */
+CL_API cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *conversation_ids,
+                                 size_t count, const cl_bulk_opts *opts,
+                                 cl_bulk_result *res, cl_error *err);
+CL_API void cl_bulk_result_clear(cl_bulk_result *res);
+
+/* ------------------------------------------------------------------ */
+/* Envelope reads                                                       */
+/* ------------------------------------------------------------------ */
+
+typedef struct cl_envelope_list {
+  cl_envelope *items;
+  size_t count;
+  void *priv_;
+} cl_envelope_list;
+
+typedef struct cl_envelope_query {
+  const char *template_id; /* NULL: any */
+  const char *status;      /* NULL: any */
+  int limit;               /* 0: 50 */
+} cl_envelope_query;
+
+/* Reads one envelope: out->count is 1 and out->items[0] filled, or 0 when
+ * no envelope has that id.  `out` must be released with cl_envelope_list_clear(). */
+CL_API cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id,
+                                 cl_envelope_list *out, cl_error *err);
+/* Lists envelopes, newest requested_at first. */
+CL_API cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *query,
+                                   cl_envelope_list *out, cl_error *err);
+CL_API void cl_envelope_list_clear(cl_envelope_list *list);
+
+/* The auditor's list_events(opts) as a malloc'd JSON text; "[]" without one. */
+CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json,
+                                 cl_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CAIRNLOOP_H */

@@ -1,0 +1,291 @@
+/*
+ * db.c - libpq: the connection, prepared statements, transactions, results.
+ *
+ * Every wait for the server goes through run(), which uses pipeline mode so
+ * that BEGIN, a first-use PREPARE and the statement itself share one round
+ * trip.  A lost connection is reset before the next operation (and its
+ * statements prepared again); the operation that saw it fails with
+ * CL_DB_ERROR and writes nothing.  Provides cl_rows and cl_tx-independent
+ * execution to the rest of the engine.
+ */
+#include "db.h"
+#include "engine.h"
+
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cl_rows {
+  PGresult *res;
+};
+
+static const char *stmt_names[CL__STMT__COUNT] = {
+    "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing", "cl_envelope_get", "cl_envelopes",
+};
+
+/* Server notices (e.g. "relation already exists, skipping") are noise for a
+ * library: drop them instead of letting libpq print to stderr. */
+static void ignore_notice(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
+  const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
+  return cl__fail(err, CL_DB_ERROR, "%s: %s", what, msg && *msg ? msg : "unknown error");
+}
+
+cl_status cl__db_connect(cl__db *db, const char *conninfo, cl_error *err) {
+  db->conninfo = strdup(conninfo ? conninfo : "");
+  if (!db->conninfo) return cl__fail(err, CL_DB_ERROR, "out of memory");
+  db->conn = PQconnectdb(db->conninfo);
+  if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return conn_fail(db, err, "cannot connect");
+  PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
+  return CL_OK;
+}
+
+void cl__db_close(cl__db *db) {
+  if (db->conn) PQfinish(db->conn);
+  db->conn = NULL;
+  free(db->conninfo);
+  db->conninfo = NULL;
+  for (int i = 0; i < CL__STMT__COUNT; i++) {
+    free(db->sql[i]);
+    db->sql[i] = NULL;
+  }
+}
+
+char *cl__db_quote_ident(const char *s) {
+  size_t n = strlen(s);
+  char *out = malloc(2 * n + 3), *p = out;
+  if (!out) return NULL;
+  *p++ = '"';
+  for (; *s; s++) {
+    if (*s == '"') *p++ = '"';
+    *p++ = *s;
+  }
+  *p++ = '"';
+  *p = '\0';
+  return out;
+}
+
+cl_status cl__db_register(cl__db *db, cl__stmt id, const char *tmpl, const char *schema,
+                          cl_error *err) {
+  char *q = cl__db_quote_ident(schema);
+  if (!q) return cl__fail(err, CL_DB_ERROR, "out of memory");
+  size_t qn = strlen(q), n = 1;
+  for (const char *p = tmpl; *p; p++) n += (p[0] == '@' && p[1] == 'S') ? qn : 1;
+  char *out = malloc(n), *o = out;
+  if (!out) {
+    free(q);
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  }
+  for (const char *p = tmpl; *p; p++) {
+    if (p[0] == '@' && p[1] == 'S') {
+      memcpy(o, q, qn);
+      o += qn;
+      p++;
+    } else {
+      *o++ = *p;
+    }
+  }
+  *o = '\0';
+  free(q);
+  free(db->sql[id]);
+  db->sql[id] = out;
+  db->prepared &= ~(1u << id);
+  return CL_OK;
+}
+
+/* Reconnects a connection that went bad since the last call.  Prepared
+ * statements and any transaction died with the old session. */
+static cl_status ensure_conn(cl__db *db, cl_error *err) {
+  if (!db->conn) return cl__fail(err, CL_DB_ERROR, "engine has no connection");
+  if (PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
+  PQreset(db->conn);
+  db->prepared = 0;
+  db->in_tx = false;
+  if (PQstatus(db->conn) != CONNECTION_OK) return conn_fail(db, err, "connection lost");
+  PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
+  return CL_OK;
+}
+
+static void set_sqlstate(cl__db *db, const PGresult *res) {
+  const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  if (st) {
+    strncpy(db->sqlstate, st, 5);
+    db->sqlstate[5] = '\0';
+  } else {
+    db->sqlstate[0] = '\0';
+  }
+}
+
+static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
+  set_sqlstate(db, res);
+  const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  if (!msg) msg = PQerrorMessage(db->conn);
+  if (PQstatus(db->conn) != CONNECTION_OK) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);
+  return cl__fail(err, CL_DB_ERROR, "%s", msg && *msg ? msg : "server error");
+}
+
+/*
+ * The one place that waits for the server.  Sends, in one pipeline:
+ * optional BEGIN, optional PREPARE, the statement, Sync; then collects the
+ * statement's result.  The first error wins; the pipeline is always drained
+ * so the connection is reusable.
+ */
+static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int nparams,
+                     const char *const *params, cl_rows **rows, cl_error *err) {
+  cl_status st = ensure_conn(db, err);
+  if (st != CL_OK) return st;
+  PGconn *c = db->conn;
+  bool prepare = sql == NULL && !(db->prepared & (1u << id));
+  if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
+  int sent = 1;
+  if (begin) sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent && prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
+  if (sent) {
+    sent = sql ? PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
+               : PQsendQueryPrepared(c, stmt_names[id], nparams, params, NULL, NULL, 0);
+  }
+  if (sent) sent = PQpipelineSync(c);
+  if (!sent) {
+    PQexitPipelineMode(c);
+    return conn_fail(db, err, "cannot send");
+  }
+  db->round_trips++;
+
+  int steps = (begin ? 1 : 0) + (prepare ? 1 : 0) + 1;
+  PGresult *keep = NULL;
+  st = CL_OK;
+  db->sqlstate[0] = '\0';
+  for (int i = 0; i < steps; i++) {
+    PGresult *r = PQgetResult(c);
+    if (!r) { /* connection dropped mid-pipeline */
+      st = result_fail(db, NULL, err);
+      break;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    if (st == CL_OK && s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+      st = s == PGRES_PIPELINE_ABORTED ? cl__fail(err, CL_DB_ERROR, "pipeline aborted")
+                                       : result_fail(db, r, err);
+    }
+    if (i == steps - 1 && st == CL_OK) keep = r;
+    else PQclear(r);
+    /* Each command's results end with a NULL. */
+    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+  }
+  /* Drain up to the Sync marker (bounded: a dead socket yields NULLs). */
+  for (int idle = 0; idle < 64;) {
+    PGresult *r = PQgetResult(c);
+    if (!r) {
+      if (PQstatus(c) != CONNECTION_OK) break;
+      idle++;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    PQclear(r);
+    if (s == PGRES_PIPELINE_SYNC) break;
+  }
+  PQexitPipelineMode(c);
+
+  if (st == CL_OK && prepare) db->prepared |= 1u << id;
+  if (st != CL_OK) {
+    PQclear(keep);
+    /* A transaction this call opened is closed again; one the caller opened
+     * stays (aborted) so that nothing later runs outside it by accident. */
+    if (begin) cl__db_rollback(db);
+    return st;
+  }
+  if (begin) db->in_tx = true;
+  if (rows) {
+    *rows = malloc(sizeof **rows);
+    if (!*rows) {
+      PQclear(keep);
+      if (begin) cl__db_rollback(db);
+      return cl__fail(err, CL_DB_ERROR, "out of memory");
+    }
+    (*rows)->res = keep;
+  } else {
+    PQclear(keep);
+  }
+  return CL_OK;
+}
+
+cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
+                      const char *const *params, cl_rows **rows, cl_error *err) {
+  return run(db, begin, id, NULL, nparams, params, rows, err);
+}
+
+cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
+                          cl_rows **rows, cl_error *err) {
+  return run(db, false, CL__STMT__COUNT, sql, nparams, params, rows, err);
+}
+
+cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {
+  cl_status st = ensure_conn(db, err);
+  if (st != CL_OK) return st;
+  db->round_trips++;
+  PGresult *r = PQexec(db->conn, sql);
+  ExecStatusType s = PQresultStatus(r);
+  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) st = result_fail(db, r, err);
+  PQclear(r);
+  return st;
+}
+
+cl_status cl__db_commit(cl__db *db, cl_error *err) {
+  db->in_tx = false;
+  db->round_trips++;
+  PGresult *r = PQexec(db->conn, "COMMIT");
+  cl_status st = CL_OK;
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    st = result_fail(db, r, err);
+  } else if (strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
+    /* COMMIT of an aborted transaction reports success with tag ROLLBACK. */
+    st = cl__fail(err, CL_DB_ERROR, "transaction was aborted and rolled back");
+  }
+  PQclear(r);
+  return st;
+}
+
+void cl__db_rollback(cl__db *db) {
+  db->in_tx = false;
+  if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return;
+  db->round_trips++;
+  PQclear(PQexec(db->conn, "ROLLBACK"));
+}
+
+bool cl__db_unique_violation(const cl__db *db) { return strcmp(db->sqlstate, "23505") == 0; }
+
+bool cl__db_fk_violation(const cl__db *db) { return strcmp(db->sqlstate, "23503") == 0; }
+
+struct pg_conn *cl__db_conn(cl_engine *eng) { return eng ? eng->db.conn : NULL; }
+
+uint64_t cl__db_round_trips(cl_engine *eng) { return eng->db.round_trips; }
+
+/* cl_rows: the public view of a result. */
+
+int cl_rows_count(const cl_rows *rows) { return rows ? PQntuples(rows->res) : 0; }
+
+int cl_rows_columns(const cl_rows *rows) { return rows ? PQnfields(rows->res) : 0; }
+
+const char *cl_rows_name(const cl_rows *rows, int column) {
+  return rows ? PQfname(rows->res, column) : NULL;
+}
+
+unsigned cl_rows_type(const cl_rows *rows, int column) {
+  return rows ? (unsigned)PQftype(rows->res, column) : 0;
+}
+
+const char *cl_rows_value(const cl_rows *rows, int row, int column) {
+  if (!rows || row < 0 || column < 0 || row >= PQntuples(rows->res) ||
+      column >= PQnfields(rows->res) || PQgetisnull(rows->res, row, column))
+    return NULL;
+  return PQgetvalue(rows->res, row, column);
+}
+
+void cl_rows_free(cl_rows *rows) {
+  if (!rows) return;
+  PQclear(rows->res);
+  free(rows);
+}

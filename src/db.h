@@ -1,0 +1,74 @@
+/*
+ * db.h - the engine's one PostgreSQL connection.
+ *
+ * Provides connect/reconnect, named statements prepared lazily per
+ * connection (the prepare rides in the same round trip as the first
+ * execution), transactions whose BEGIN is pipelined with the first
+ * statement, and the cl_rows result wrapper.  db.c is the only unit that
+ * includes libpq; it counts round trips so tests can prove they are
+ * constant.
+ */
+#ifndef CL_DB_H
+#define CL_DB_H
+
+#include "cairnloop.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Statements the engine runs on its hot paths, prepared once per connection. */
+typedef enum cl__stmt {
+  CL__STMT_TRIGGER,
+  CL__STMT_BULK,
+  CL__STMT_REFUSE,
+  CL__STMT_BULK_ROWS,
+  CL__STMT_MISSING,
+  CL__STMT_ENVELOPE_GET,
+  CL__STMT_ENVELOPES,
+  CL__STMT__COUNT
+} cl__stmt;
+
+typedef struct cl__db {
+  struct pg_conn *conn;
+  char *conninfo;
+  char *sql[CL__STMT__COUNT]; /* schema-qualified texts, owned */
+  uint32_t prepared;          /* bit i: statement i prepared on this connection */
+  bool in_tx;
+  uint64_t round_trips;       /* client waits for the server: one per Sync */
+  char sqlstate[6];           /* of the last server error, "" if none */
+} cl__db;
+
+cl_status cl__db_connect(cl__db *db, const char *conninfo, cl_error *err);
+void cl__db_close(cl__db *db);
+
+/* Registers statement `id` (SQL with @S standing for the quoted schema). */
+cl_status cl__db_register(cl__db *db, cl__stmt id, const char *sql_template, const char *schema,
+                          cl_error *err);
+
+/*
+ * Runs a registered statement.  With `begin`, a transaction is opened in
+ * the same round trip and stays open (cl__db_commit/cl__db_rollback);
+ * without, the statement commits on its own.  On error nothing stays open.
+ */
+cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
+                      const char *const *params, cl_rows **rows, cl_error *err);
+/* Runs ad-hoc SQL with text parameters (in the open transaction, if any). */
+cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
+                          cl_rows **rows, cl_error *err);
+/* Runs one or more parameterless statements (migrations). */
+cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err);
+cl_status cl__db_commit(cl__db *db, cl_error *err);
+void cl__db_rollback(cl__db *db);
+
+/* The last server error was a unique (23505) or foreign-key (23503) violation. */
+bool cl__db_unique_violation(const cl__db *db);
+bool cl__db_fk_violation(const cl__db *db);
+
+/* The underlying PGconn, for tests (PQtrace) and LISTEN; may be NULL. */
+struct pg_conn *cl__db_conn(cl_engine *eng);
+uint64_t cl__db_round_trips(cl_engine *eng);
+
+/* Quotes `s` as an SQL literal into a malloc'd string (for migrations). */
+char *cl__db_quote_ident(const char *s);
+
+#endif

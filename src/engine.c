@@ -1,0 +1,192 @@
+/*
+ * engine.c - cl_open/cl_close, configuration and logging.
+ *
+ * Resolves the configuration (explicit value, then environment, then the
+ * documented default), validates the schema name, connects and registers
+ * the hot-path statements.  The cap lives on the engine and is read fresh
+ * by every bulk call.  Uses db.c, telemetry.c, outbound.c, envelope.c.
+ */
+#include "engine.h"
+#include "outbound.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cl_config_init(cl_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->log_level = CL_LOG_INFO;
+}
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+static void stderr_log(void *ud, cl_log_level level, const char *line) {
+  (void)ud;
+  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop: %s: %s\n", level_names[level], line);
+}
+
+void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap) {
+  if (!eng || level < eng->log_level) return;
+  char line[1024];
+  vsnprintf(line, sizeof line, fmt, ap);
+  eng->log(eng->log_ud, level, line);
+}
+
+void cl_log(cl_engine *eng, cl_log_level level, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  cl__vlog(eng, level, fmt, ap);
+  va_end(ap);
+}
+
+static bool schema_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 63) return false;
+  if (!((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_')) return false;
+  for (size_t i = 1; i < n; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+      return false;
+  return true;
+}
+
+/* CAIRNLOOP_MAX_BATCH_SIZE: a positive integer, else invalid_argument. */
+static cl_status env_cap(int *out, cl_error *err) {
+  const char *v = getenv("CAIRNLOOP_MAX_BATCH_SIZE");
+  if (!v || !*v) {
+    *out = CL_DEFAULT_MAX_BATCH_SIZE;
+    return CL_OK;
+  }
+  char *end;
+  errno = 0;
+  long n = strtol(v, &end, 10);
+  if (errno || *end || n < 1 || n > CL_MAX_COHORT)
+    return cl__fail(err, CL_INVALID_ARGUMENT,
+                    "CAIRNLOOP_MAX_BATCH_SIZE must be an integer from 1 to %d, got '%s'",
+                    CL_MAX_COHORT, v);
+  *out = (int)n;
+  return CL_OK;
+}
+
+cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
+  cl_config defaults;
+  const cl_config *cfg = cfg_in;
+  if (!cfg) {
+    cl_config_init(&defaults);
+    cfg = &defaults;
+  }
+  if (!out) return cl__fail(err, CL_INVALID_ARGUMENT, "no place to store the engine");
+  *out = NULL;
+
+  const char *schema = cfg->schema ? cfg->schema : "cairnloop";
+  if (!schema_valid(schema))
+    return cl__fail(err, CL_INVALID_ARGUMENT,
+                    "schema '%.64s' is invalid: use [a-z_][a-z0-9_]*, at most 63 bytes", schema);
+  int cap = cfg->max_batch_size;
+  if (cap < 0 || cap > CL_MAX_COHORT)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "max_batch_size must be from 1 to %d, got %d",
+                    CL_MAX_COHORT, cap);
+  if (cap == 0) {
+    cl_status st = env_cap(&cap, err);
+    if (st != CL_OK) return st;
+  }
+  if (cfg->hook_instruction_limit < 0 || cfg->hook_time_limit_ms < 0)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "hook budgets must not be negative");
+
+  cl_engine *eng = calloc(1, sizeof *eng);
+  if (!eng) return cl__fail(err, CL_DB_ERROR, "out of memory");
+  snprintf(eng->schema, sizeof eng->schema, "%s", schema);
+  eng->max_batch_size = cap;
+  eng->hook_instruction_limit =
+      cfg->hook_instruction_limit ? cfg->hook_instruction_limit : CL_DEFAULT_HOOK_INSTRUCTIONS;
+  eng->hook_time_limit_ms = cfg->hook_time_limit_ms ? cfg->hook_time_limit_ms : CL_DEFAULT_HOOK_TIME_MS;
+  eng->hook_memory_limit = cfg->hook_memory_limit ? cfg->hook_memory_limit : CL_DEFAULT_HOOK_MEMORY;
+  eng->log = cfg->log ? cfg->log : stderr_log;
+  eng->log_ud = cfg->log_ud;
+  eng->log_level = cfg->log_level;
+
+  const char *db = cfg->database;
+  if (!db) db = getenv("CAIRNLOOP_DATABASE_URL");
+  if (!db) db = ""; /* libpq's own defaults: PGHOST, PGDATABASE, ... */
+
+  cl_status st = cl__db_connect(&eng->db, db, err);
+  if (st == CL_OK) st = cl__outbound_register(eng, err);
+  if (st != CL_OK) {
+    cl_close(eng);
+    return st;
+  }
+  *out = eng;
+  cl__ok(err);
+  return CL_OK;
+}
+
+void cl_close(cl_engine *eng) {
+  if (!eng) return;
+  if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
+  if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
+  eng->has_auditor = eng->has_resolver = false;
+  cl__tel_free(&eng->tel);
+  /* The policy state goes after the hooks and handlers that point into it. */
+  cl__policy_free(eng->policy);
+  eng->policy = NULL;
+  cl__db_close(&eng->db);
+  free(eng);
+}
+
+cl_status cl_set_max_batch_size(cl_engine *eng, int n, cl_error *err) {
+  if (n < 1 || n > CL_MAX_COHORT)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "max_batch_size must be from 1 to %d, got %d",
+                    CL_MAX_COHORT, n);
+  eng->max_batch_size = n;
+  cl__ok(err);
+  return CL_OK;
+}
+
+int cl_max_batch_size(const cl_engine *eng) { return eng->max_batch_size; }
+
+const char *cl_schema(const cl_engine *eng) { return eng->schema; }
+
+cl_status cl_set_auditor(cl_engine *eng, const cl_auditor *auditor, cl_error *err) {
+  if (auditor && !auditor->audit)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "auditor has no audit function");
+  if (eng->in_hook)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the auditor from inside a hook");
+  if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
+  eng->has_auditor = auditor != NULL;
+  if (auditor) eng->auditor = *auditor;
+  else memset(&eng->auditor, 0, sizeof eng->auditor);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolver, cl_error *err) {
+  if (resolver && !resolver->resolve)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "actor resolver has no resolve function");
+  if (eng->in_hook)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the actor resolver from inside a hook");
+  if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
+  eng->has_resolver = resolver != NULL;
+  if (resolver) eng->resolver = *resolver;
+  else memset(&eng->resolver, 0, sizeof eng->resolver);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json, cl_error *err) {
+  *events_json = NULL;
+  if (!eng->has_auditor || !eng->auditor.list_events) {
+    *events_json = strdup("[]");
+    if (!*events_json) return cl__fail(err, CL_DB_ERROR, "out of memory");
+    cl__ok(err);
+    return CL_OK;
+  }
+  if (eng->in_hook)
+    return cl__fail(err, CL_HOOK_ERROR, "audit_events called from inside a hook");
+  eng->in_hook = true;
+  cl_status st = eng->auditor.list_events(eng->auditor.ud, opts_json ? opts_json : "{}",
+                                          events_json, err);
+  eng->in_hook = false;
+  if (st == CL_OK && !*events_json) *events_json = strdup("[]");
+  if (st == CL_OK) cl__ok(err);
+  return st;
+}

@@ -1,0 +1,90 @@
+/*
+ * engine.h - the engine struct and the internal helpers every unit shares.
+ *
+ * Provides struct cl_engine (one per host thread, owning one connection,
+ * the hooks, the telemetry bus and the policy state), cl__fail() for the
+ * error channel and the logging helper.  Used by every src/ unit; it
+ * includes neither libpq nor Lua: those stay in db.c and policy.c.
+ */
+#ifndef CL_ENGINE_H
+#define CL_ENGINE_H
+
+#include "cairnloop.h"
+#include "db.h"
+#include "telemetry.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+/* Defaults of the hook budgets (documented in cairnloop.h and README). */
+#define CL_DEFAULT_HOOK_INSTRUCTIONS 10000000LL
+#define CL_DEFAULT_HOOK_TIME_MS 5000LL
+#define CL_DEFAULT_HOOK_MEMORY ((size_t)64 * 1024 * 1024)
+#define CL_DEFAULT_MAX_BATCH_SIZE 25
+
+struct cl__policy; /* policy.c: the engine's own Lua 5.4 state */
+
+/* The auditor's view of the operation's transaction.  It lives in the
+ * engine, so a handle kept past its call is detected, not dereferenced. */
+struct cl_tx {
+  cl_engine *eng;
+  bool active;         /* true only during the auditor call */
+  bool failed;         /* a statement failed: the transaction is aborted */
+  char failure[CL_ERROR_MESSAGE_MAX];
+};
+
+struct cl_engine {
+  cl__db db;
+  char schema[64];
+  /* The cap of the moment: read fresh by every bulk_trigger call. */
+  int max_batch_size;
+
+  int64_t hook_instruction_limit;
+  int64_t hook_time_limit_ms;
+  size_t hook_memory_limit;
+
+  cl_log_fn log;
+  void *log_ud;
+  cl_log_level log_level;
+
+  /* Installed hooks; `has_*` is false when none.  Each is released through
+   * its own release() by cl_set_*() or cl_close(). */
+  cl_auditor auditor;
+  bool has_auditor;
+  cl_actor_resolver resolver;
+  bool has_resolver;
+
+  cl__telemetry tel;
+  struct cl_tx tx;
+
+  /* Created by the first cl_load_policy(); freed by cl__policy_free(). */
+  struct cl__policy *policy;
+  /* Set while a hook runs: a hook calling back into its own engine fails
+   * loudly instead of corrupting the transaction in progress. */
+  bool in_hook;
+};
+
+/* Fills `err` (may be NULL) with `code` and a printf-formatted line; returns code. */
+cl_status cl__fail(cl_error *err, cl_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Clears `err` to CL_OK with an empty message. */
+void cl__ok(cl_error *err);
+
+void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap);
+
+/* Frees the policy state (policy.c). NULL-safe. */
+void cl__policy_free(struct cl__policy *policy);
+
+/* Validation helpers shared by outbound.c, envelope.c and the bindings. */
+bool cl__utf8_valid(const char *s, size_t len);
+bool cl__uuid_valid(const char *s);
+/* Canonical lowercase copy of a valid UUID into out[CL_UUID_LEN + 1]. */
+void cl__uuid_lower(const char *s, char *out);
+/* A fresh random (v4) UUID from libuuid. */
+void cl__uuid_v4(char *out);
+
+#endif

@@ -1,0 +1,907 @@
+/*
+ * outbound.c - cl_trigger and cl_bulk_trigger.
+ *
+ * Validation first (so CL_INVALID_ARGUMENT always means nothing happened),
+ * then the actor resolver, the cap of the moment, and one transaction whose
+ * writes are a single set-based statement (data-modifying CTEs over
+ * unnest): the number of round trips never grows with the cohort.  Without
+ * an auditor the statement commits on its own (one round trip); with one,
+ * BEGIN rides with it and COMMIT follows the audit call.  Telemetry spans
+ * and trace events are emitted only when a handler listens.
+ * Uses db.c, telemetry.c, arena.c.
+ */
+#include "outbound.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Statements                                                           */
+/* ------------------------------------------------------------------ */
+
+/* $1 conversation_id, $2 template_id, $3 content, $4 bulk_envelope_id,
+ * $5 schedule_in.  Returns the new job, or the existing one (with its
+ * message) for a duplicate, or no row when the conversation is missing. */
+static const char SQL_TRIGGER[] =
+    "WITH existing AS ("
+    "  SELECT j.id, j.message_id, j.state, j.scheduled_at"
+    "  FROM @S.cairnloop_delivery_jobs j"
+    "  WHERE j.conversation_id = $1::bigint AND j.template_id = $2"
+    "    AND j.bulk_envelope_id IS NOT DISTINCT FROM $4::uuid"
+    "), msg AS ("
+    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
+    "  SELECT c.id, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,"
+    "         'status', 'pending', 'bulk_envelope_id', $4::uuid)"
+    "  FROM @S.cairnloop_conversations c"
+    "  WHERE c.id = $1::bigint AND NOT EXISTS (SELECT 1 FROM existing)"
+    "  RETURNING id"
+    "), job AS ("
+    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
+    "         bulk_envelope_id, args, state, scheduled_at)"
+    "  SELECT m.id, $1::bigint, $2, $4::uuid, jsonb_build_object('message_id', m.id,"
+    "         'conversation_id', $1::bigint, 'template_id', $2::text,"
+    "         'bulk_envelope_id', $4::uuid),"
+    "         CASE WHEN $5::int > 0 THEN 'scheduled' ELSE 'available' END,"
+    "         now() + make_interval(secs => $5::int)"
+    "  FROM msg m"
+    "  RETURNING id, message_id, state, scheduled_at"
+    ") "
+    "SELECT false, j.id, j.message_id, j.state,"
+    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "), NULL, NULL"
+    " FROM job j "
+    "UNION ALL "
+    "SELECT true, e.id, e.message_id, e.state,"
+    "       to_char(e.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    "       m.content, m.metadata->>'status'"
+    " FROM existing e JOIN @S.cairnloop_messages m ON m.id = e.message_id";
+
+/* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
+ * $6 requested_by, $7 schedule_in.  One row: the new envelope's
+ * requested_at, the new message ids with their conversation ids and the
+ * job ids with their message ids (each in insert order, which C checks
+ * against the cohort), the jobs' scheduled_at, then a stored envelope with
+ * the same id (replay/conflict), if any.  A missing conversation fails the
+ * statement through the foreign key, atomically; the per-row existence
+ * check is the FK's, not ours, so it is paid once. */
+static const char SQL_BULK[] =
+    "WITH prior AS ("
+    "  SELECT * FROM @S.cairnloop_outbound_bulk_envelopes WHERE id = $1::uuid"
+    "), env AS ("
+    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
+    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
+    "         status, inserted_at, updated_at)"
+    "  SELECT $1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
+    "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"
+    "         now() AT TIME ZONE 'UTC'"
+    "  WHERE NOT EXISTS (SELECT 1 FROM prior)"
+    "  RETURNING requested_at,"
+    "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"
+    "                            'bulk_envelope_id', $1::uuid) AS metadata"
+    "), msgs AS ("
+    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
+    "  SELECT t.cid, $3, 'system_outbound', env.metadata"
+    "  FROM env, unnest($4::bigint[]) AS t(cid)"
+    "  RETURNING id, conversation_id"
+    "), jobs AS ("
+    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
+    "         bulk_envelope_id, args, state, scheduled_at)"
+    "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"
+    "         'conversation_id', m.conversation_id, 'template_id', $2::text,"
+    "         'bulk_envelope_id', $1::uuid),"
+    "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"
+    "         now() + make_interval(secs => $7::int)"
+    "  FROM msgs m"
+    "  RETURNING id, message_id"
+    ") "
+    "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"
+    "       (SELECT array_agg(id)::text FROM msgs),"
+    "       (SELECT array_agg(conversation_id)::text FROM msgs),"
+    "       (SELECT array_agg(id)::text FROM jobs),"
+    "       (SELECT array_agg(message_id)::text FROM jobs),"
+    "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
+    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
+    "       p.status, p.refused_reason"
+    " FROM (SELECT 1) d LEFT JOIN prior p ON true";
+
+/* $1 ids: the first id, in cohort order, naming no conversation. */
+static const char SQL_MISSING[] =
+    "SELECT t.cid FROM unnest($1::bigint[]) WITH ORDINALITY AS t(cid, ord)"
+    " WHERE NOT EXISTS (SELECT 1 FROM @S.cairnloop_conversations c WHERE c.id = t.cid)"
+    " ORDER BY t.ord LIMIT 1";
+
+/* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
+ * $6 requested_by, $7 refused_reason.  Stores the refused attempt unless
+ * the id names a stored envelope, which comes back instead. */
+static const char SQL_REFUSE[] =
+    "WITH prior AS ("
+    "  SELECT * FROM @S.cairnloop_outbound_bulk_envelopes WHERE id = $1::uuid"
+    "), ins AS ("
+    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
+    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
+    "         status, refused_reason, inserted_at, updated_at)"
+    "  SELECT $1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
+    "         now() AT TIME ZONE 'UTC', 'refused_cap_exceeded', $7,"
+    "         now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'"
+    "  WHERE NOT EXISTS (SELECT 1 FROM prior)"
+    "  RETURNING id"
+    ") "
+    "SELECT (SELECT count(*) FROM ins), NULL, NULL, NULL, NULL, NULL,"
+    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
+    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
+    "       p.status, p.refused_reason"
+    " FROM (SELECT 1) d LEFT JOIN prior p ON true";
+
+/* $1 envelope id, $2 ids, $3 template_id: the stored rows of a replayed
+ * envelope, in cohort order, through the jobs' unique key. */
+static const char SQL_BULK_ROWS[] =
+    "SELECT j.id, j.message_id, j.state,"
+    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    "       m.content, m.metadata->>'status', t.cid"
+    " FROM unnest($2::bigint[]) WITH ORDINALITY AS t(cid, ord)"
+    " JOIN @S.cairnloop_delivery_jobs j"
+    "   ON j.conversation_id = t.cid AND j.template_id = $3 AND j.bulk_envelope_id = $1::uuid"
+    " JOIN @S.cairnloop_messages m ON m.id = j.message_id"
+    " ORDER BY t.ord";
+
+/* Column offset of the prior envelope in SQL_BULK / SQL_REFUSE rows. */
+#define PRIOR_COL 6
+
+cl_status cl__envelope_register(cl_engine *eng, cl_error *err);
+
+cl_status cl__outbound_register(cl_engine *eng, cl_error *err) {
+  static const struct {
+    cl__stmt id;
+    const char *sql;
+  } stmts[] = {
+      {CL__STMT_TRIGGER, SQL_TRIGGER},
+      {CL__STMT_BULK, SQL_BULK},
+      {CL__STMT_REFUSE, SQL_REFUSE},
+      {CL__STMT_BULK_ROWS, SQL_BULK_ROWS},
+      {CL__STMT_MISSING, SQL_MISSING},
+  };
+  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
+    cl_status st = cl__db_register(&eng->db, stmts[i].id, stmts[i].sql, eng->schema, err);
+    if (st != CL_OK) return st;
+  }
+  return cl__envelope_register(eng, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Validation                                                           */
+/* ------------------------------------------------------------------ */
+
+static cl_status check_text(const char *field, const char *s, size_t max, bool required,
+                            cl_error *err) {
+  if (!s) {
+    if (required) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is required", field);
+    return CL_OK;
+  }
+  size_t n = strlen(s);
+  if (required && n == 0) return cl__fail(err, CL_INVALID_ARGUMENT, "%s must not be empty", field);
+  if (n > max)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is too large: %zu bytes, at most %zu", field,
+                    n, max);
+  if (!cl__utf8_valid(s, n)) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is not valid UTF-8", field);
+  return CL_OK;
+}
+
+static cl_status check_schedule(int64_t s, cl_error *err) {
+  if (s < 0 || s > CL_MAX_SCHEDULE_IN)
+    return cl__fail(err, CL_INVALID_ARGUMENT,
+                    "schedule_in must be from 0 to %lld seconds, got %" PRId64,
+                    (long long)CL_MAX_SCHEDULE_IN, s);
+  return CL_OK;
+}
+
+static cl_status check_uuid(const char *field, const char *s, char *out, cl_error *err) {
+  if (!s) {
+    out[0] = '\0';
+    return CL_OK;
+  }
+  if (!cl__uuid_valid(s))
+    return cl__fail(err, CL_INVALID_ARGUMENT, "%s '%.40s' is not a UUID", field, s);
+  cl__uuid_lower(s, out);
+  return CL_OK;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Non-empty, positive, distinct.  Duplicates are found on a sorted copy
+ * (O(n log n), no hashing), and the one reported is the smallest. */
+static cl_status check_ids(const int64_t *ids, size_t n, cl_error *err) {
+  if (!ids || n == 0)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "conversation_ids must not be empty");
+  if (n > CL_MAX_COHORT)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "conversation_ids has %zu ids, at most %d", n,
+                    CL_MAX_COHORT);
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] <= 0)
+      return cl__fail(err, CL_INVALID_ARGUMENT,
+                      "conversation id %" PRId64 " at position %zu is not positive", ids[i], i + 1);
+  int64_t *sorted = malloc(n * sizeof *sorted);
+  if (!sorted) return cl__fail(err, CL_INVALID_ARGUMENT, "out of memory");
+  memcpy(sorted, ids, n * sizeof *sorted);
+  qsort(sorted, n, sizeof *sorted, cmp_i64);
+  cl_status st = CL_OK;
+  for (size_t i = 1; i < n; i++)
+    if (sorted[i] == sorted[i - 1]) {
+      st = cl__fail(err, CL_INVALID_ARGUMENT, "duplicate conversation id %" PRId64 " in cohort",
+                    sorted[i]);
+      break;
+    }
+  free(sorted);
+  return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Hooks                                                                */
+/* ------------------------------------------------------------------ */
+
+/* Returns the actor to record (malloc'd, or NULL for none). */
+static cl_status resolve_actor(cl_engine *eng, const char *actor, const char *action,
+                               char **resolved, cl_error *err) {
+  *resolved = NULL;
+  if (!eng->has_resolver) {
+    if (actor && !(*resolved = strdup(actor))) return cl__fail(err, CL_DB_ERROR, "out of memory");
+    return CL_OK;
+  }
+  eng->in_hook = true;
+  cl_status st = eng->resolver.resolve(eng->resolver.ud, actor, action, resolved, err);
+  eng->in_hook = false;
+  if (st == CL_OK && *resolved &&
+      check_text("resolved actor", *resolved, CL_MAX_ACTOR_BYTES, false, err) != CL_OK) {
+    char why[CL_ERROR_MESSAGE_MAX];
+    snprintf(why, sizeof why, "%s", err ? err->message : "");
+    st = cl__fail(err, CL_HOOK_ERROR, "actor_resolver: %s", why);
+  } else if (st != CL_OK && st != CL_ACTOR_REJECTED && st != CL_HOOK_ERROR) {
+    st = CL_HOOK_ERROR;
+    if (err) err->code = st;
+  }
+  if (st != CL_OK) {
+    free(*resolved);
+    *resolved = NULL;
+  }
+  return st;
+}
+
+static cl_status call_auditor(cl_engine *eng, const char *action, const char *actor,
+                              const cl_kv *md, size_t nmd, char **audit_json, cl_error *err) {
+  cl_map map = {md, nmd};
+  struct cl_tx *tx = &eng->tx;
+  tx->eng = eng;
+  tx->active = true;
+  tx->failed = false;
+  eng->in_hook = true;
+  cl_status st = eng->auditor.audit(eng->auditor.ud, tx, action, actor, &map, audit_json, err);
+  eng->in_hook = false;
+  tx->active = false;
+  if (st == CL_OK && tx->failed)
+    st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: a statement failed and aborted the transaction: %s",
+                  tx->failure);
+  else if (st != CL_OK && st != CL_AUDIT_REJECTED && st != CL_HOOK_ERROR && st != CL_DB_ERROR) {
+    st = CL_HOOK_ERROR;
+    if (err) err->code = st;
+  }
+  if (st != CL_OK) {
+    free(*audit_json);
+    *audit_json = NULL;
+  }
+  return st;
+}
+
+cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const *params,
+                     cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
+  if (!tx || !tx->active)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "transaction handle used outside its audit call");
+  if (!sql) return cl__fail(err, CL_INVALID_ARGUMENT, "tx exec: sql is required");
+  if (tx->failed)
+    return cl__fail(err, CL_DB_ERROR, "transaction is aborted: %s", tx->failure);
+  cl_status st = cl__db_exec_sql(&tx->eng->db, sql, nparams, params, rows, err);
+  if (st != CL_OK) {
+    tx->failed = true;
+    snprintf(tx->failure, sizeof tx->failure, "%s", err ? err->message : "statement failed");
+  }
+  return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Telemetry                                                            */
+/* ------------------------------------------------------------------ */
+
+#define KV_STR(k, v) {(k), CL_VALUE_STRING, 0, (v)}
+#define KV_INT(k, v) {(k), CL_VALUE_INT, (v), NULL}
+#define KV_OPT_STR(k, v) {(k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v)}
+#define KV_OPT_INT(k, v) {(k), (v) ? CL_VALUE_INT : CL_VALUE_NIL, (v), NULL}
+#define NKV(a) (sizeof(a) / sizeof((a)[0]))
+
+static void emit_start(cl_engine *eng, cl__event ev, const char *outcome, int64_t count,
+                       bool with_count) {
+  if (!cl__tel_on(&eng->tel, ev)) return;
+  cl_kv m[] = {KV_INT("system_time", cl__system_ns()), KV_INT("monotonic_time", cl__monotonic_ns())};
+  cl_kv md[] = {KV_STR("outcome", outcome), KV_INT("count", count)};
+  cl__tel_emit(&eng->tel, ev, m, NKV(m), md, with_count ? 2 : 1);
+}
+
+static void emit_stop(cl_engine *eng, cl__event ev, int64_t t0, const char *outcome,
+                      int64_t count, bool with_count) {
+  if (!cl__tel_on(&eng->tel, ev)) return;
+  int64_t now = cl__monotonic_ns();
+  cl_kv m[] = {KV_INT("duration", now - t0), KV_INT("monotonic_time", now)};
+  cl_kv md[] = {KV_STR("outcome", outcome), KV_INT("count", count)};
+  cl__tel_emit(&eng->tel, ev, m, NKV(m), md, with_count ? 2 : 1);
+}
+
+static void emit_exception(cl_engine *eng, cl__event ev, int64_t t0, cl_status st,
+                           int64_t count, bool with_count) {
+  if (!cl__tel_on(&eng->tel, ev)) return;
+  cl_kv m[] = {KV_INT("duration", cl__monotonic_ns() - t0)};
+  cl_kv md[] = {KV_STR("outcome", "exception"), KV_STR("kind", cl_status_name(st)),
+                KV_INT("count", count)};
+  cl__tel_emit(&eng->tel, ev, m, NKV(m), md, with_count ? 3 : 2);
+}
+
+typedef struct trace_ctx {
+  const char *envelope_id;
+  int64_t conversation_id; /* 0: none */
+  const char *template_id;
+  const char *actor;
+} trace_ctx;
+
+static void emit_trace(cl_engine *eng, cl__event ev, const trace_ctx *t, const char *outcome,
+                       int effective_cap) {
+  if (!cl__tel_on(&eng->tel, ev)) return;
+  cl_kv m[] = {KV_INT("count", 1)};
+  cl_kv md[] = {
+      KV_STR("openinference.span.kind", "GUARDRAIL"),
+      KV_OPT_STR("bulk_envelope_id", t->envelope_id && *t->envelope_id ? t->envelope_id : NULL),
+      KV_OPT_INT("conversation_id", t->conversation_id),
+      KV_STR("template_id", t->template_id),
+      KV_OPT_STR("actor_id", t->actor),
+      KV_STR("outcome", outcome),
+      KV_INT("effective_cap", effective_cap),
+  };
+  cl__tel_emit(&eng->tel, ev, m, NKV(m), md, ev == CL__EV_TRACE_BULK_REFUSED ? 7 : 6);
+}
+
+/* Per-recipient trigger events of a bulk: n of them, only if listened to. */
+static void emit_recipients(cl_engine *eng, bool stop, int64_t t0, const char *outcome, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (stop) emit_stop(eng, CL__EV_TRIGGER_STOP, t0, outcome, 0, false);
+    else emit_start(eng, CL__EV_TRIGGER_START, "triggered", 0, false);
+  }
+}
+
+static bool failure_is_exception(cl_status st) { return st == CL_HOOK_ERROR || st == CL_DB_ERROR; }
+
+/* ------------------------------------------------------------------ */
+/* Results                                                              */
+/* ------------------------------------------------------------------ */
+
+static int64_t to_i64(const char *s) { return s ? strtoll(s, NULL, 10) : 0; }
+
+int64_t *cl__parse_int_array(cl__arena *a, const char *text, size_t *count) {
+  *count = 0;
+  if (!text || text[0] != '{') return NULL;
+  size_t n = text[1] == '}' ? 0 : 1;
+  for (const char *p = text; *p; p++) n += *p == ',';
+  int64_t *out = cl__arena_alloc(a, (n ? n : 1) * sizeof *out);
+  if (!out) return NULL;
+  const char *p = text + 1;
+  for (size_t i = 0; i < n; i++) {
+    char *end;
+    out[i] = strtoll(p, &end, 10);
+    p = end + 1;
+  }
+  *count = n;
+  return out;
+}
+
+static void fill_message(cl_message *m, int64_t id, int64_t conv, const char *content,
+                         const char *template_id, const char *status, const char *env) {
+  m->id = id;
+  m->conversation_id = conv;
+  m->role = "system_outbound";
+  m->content = content;
+  m->template_id = template_id;
+  m->status = status;
+  m->bulk_envelope_id = env;
+}
+
+static void fill_job(cl_delivery_job *j, int64_t id, const char *state, const char *scheduled_at,
+                     const cl_message *m) {
+  j->id = id;
+  j->worker = "outbound";
+  j->state = state;
+  j->scheduled_at = scheduled_at;
+  j->message_id = m->id;
+  j->conversation_id = m->conversation_id;
+  j->template_id = m->template_id;
+  j->bulk_envelope_id = m->bulk_envelope_id;
+}
+
+/* Statuses and states come back from the database; intern the known ones
+ * so results do not copy them per row. */
+static const char *intern(cl__arena *a, const char *s) {
+  static const char *const known[] = {"pending", "sent", "failed", "available", "scheduled",
+                                      "executing", "completed", "retryable", "discarded"};
+  if (!s) return NULL;
+  for (size_t i = 0; i < NKV(known); i++)
+    if (strcmp(s, known[i]) == 0) return known[i];
+  return cl__arena_strdup(a, s);
+}
+
+void cl_trigger_result_clear(cl_trigger_result *res) {
+  if (!res) return;
+  cl__arena_free(res->priv_);
+  free(res->audit_json);
+  memset(res, 0, sizeof *res);
+}
+
+void cl_bulk_result_clear(cl_bulk_result *res) {
+  if (!res) return;
+  cl__arena_free(res->priv_);
+  free(res->audit_json);
+  memset(res, 0, sizeof *res);
+}
+
+/* ------------------------------------------------------------------ */
+/* trigger                                                              */
+/* ------------------------------------------------------------------ */
+
+cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_opts *opts,
+                     cl_trigger_result *res, cl_error *err) {
+  char envelope_id[CL_UUID_LEN + 1];
+  cl_status st;
+  if (res) memset(res, 0, sizeof *res);
+  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
+  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "trigger called from inside a hook");
+  if (conversation_id <= 0)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "conversation id %" PRId64 " is not positive",
+                    conversation_id);
+  if ((st = check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+      (st = check_text("content", opts->content, CL_MAX_BODY_BYTES, false, err)) ||
+      (st = check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
+      (st = check_schedule(opts->schedule_in, err)) ||
+      (st = check_uuid("bulk_envelope_id", opts->bulk_envelope_id, envelope_id, err)))
+    return st;
+
+  int64_t t0 = cl__monotonic_ns();
+  char *actor = NULL;
+  trace_ctx trace = {envelope_id, conversation_id, opts->template_id, NULL};
+  st = resolve_actor(eng, opts->actor, "outbound_trigger", &actor, err);
+  if (st == CL_ACTOR_REJECTED) return st;
+  if (st != CL_OK) { /* the resolver failed: an exception, with nothing written */
+    emit_exception(eng, CL__EV_TRIGGER_EXCEPTION, t0, st, 0, false);
+    emit_trace(eng, CL__EV_TRACE_TRIGGER_FAILED, &trace, "exception", 0);
+    return st;
+  }
+  trace.actor = actor;
+
+  cl__arena *arena = cl__arena_new();
+  if (!arena) {
+    free(actor);
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  }
+  res->priv_ = arena;
+
+  t0 = cl__monotonic_ns();
+  emit_start(eng, CL__EV_TRIGGER_START, "triggered", 0, false);
+  emit_trace(eng, CL__EV_TRACE_TRIGGER_STARTED, &trace, "triggered", 0);
+
+  char idbuf[24], schedbuf[24], defcontent[CL_MAX_TEMPLATE_ID_BYTES + 48];
+  snprintf(idbuf, sizeof idbuf, "%" PRId64, conversation_id);
+  snprintf(schedbuf, sizeof schedbuf, "%" PRId64, opts->schedule_in);
+  const char *content = opts->content;
+  if (!content) {
+    snprintf(defcontent, sizeof defcontent, "Outbound message using template: %s",
+             opts->template_id);
+    content = defcontent;
+  }
+  const char *params[] = {idbuf, opts->template_id, content, envelope_id[0] ? envelope_id : NULL,
+                          schedbuf};
+  bool audit = eng->has_auditor;
+  cl_rows *rows = NULL;
+  const char *outcome = "triggered";
+
+  st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, audit, 5, params, &rows, err);
+  if (st != CL_OK && cl__db_unique_violation(&eng->db)) {
+    /* A concurrent trigger of the same key won the race between our
+     * duplicate check and our insert: run again to return its rows. */
+    st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, audit, 5, params, &rows, err);
+  }
+  if (st != CL_OK) goto fail;
+
+  if (cl_rows_count(rows) == 0) {
+    st = cl__fail(err, CL_UNKNOWN_CONVERSATION, "conversation %" PRId64 " does not exist",
+                  conversation_id);
+    goto fail_tx;
+  }
+  bool dup = strcmp(cl_rows_value(rows, 0, 0), "t") == 0;
+  const char *tid = cl__arena_strdup(arena, opts->template_id);
+  const char *env = envelope_id[0] ? cl__arena_strdup(arena, envelope_id) : NULL;
+  const char *body = cl__arena_strdup(arena, dup ? cl_rows_value(rows, 0, 5) : content);
+  const char *status = dup ? intern(arena, cl_rows_value(rows, 0, 6)) : "pending";
+  const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, 4));
+  const char *state = intern(arena, cl_rows_value(rows, 0, 3));
+  if (!tid || !body || !sched || !state || (envelope_id[0] && !env)) {
+    st = cl__fail(err, CL_DB_ERROR, "out of memory");
+    goto fail_tx;
+  }
+  fill_message(&res->message, to_i64(cl_rows_value(rows, 0, 2)), conversation_id, body, tid,
+               status, env);
+  fill_job(&res->delivery_job, to_i64(cl_rows_value(rows, 0, 1)), state, sched, &res->message);
+  res->duplicate = dup;
+  cl_rows_free(rows);
+  rows = NULL;
+
+  if (dup) {
+    outcome = "duplicate";
+    if (audit) cl__db_rollback(&eng->db); /* nothing was written */
+  } else if (audit) {
+    cl_kv md[] = {KV_INT("conversation_id", conversation_id), KV_STR("template_id", tid)};
+    st = call_auditor(eng, "outbound_trigger", actor, md, NKV(md), &res->audit_json, err);
+    if (st != CL_OK) goto fail_tx;
+    st = cl__db_commit(&eng->db, err);
+    if (st != CL_OK) goto fail;
+  }
+
+  emit_stop(eng, CL__EV_TRIGGER_STOP, t0, outcome, 0, false);
+  emit_trace(eng, CL__EV_TRACE_TRIGGER_COMPLETED, &trace, outcome, 0);
+  free(actor);
+  cl__ok(err);
+  return CL_OK;
+
+fail_tx:
+  if (audit) cl__db_rollback(&eng->db);
+fail:
+  cl_rows_free(rows);
+  if (failure_is_exception(st)) {
+    emit_exception(eng, CL__EV_TRIGGER_EXCEPTION, t0, st, 0, false);
+    emit_trace(eng, CL__EV_TRACE_TRIGGER_FAILED, &trace, "exception", 0);
+  } else {
+    emit_stop(eng, CL__EV_TRIGGER_STOP, t0, "failed", 0, false);
+    emit_trace(eng, CL__EV_TRACE_TRIGGER_FAILED, &trace, "failed", 0);
+  }
+  free(actor);
+  cl_trigger_result_clear(res);
+  return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* bulk_trigger                                                         */
+/* ------------------------------------------------------------------ */
+
+/* '{1,2,3}' for a bigint[] parameter. */
+static char *ids_literal(const int64_t *ids, size_t n) {
+  char *buf = malloc(n * 21 + 3), *p = buf;
+  if (!buf) return NULL;
+  *p++ = '{';
+  for (size_t i = 0; i < n; i++) {
+    if (i) *p++ = ',';
+    p += sprintf(p, "%" PRId64, ids[i]);
+  }
+  *p++ = '}';
+  *p = '\0';
+  return buf;
+}
+
+/* Same content as a stored envelope: template, body and cohort, in order. */
+static bool same_content(const cl_rows *rows, const cl_bulk_opts *opts, const char *ids_text) {
+  const char *tid = cl_rows_value(rows, 0, PRIOR_COL + 1);
+  const char *body = cl_rows_value(rows, 0, PRIOR_COL + 2);
+  const char *ids = cl_rows_value(rows, 0, PRIOR_COL + 3);
+  return tid && body && ids && strcmp(tid, opts->template_id) == 0 &&
+         strcmp(body, opts->rendered_body) == 0 && strcmp(ids, ids_text) == 0;
+}
+
+/* Fills res from a stored, submitted envelope and its rows. */
+static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *ids_text,
+                             cl_bulk_result *res, cl_error *err) {
+  cl__arena *a = res->priv_;
+  cl_envelope *e = &res->envelope;
+  if (!cl__envelope_from_row(a, prior, 0, PRIOR_COL, e))
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  const char *params[] = {e->id, ids_text, e->template_id};
+  cl_rows *rows = NULL;
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_BULK_ROWS, false, 3, params, &rows, err);
+  if (st != CL_OK) return st;
+  size_t n = (size_t)cl_rows_count(rows);
+  res->messages = cl__arena_alloc(a, (n ? n : 1) * sizeof *res->messages);
+  res->delivery_jobs = cl__arena_alloc(a, (n ? n : 1) * sizeof *res->delivery_jobs);
+  const char *env_id = cl__arena_strdup(a, e->id);
+  if (!res->messages || !res->delivery_jobs || !env_id) {
+    cl_rows_free(rows);
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  }
+  for (size_t i = 0; i < n; i++) {
+    int r = (int)i;
+    const char *content = cl_rows_value(rows, r, 4);
+    /* Bodies are the snapshot: share the envelope's copy when equal. */
+    content = content && strcmp(content, e->rendered_body) == 0 ? e->rendered_body
+                                                                : cl__arena_strdup(a, content);
+    fill_message(&res->messages[i], to_i64(cl_rows_value(rows, r, 1)),
+                 to_i64(cl_rows_value(rows, r, 6)), content, e->template_id,
+                 intern(a, cl_rows_value(rows, r, 5)), env_id);
+    fill_job(&res->delivery_jobs[i], to_i64(cl_rows_value(rows, r, 0)),
+             intern(a, cl_rows_value(rows, r, 2)), cl__arena_strdup(a, cl_rows_value(rows, r, 3)),
+             &res->messages[i]);
+  }
+  res->count = n;
+  res->replayed = 1;
+  cl_rows_free(rows);
+  return CL_OK;
+}
+
+/* Over the cap: store the refused attempt on its own, report the outcome. */
+static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_bulk_opts *opts,
+                        const char *envelope_id, const char *ids_text, const char *actor, int cap,
+                        cl_bulk_result *res, cl_error *err) {
+  char reason[96], capbuf[16];
+  snprintf(reason, sizeof reason, "batch_size %zu exceeds cap %d", n, cap);
+  snprintf(capbuf, sizeof capbuf, "%d", cap);
+  const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text,
+                          capbuf, actor, reason};
+  trace_ctx trace = {envelope_id, 0, opts->template_id, actor};
+  cl_rows *rows = NULL;
+  cl_error dberr;
+  const char *outcome = "refused_cap_exceeded";
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_REFUSE, false, 7, params, &rows, &dberr);
+  if (st != CL_OK) {
+    /* Fail closed, and loudly: the refusal stands, its record is missing. */
+    outcome = "refused_cap_exceeded_audit_failed";
+    cl_log(eng, CL_LOG_ERROR, "refused bulk envelope %s (%s) could not be recorded: %s",
+           envelope_id, reason, dberr.message);
+  } else if (cl_rows_value(rows, 0, PRIOR_COL)) {
+    /* The caller's envelope id names a stored envelope: its outcome stands. */
+    if (!same_content(rows, opts, ids_text)) {
+      st = cl__fail(err, CL_ENVELOPE_CONFLICT,
+                    "envelope %s already exists with different content", envelope_id);
+      cl_rows_free(rows);
+      return st;
+    }
+    const char *status = cl_rows_value(rows, 0, PRIOR_COL + 8);
+    if (status && strcmp(status, "submitted") == 0) {
+      st = load_replay(eng, rows, ids_text, res, err);
+      cl_rows_free(rows);
+      return st;
+    }
+    const char *stored = cl_rows_value(rows, 0, PRIOR_COL + 9);
+    if (stored) snprintf(reason, sizeof reason, "%s", stored);
+  }
+  cl_rows_free(rows);
+  if (cl__tel_on(&eng->tel, CL__EV_BULK_REFUSED)) {
+    cl_kv m[] = {KV_INT("count", (int64_t)n)};
+    cl_kv md[] = {KV_STR("outcome", outcome), KV_INT("count", (int64_t)n)};
+    cl__tel_emit(&eng->tel, CL__EV_BULK_REFUSED, m, NKV(m), md, NKV(md));
+  }
+  emit_trace(eng, CL__EV_TRACE_BULK_REFUSED, &trace, outcome, cap);
+  return cl__fail(err, CL_BATCH_TOO_LARGE, "%s", reason);
+}
+
+typedef struct pair {
+  int64_t key, value;
+} pair;
+
+static int cmp_pair(const void *a, const void *b) { return cmp_i64(a, b); }
+
+/*
+ * Orders `values` (returned alongside `keys`) by `want`: out[i] is the value
+ * whose key is want[i].  Insert order normally matches already, which is
+ * checked in one pass; otherwise a sorted copy is searched.  False if a key
+ * is missing.
+ */
+static bool align(const int64_t *want, const int64_t *keys, const int64_t *values, size_t n,
+                  int64_t *out) {
+  size_t i = 0;
+  while (i < n && keys[i] == want[i]) {
+    out[i] = values[i];
+    i++;
+  }
+  if (i == n) return true;
+  pair *p = malloc(n * sizeof *p);
+  if (!p) return false;
+  for (size_t k = 0; k < n; k++) p[k] = (pair){keys[k], values[k]};
+  qsort(p, n, sizeof *p, cmp_pair);
+  bool ok = true;
+  for (; i < n && ok; i++) {
+    pair probe = {want[i], 0}, *hit = bsearch(&probe, p, n, sizeof *p, cmp_pair);
+    if (hit) out[i] = hit->value;
+    else ok = false;
+  }
+  free(p);
+  return ok;
+}
+
+/* Fills res from a fresh submit, recipients in cohort order. */
+static cl_status load_submit(const cl_rows *rows, const int64_t *ids, size_t n,
+                             const cl_bulk_opts *opts, const char *envelope_id, const char *actor,
+                             int cap, cl_bulk_result *res, cl_error *err) {
+  cl__arena *a = res->priv_;
+  cl_envelope *e = &res->envelope;
+  size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0;
+  int64_t *mids = cl__parse_int_array(a, cl_rows_value(rows, 0, 1), &n1);
+  int64_t *mcids = cl__parse_int_array(a, cl_rows_value(rows, 0, 2), &n2);
+  int64_t *jids = cl__parse_int_array(a, cl_rows_value(rows, 0, 3), &n3);
+  int64_t *jmids = cl__parse_int_array(a, cl_rows_value(rows, 0, 4), &n4);
+  int64_t *cids = cl__arena_alloc(a, n * sizeof *cids);
+  int64_t *msg_by_ord = cl__arena_alloc(a, n * sizeof *msg_by_ord);
+  int64_t *job_by_ord = cl__arena_alloc(a, n * sizeof *job_by_ord);
+  res->messages = cl__arena_alloc(a, n * sizeof *res->messages);
+  res->delivery_jobs = cl__arena_alloc(a, n * sizeof *res->delivery_jobs);
+  memcpy(e->id, envelope_id, CL_UUID_LEN + 1);
+  e->template_id = cl__arena_strdup(a, opts->template_id);
+  e->rendered_body = cl__arena_strdup(a, opts->rendered_body);
+  e->requested_by = cl__arena_strdup(a, actor);
+  e->requested_at = cl__arena_strdup(a, cl_rows_value(rows, 0, 0));
+  const char *sched = cl__arena_strdup(a, cl_rows_value(rows, 0, 5));
+  const char *env_id = cl__arena_strdup(a, envelope_id);
+  if (!mids || !mcids || !jids || !jmids || !cids || !msg_by_ord || !job_by_ord ||
+      !res->messages || !res->delivery_jobs || !e->template_id || !e->rendered_body ||
+      (actor && !e->requested_by) || !e->requested_at || !sched || !env_id)
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  if (n1 != n || n2 != n || n3 != n || n4 != n || !align(ids, mcids, mids, n, msg_by_ord) ||
+      !align(msg_by_ord, jmids, jids, n, job_by_ord))
+    return cl__fail(err, CL_DB_ERROR, "bulk insert returned rows that do not match the cohort");
+  memcpy(cids, ids, n * sizeof *cids);
+  e->recipient_conversation_ids = cids;
+  e->count = n;
+  e->effective_cap = cap;
+  e->status = "submitted";
+  e->refused_reason = NULL;
+  const char *state = opts->schedule_in > 0 ? "scheduled" : "available";
+  for (size_t i = 0; i < n; i++) {
+    fill_message(&res->messages[i], msg_by_ord[i], ids[i], e->rendered_body, e->template_id,
+                 "pending", env_id);
+    fill_job(&res->delivery_jobs[i], job_by_ord[i], state, sched, &res->messages[i]);
+  }
+  res->count = n;
+  return CL_OK;
+}
+
+/* After a foreign-key failure: name the first id that has no conversation. */
+static cl_status name_missing(cl_engine *eng, const char *ids_text, cl_error *err) {
+  char why[CL_ERROR_MESSAGE_MAX];
+  snprintf(why, sizeof why, "%s", err ? err->message : "");
+  const char *params[] = {ids_text};
+  cl_rows *rows = NULL;
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_MISSING, false, 1, params, &rows, err);
+  if (st != CL_OK) return st;
+  if (cl_rows_count(rows) == 1)
+    st = cl__fail(err, CL_UNKNOWN_CONVERSATION, "conversation %s does not exist",
+                  cl_rows_value(rows, 0, 0));
+  else /* it exists now: a concurrent insert raced us */
+    st = cl__fail(err, CL_DB_ERROR, "%s", why);
+  cl_rows_free(rows);
+  return st;
+}
+
+cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl_bulk_opts *opts,
+                          cl_bulk_result *res, cl_error *err) {
+  char envelope_id[CL_UUID_LEN + 1];
+  cl_status st;
+  if (res) memset(res, 0, sizeof *res);
+  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
+  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "bulk_trigger called from inside a hook");
+  if ((st = check_ids(ids, n, err)) ||
+      (st = check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+      (st = check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||
+      (st = check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
+      (st = check_schedule(opts->schedule_in, err)) ||
+      (st = check_uuid("envelope_id", opts->envelope_id, envelope_id, err)))
+    return st;
+  if (!envelope_id[0]) cl__uuid_v4(envelope_id);
+
+  int64_t t0 = cl__monotonic_ns();
+  char *actor = NULL;
+  trace_ctx trace = {envelope_id, 0, opts->template_id, NULL};
+  st = resolve_actor(eng, opts->actor, "bulk_outbound_trigger", &actor, err);
+  if (st == CL_ACTOR_REJECTED) return st;
+  if (st != CL_OK) {
+    emit_exception(eng, CL__EV_BULK_EXCEPTION, t0, st, (int64_t)n, true);
+    emit_trace(eng, CL__EV_TRACE_BULK_FAILED, &trace, "exception", 0);
+    return st;
+  }
+  trace.actor = actor;
+
+  char *ids_text = ids_literal(ids, n);
+  cl__arena *arena = cl__arena_new();
+  if (!ids_text || !arena) {
+    free(ids_text);
+    cl__arena_free(arena);
+    free(actor);
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  }
+  res->priv_ = arena;
+
+  /* The cap of the moment, read now: a configure() between calls counts. */
+  int cap = eng->max_batch_size;
+  if (n > (size_t)cap) {
+    st = refuse(eng, ids, n, opts, envelope_id, ids_text, actor, cap, res, err);
+    goto done;
+  }
+
+  t0 = cl__monotonic_ns();
+  emit_start(eng, CL__EV_BULK_START, "submitted", (int64_t)n, true);
+  if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_START)) emit_recipients(eng, false, t0, NULL, n);
+
+  char capbuf[16], schedbuf[24];
+  snprintf(capbuf, sizeof capbuf, "%d", cap);
+  snprintf(schedbuf, sizeof schedbuf, "%" PRId64, opts->schedule_in);
+  const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text,
+                          capbuf, actor, schedbuf};
+  bool audit = eng->has_auditor;
+  bool in_tx = false;
+  const char *outcome = "submitted", *recipient_outcome = "triggered";
+  cl_rows *rows = NULL;
+  st = cl__db_exec(&eng->db, CL__STMT_BULK, audit, 7, params, &rows, err);
+  if (st != CL_OK && cl__db_fk_violation(&eng->db)) st = name_missing(eng, ids_text, err);
+  if (st != CL_OK) goto fail;
+  in_tx = audit;
+
+  if (cl_rows_value(rows, 0, PRIOR_COL)) {
+    /* The caller's envelope id names a stored envelope. */
+    if (in_tx) cl__db_rollback(&eng->db); /* nothing was written */
+    in_tx = false;
+    if (!same_content(rows, opts, ids_text)) {
+      st = cl__fail(err, CL_ENVELOPE_CONFLICT,
+                    "envelope %s already exists with different content", envelope_id);
+      goto fail;
+    }
+    const char *status = cl_rows_value(rows, 0, PRIOR_COL + 8);
+    if (!status || strcmp(status, "submitted") != 0) {
+      st = cl__fail(err, CL_BATCH_TOO_LARGE, "%s",
+                    cl_rows_value(rows, 0, PRIOR_COL + 9) ? cl_rows_value(rows, 0, PRIOR_COL + 9)
+                                                          : "envelope was refused");
+      goto fail;
+    }
+    st = load_replay(eng, rows, ids_text, res, err);
+    if (st != CL_OK) goto fail;
+    recipient_outcome = "duplicate";
+  } else {
+    st = load_submit(rows, ids, n, opts, envelope_id, actor, cap, res, err);
+    if (st != CL_OK) goto fail;
+    if (audit) {
+      cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
+                    KV_STR("template_id", res->envelope.template_id)};
+      st = call_auditor(eng, "bulk_outbound_trigger", actor, md, NKV(md), &res->audit_json, err);
+      if (st != CL_OK) goto fail;
+      in_tx = false;
+      st = cl__db_commit(&eng->db, err);
+      if (st != CL_OK) goto fail;
+    }
+  }
+  cl_rows_free(rows);
+
+  if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_STOP)) emit_recipients(eng, true, t0, recipient_outcome, n);
+  emit_stop(eng, CL__EV_BULK_STOP, t0, outcome, (int64_t)n, true);
+  if (!res->replayed) emit_trace(eng, CL__EV_TRACE_BULK_SUBMITTED, &trace, outcome, 0);
+  goto done;
+
+fail:
+  if (in_tx) cl__db_rollback(&eng->db);
+  cl_rows_free(rows);
+  if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_STOP)) emit_recipients(eng, true, t0, "failed", n);
+  if (failure_is_exception(st)) {
+    emit_exception(eng, CL__EV_BULK_EXCEPTION, t0, st, (int64_t)n, true);
+    emit_trace(eng, CL__EV_TRACE_BULK_FAILED, &trace, "exception", 0);
+  } else {
+    emit_stop(eng, CL__EV_BULK_STOP, t0, "failed", (int64_t)n, true);
+    emit_trace(eng, CL__EV_TRACE_BULK_FAILED, &trace, "failed", 0);
+  }
+
+done:
+  free(ids_text);
+  free(actor);
+  if (st != CL_OK) cl_bulk_result_clear(res);
+  else cl__ok(err);
+  return st;
+}

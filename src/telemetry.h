@@ -1,0 +1,76 @@
+/*
+ * telemetry.h - the event bus: handlers attached by exact event name.
+ *
+ * Known events are an enum so that emit sites test one array slot; with no
+ * handler attached an emit is a load and a branch (no allocation, no
+ * formatting: callers build metadata only inside cl__tel_on()).  Handlers
+ * attached to names the engine never emits are kept and never called.
+ */
+#ifndef CL_TELEMETRY_H
+#define CL_TELEMETRY_H
+
+#include "cairnloop.h"
+
+#include <stdbool.h>
+
+/* Every event the engine emits: enum suffix and dotted name. */
+#define CL__EVENT_MAP(XX)                                                          \
+  XX(TRIGGER_START, "cairnloop.outbound.triggered.start")                          \
+  XX(TRIGGER_STOP, "cairnloop.outbound.triggered.stop")                            \
+  XX(TRIGGER_EXCEPTION, "cairnloop.outbound.triggered.exception")                  \
+  XX(BULK_START, "cairnloop.outbound.bulk.triggered.start")                        \
+  XX(BULK_STOP, "cairnloop.outbound.bulk.triggered.stop")                          \
+  XX(BULK_EXCEPTION, "cairnloop.outbound.bulk.triggered.exception")                \
+  XX(BULK_REFUSED, "cairnloop.outbound.bulk.triggered")                            \
+  XX(DELIVERY_SENT, "cairnloop.outbound.delivery.sent")                            \
+  XX(DELIVERY_FAILED, "cairnloop.outbound.delivery.failed")                        \
+  XX(DELIVERY_NO_OP, "cairnloop.outbound.delivery.no_op")                          \
+  XX(TRACE_TRIGGER_STARTED, "cairnloop.outbound.trace.trigger_started")            \
+  XX(TRACE_TRIGGER_COMPLETED, "cairnloop.outbound.trace.trigger_completed")        \
+  XX(TRACE_TRIGGER_FAILED, "cairnloop.outbound.trace.trigger_failed")              \
+  XX(TRACE_BULK_SUBMITTED, "cairnloop.outbound.trace.bulk_submitted")              \
+  XX(TRACE_BULK_FAILED, "cairnloop.outbound.trace.bulk_failed")                    \
+  XX(TRACE_BULK_REFUSED, "cairnloop.outbound.trace.bulk_refused")                  \
+  XX(TRACE_DELIVERY_SENT, "cairnloop.outbound.trace.delivery_sent")                \
+  XX(TRACE_DELIVERY_FAILED, "cairnloop.outbound.trace.delivery_failed")
+
+typedef enum cl__event {
+#define XX(name, str) CL__EV_##name,
+  CL__EVENT_MAP(XX)
+#undef XX
+  CL__EV__COUNT
+} cl__event;
+
+typedef struct cl__handler {
+  char *id;
+  char **names; /* dotted event names, owned */
+  size_t nnames;
+  cl_handler_fn fn;
+  void *config;
+  void (*release)(void *config); /* called once, when detached or on close */
+  bool dead;                     /* detached during an emit; freed after it */
+  struct cl__handler *next;
+} cl__handler;
+
+typedef struct cl__telemetry {
+  cl__handler *handlers;                 /* every attached handler, attach order */
+  cl__handler **by_event[CL__EV__COUNT]; /* live handlers per known event */
+  size_t n_by_event[CL__EV__COUNT];
+  int emitting; /* nesting depth: lists are rebuilt only at depth 0 */
+  bool dirty;
+} cl__telemetry;
+
+static inline bool cl__tel_on(const cl__telemetry *t, cl__event ev) {
+  return t->n_by_event[ev] != 0;
+}
+
+/* Calls every handler of `ev`.  Callers check cl__tel_on() first. */
+void cl__tel_emit(cl__telemetry *t, cl__event ev, const cl_kv *measurements, size_t nmeas,
+                  const cl_kv *metadata, size_t nmeta);
+void cl__tel_free(cl__telemetry *t);
+
+/* Monotonic and wall clocks in nanoseconds, for span measurements. */
+int64_t cl__monotonic_ns(void);
+int64_t cl__system_ns(void);
+
+#endif

@@ -111,6 +111,10 @@ typedef struct cl_config {
   void *log_ud;
   /* Below this level log lines are dropped.  Default CL_LOG_INFO. */
   cl_log_level log_level;
+  /* Delivery: attempts before a job is discarded (0: 20), and how long a
+   * claimed job stays leased to its worker before it is rescued (0: 60 s). */
+  int max_attempts;
+  int lease_seconds;
 } cl_config;
 
 /* Fills `cfg` with the defaults (all zero/NULL, log level info). */
@@ -383,6 +387,46 @@ CL_API cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *conversation_ids
                                  size_t count, const cl_bulk_opts *opts,
                                  cl_bulk_result *res, cl_error *err);
 CL_API void cl_bulk_result_clear(cl_bulk_result *res);
+
+/* ------------------------------------------------------------------ */
+/* Delivery                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct cl_conversation {
+  int64_t id;
+  const char *status;
+  const char *subject;      /* NULL when unset */
+  const char *customer_ref; /* NULL when unset */
+} cl_conversation;
+
+/*
+ * The notifier delivers one message.  `idempotency_key` ("<message id>:<attempt>")
+ * is stable per attempt so an external sender can deduplicate retries.
+ * Return CL_OK when delivered; anything else is a failed attempt and
+ * err->message is recorded as its reason (the job is retried with backoff
+ * until max_attempts, then discarded).  Everything passed is valid for the
+ * call only.
+ */
+typedef struct cl_notifier {
+  cl_status (*deliver)(void *ud, const cl_message *message, const cl_conversation *conversation,
+                       const char *idempotency_key, int attempt, cl_error *err);
+  void (*release)(void *ud);
+  void *ud;
+} cl_notifier;
+
+CL_API cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err);
+
+typedef struct cl_work_stats {
+  int sent, failed, no_op, retried, discarded;
+} cl_work_stats;
+
+/*
+ * Delivers up to `limit` due jobs once (claimed in one batch under a lease,
+ * completed in one batch) and returns the counts.  Without a notifier each
+ * job completes as no_op and its message is marked sent.
+ * Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
+ */
+CL_API cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_error *err);
 
 /* ------------------------------------------------------------------ */
 /* Envelope reads                                                       */

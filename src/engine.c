@@ -101,6 +101,10 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
       cfg->hook_instruction_limit ? cfg->hook_instruction_limit : CL_DEFAULT_HOOK_INSTRUCTIONS;
   eng->hook_time_limit_ms = cfg->hook_time_limit_ms ? cfg->hook_time_limit_ms : CL_DEFAULT_HOOK_TIME_MS;
   eng->hook_memory_limit = cfg->hook_memory_limit ? cfg->hook_memory_limit : CL_DEFAULT_HOOK_MEMORY;
+  if (cfg->max_attempts < 0 || cfg->lease_seconds < 0)
+    goto fail_config;
+  eng->max_attempts = cfg->max_attempts ? cfg->max_attempts : CL_DEFAULT_MAX_ATTEMPTS;
+  eng->lease_seconds = cfg->lease_seconds ? cfg->lease_seconds : CL_DEFAULT_LEASE_SECONDS;
   eng->log = cfg->log ? cfg->log : stderr_log;
   eng->log_ud = cfg->log_ud;
   eng->log_level = cfg->log_level;
@@ -118,13 +122,18 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   *out = eng;
   cl__ok(err);
   return CL_OK;
+
+fail_config:
+  free(eng);
+  return cl__fail(err, CL_INVALID_ARGUMENT, "max_attempts and lease_seconds must not be negative");
 }
 
 void cl_close(cl_engine *eng) {
   if (!eng) return;
   if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
   if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
-  eng->has_auditor = eng->has_resolver = false;
+  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  eng->has_auditor = eng->has_resolver = eng->has_notifier = false;
   cl__tel_free(&eng->tel);
   /* The policy state goes after the hooks and handlers that point into it. */
   cl__policy_free(eng->policy);
@@ -168,6 +177,19 @@ cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolve
   eng->has_resolver = resolver != NULL;
   if (resolver) eng->resolver = *resolver;
   else memset(&eng->resolver, 0, sizeof eng->resolver);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err) {
+  if (notifier && !notifier->deliver)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "notifier has no deliver function");
+  if (eng->in_hook)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the notifier from inside a hook");
+  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  eng->has_notifier = notifier != NULL;
+  if (notifier) eng->notifier = *notifier;
+  else memset(&eng->notifier, 0, sizeof eng->notifier);
   cl__ok(err);
   return CL_OK;
 }

@@ -21,6 +21,8 @@
 #define CL_DEFAULT_HOOK_TIME_MS 5000LL
 #define CL_DEFAULT_HOOK_MEMORY ((size_t)64 * 1024 * 1024)
 #define CL_DEFAULT_MAX_BATCH_SIZE 25
+#define CL_DEFAULT_MAX_ATTEMPTS 20
+#define CL_DEFAULT_LEASE_SECONDS 60
 
 struct cl__policy; /* policy.c: the engine's own Lua 5.4 state */
 
@@ -53,6 +55,13 @@ struct cl_engine {
   bool has_auditor;
   cl_actor_resolver resolver;
   bool has_resolver;
+  cl_notifier notifier;
+  bool has_notifier;
+
+  /* Delivery settings (cl_config) and this worker's lease owner name. */
+  int max_attempts;
+  int lease_seconds;
+  char worker_id[96];
 
   cl__telemetry tel;
   struct cl_tx tx;

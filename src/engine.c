@@ -23,7 +23,7 @@ static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 static void stderr_log(void *ud, cl_log_level level, const char *line) {
   (void)ud;
-  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop: %s: %s\n", level_names[level], line);
+  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop [%s] %s\n", level_names[level], line);
 }
 
 void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap) {

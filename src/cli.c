@@ -1,0 +1,463 @@
+/*
+ * cli.c - main() of the `cairnloop` command: the command table, option
+ * parsing (getopt_long, common options before or after the command), help,
+ * the one-line error channel and opening an engine on the right database.
+ * The commands themselves live in cli_commands.c and cli_db.c; the JSON
+ * shapes in cli_json.c.  Uses only the public API of libcairnloop.
+ */
+#include "cli_common.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Returned by the parsers while the command should go on. */
+#define CLI_CONTINUE (-1)
+
+/* Command flags. */
+#define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy */
+
+typedef struct cli_command {
+  const char *name;
+  int (*run)(cli_ctx *ctx);
+  unsigned flags;
+  const int *options; /* the command's own option ids, 0-terminated */
+  int min_args, max_args;
+  const char *summary; /* one line in `cairnloop --help` */
+  const char *help;    /* synopsis, description and the command's options */
+} cli_command;
+
+/* Every option any command takes; the commands pick theirs by id. */
+static const struct option all_options[] = {
+    {"help", no_argument, NULL, CLI_OPT_HELP},
+    {"version", no_argument, NULL, CLI_OPT_VERSION},
+    {"json", no_argument, NULL, CLI_OPT_JSON},
+    {"database", required_argument, NULL, CLI_OPT_DATABASE},
+    {"schema", required_argument, NULL, CLI_OPT_SCHEMA},
+    {"policy", required_argument, NULL, CLI_OPT_POLICY},
+    {"template", required_argument, NULL, CLI_OPT_TEMPLATE},
+    {"content", required_argument, NULL, CLI_OPT_CONTENT},
+    {"schedule-in", required_argument, NULL, CLI_OPT_SCHEDULE_IN},
+    {"actor", required_argument, NULL, CLI_OPT_ACTOR},
+    {"bulk-envelope-id", required_argument, NULL, CLI_OPT_BULK_ENVELOPE_ID},
+    {"body", required_argument, NULL, CLI_OPT_BODY},
+    {"body-file", required_argument, NULL, CLI_OPT_BODY_FILE},
+    {"ids", required_argument, NULL, CLI_OPT_IDS},
+    {"ids-file", required_argument, NULL, CLI_OPT_IDS_FILE},
+    {"envelope-id", required_argument, NULL, CLI_OPT_ENVELOPE_ID},
+    {"max-batch-size", required_argument, NULL, CLI_OPT_MAX_BATCH_SIZE},
+    {"status", required_argument, NULL, CLI_OPT_STATUS},
+    {"limit", required_argument, NULL, CLI_OPT_LIMIT},
+};
+#define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
+
+/* Accepted everywhere, and before the command. */
+static const int output_options[] = {CLI_OPT_HELP, CLI_OPT_VERSION, CLI_OPT_JSON, 0};
+/* Accepted by the commands that open an engine, and before the command. */
+static const int engine_options[] = {CLI_OPT_DATABASE, CLI_OPT_SCHEMA, CLI_OPT_POLICY, 0};
+
+static const int trigger_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_CONTENT, CLI_OPT_SCHEDULE_IN,
+                                      CLI_OPT_ACTOR, CLI_OPT_BULK_ENVELOPE_ID, 0};
+static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_FILE,
+                                   CLI_OPT_IDS, CLI_OPT_IDS_FILE, CLI_OPT_ACTOR,
+                                   CLI_OPT_ENVELOPE_ID, CLI_OPT_MAX_BATCH_SIZE,
+                                   CLI_OPT_SCHEDULE_IN, 0};
+static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
+static const int no_options[] = {0};
+
+static const cli_command commands[] = {
+    {"migrate", cl__cli_cmd_migrate, CLI_ENGINE, no_options, 0, 0,
+     "apply the database migrations (idempotent)",
+     "Usage: cairnloop migrate [COMMON OPTIONS]\n"
+     "\n"
+     "Creates or updates the tables in the schema.  Running it again is a no-op.\n"},
+    {"trigger", cl__cli_cmd_trigger, CLI_ENGINE, trigger_options, 1, 1,
+     "trigger one outbound message to a conversation",
+     "Usage: cairnloop trigger CONVERSATION_ID --template ID [OPTIONS]\n"
+     "\n"
+     "Writes one pending message and its delivery job in one transaction, with\n"
+     "the policy's auditor.  Triggering the same conversation, template and\n"
+     "bulk envelope again writes nothing and reports the existing message.\n"
+     "\n"
+     "Options:\n"
+     "  --template ID            template id (required)\n"
+     "  --content TEXT           message text (default: \"Outbound message using\n"
+     "                           template: ID\")\n"
+     "  --schedule-in S          deliver no sooner than S seconds from now (default 0)\n"
+     "  --actor A                who asks; passed through the actor resolver\n"
+     "  --bulk-envelope-id UUID  correlate the message with a bulk envelope\n"},
+    {"bulk", cl__cli_cmd_bulk, CLI_ENGINE, bulk_options, 0, 0,
+     "send one body to a cohort under an audited envelope",
+     "Usage: cairnloop bulk --template ID (--body TEXT | --body-file F)\n"
+     "                      (--ids 1,2,3 | --ids-file F|-) [OPTIONS]\n"
+     "\n"
+     "Records an envelope with the body, the cohort and the cap of the moment,\n"
+     "then one message and one delivery job per conversation, all in one\n"
+     "transaction.  A cohort over the cap is refused (exit 3) and the refused\n"
+     "envelope is recorded.\n"
+     "\n"
+     "Options:\n"
+     "  --template ID            template id the body was rendered from (required)\n"
+     "  --body TEXT              the rendered body, stored exactly as given\n"
+     "  --body-file F            read the body from file F (- for standard input)\n"
+     "  --ids 1,2,3              conversation ids, comma-separated\n"
+     "  --ids-file F             conversation ids, one per line (- for standard\n"
+     "                           input); blank lines are ignored\n"
+     "  --actor A                who asks; stored as requested_by\n"
+     "  --envelope-id UUID       caller-chosen envelope id: a retry with the same\n"
+     "                           content replays, different content conflicts\n"
+     "  --max-batch-size N       the cap for this call (default: 25, or\n"
+     "                           $CAIRNLOOP_MAX_BATCH_SIZE)\n"
+     "  --schedule-in S          deliver no sooner than S seconds from now\n"},
+    {"envelopes", cl__cli_cmd_envelopes, CLI_ENGINE, envelopes_options, 0, 0,
+     "list bulk envelopes, submitted and refused, newest first",
+     "Usage: cairnloop envelopes [--template ID] [--status S] [--limit N]\n"
+     "\n"
+     "Lists bulk envelopes, newest requested_at first: both the submitted and\n"
+     "the refused lane.\n"
+     "\n"
+     "Options:\n"
+     "  --template ID            only envelopes of this template\n"
+     "  --status S               only this status (submitted, refused_cap_exceeded)\n"
+     "  --limit N                at most N envelopes (default 50)\n"},
+    {"db", cl__cli_cmd_db, 0, no_options, 1, 1,
+     "manage the embedded PostgreSQL cluster under ./.cairnloop",
+     "Usage: cairnloop db start|stop|status|url\n"
+     "\n"
+     "The embedded cluster is a private PostgreSQL server under ./.cairnloop,\n"
+     "reachable only through its Unix socket.  Commands use it when neither\n"
+     "--database, $CAIRNLOOP_DATABASE_URL nor a PG* connection variable is set,\n"
+     "and start it on demand.\n"
+     "\n"
+     "  start    initialise (first use) and start it; does nothing if running\n"
+     "  stop     stop it\n"
+     "  status   say whether it runs (exit 0) or not (exit 1), and where it lives\n"
+     "  url      print its connection URL, for psql and other tools\n"
+     "\n"
+     "PostgreSQL's initdb, pg_ctl and createdb are taken from $CAIRNLOOP_PG_BINDIR,\n"
+     "else the PATH, else /usr/lib/postgresql/<newest>/bin.  As root, the server\n"
+     "runs as the postgres user.\n"},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const char common_help[] =
+    "Common options (before or after the command):\n"
+    "  --database URL           libpq URI or conninfo (default: $CAIRNLOOP_DATABASE_URL,\n"
+    "                           else PG* variables, else the embedded cluster)\n"
+    "  --schema S               schema of the tables (default: cairnloop)\n"
+    "  --policy FILE            load a Lua policy script (repeatable)\n"
+    "  --json                   print one JSON object per result line\n"
+    "  -h, --help               show help\n"
+    "  --version                print the version\n";
+
+static const char env_help[] =
+    "Environment: CAIRNLOOP_DATABASE_URL, PG* (libpq), CAIRNLOOP_MAX_BATCH_SIZE,\n"
+    "CAIRNLOOP_LOG_LEVEL (debug, info, warn, error; default info).\n"
+    "\n"
+    "Log lines of the engine and policies go to stderr as `cairnloop: [LEVEL] ...`;\n"
+    "a failure ends with one line `cairnloop: CODE: message`.\n";
+
+static const char exit_help[] =
+    "Exit status: 0 success, 2 invalid argument or usage, 3 batch_too_large,\n"
+    "4 other refusals (actor_rejected, audit_rejected, envelope_conflict,\n"
+    "unknown_conversation), 5 hook_error, 6 db_error.\n";
+
+static void print_main_help(void) {
+  printf("Usage: cairnloop [COMMON OPTIONS] COMMAND [OPTIONS] [ARGS]\n"
+         "\n"
+         "Outbound support messaging on PostgreSQL: single triggers and bulk\n"
+         "sends under a hard cap, each recorded in one durable envelope.\n"
+         "\n"
+         "Commands:\n");
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    printf("  %-11s %s\n", commands[i].name, commands[i].summary);
+  printf("\n%s\nRun `cairnloop COMMAND --help` for a command's options.\n\n%s\n%s",
+         common_help, env_help, exit_help);
+}
+
+static void print_command_help(const cli_command *cmd) {
+  fputs(cmd->help, stdout);
+  if (cmd->flags & CLI_ENGINE) {
+    printf("\n%s", common_help);
+  } else {
+    printf("\nOptions:\n"
+           "  --json                   print the result as one JSON object\n"
+           "  -h, --help               show this help\n");
+  }
+}
+
+/* Newlines (libpq's messages have them) would break the one-line contract. */
+static void print_error_line(const char *code, const char *message) {
+  char line[1024];
+  size_t n = 0;
+  for (const char *p = message; *p && n + 1 < sizeof line; p++)
+    line[n++] = (*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : *p;
+  while (n > 0 && line[n - 1] == ' ')
+    n--;
+  line[n] = '\0';
+  fprintf(stderr, "cairnloop: %s: %s\n", code, n ? line : "(no message)");
+}
+
+int cl__cli_fail(cl_status code, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof message, fmt, ap);
+  va_end(ap);
+  print_error_line(cl_status_name(code), message);
+  return cl_status_exit_code(code);
+}
+
+int cl__cli_fail_status(cl_status status, const cl_error *err) {
+  print_error_line(cl_status_name(status), err ? err->message : "");
+  return cl_status_exit_code(status);
+}
+
+bool cl__cli_to_i64(const char *text, int64_t *out) {
+  const char *p = text + (*text == '-');
+  /* Digits only: strtoll alone would accept " 7", "+7" and "7abc". */
+  if (!*p || strspn(p, "0123456789") != strlen(p))
+    return false;
+  errno = 0;
+  long long v = strtoll(text, NULL, 10);
+  if (errno == ERANGE)
+    return false;
+  *out = v;
+  return true;
+}
+
+int cl__cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
+                      int64_t *out) {
+  int64_t v;
+  if (!cl__cli_to_i64(text, &v))
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: '%s' is not an integer", what, text);
+  if (v < min || v > max)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %lld is out of range %lld..%lld", what,
+                        (long long)v, (long long)min, (long long)max);
+  *out = v;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening the engine                                                   */
+/* ------------------------------------------------------------------ */
+
+static const char *nonempty_env(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
+/* libpq's connection variables: any of them means "the user picked a server". */
+static bool pg_env_set(void) {
+  static const char *const names[] = {"PGHOST",     "PGHOSTADDR", "PGPORT",
+                                      "PGDATABASE", "PGUSER",     "PGSERVICE"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (nonempty_env(names[i]))
+      return true;
+  return false;
+}
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error"};
+
+/* Engine and policy log lines (a policy's print, a hook's traceback) go to
+ * stderr in brackets, so that they never read as the one error line
+ * `cairnloop: <code>: <message>`. */
+static void log_to_stderr(void *ud, cl_log_level level, const char *line) {
+  (void)ud;
+  fprintf(stderr, "cairnloop: [%s] %s\n", log_levels[level], line);
+}
+
+/* $CAIRNLOOP_LOG_LEVEL: debug, info (the default), warn or error. */
+static int log_level(cl_log_level *out) {
+  const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
+  *out = CL_LOG_INFO;
+  for (int i = 0; v && i < (int)(sizeof log_levels / sizeof log_levels[0]); i++)
+    if (strcmp(v, log_levels[i]) == 0) {
+      *out = (cl_log_level)i;
+      return 0;
+    }
+  return v ? cl__cli_fail(CL_INVALID_ARGUMENT,
+                          "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v)
+           : 0;
+}
+
+int cl__cli_open(const cli_ctx *ctx, cl_engine **out) {
+  cl_config cfg;
+  cl_config_init(&cfg);
+  int rc = log_level(&cfg.log_level);
+  if (rc != 0)
+    return rc;
+  cfg.log = log_to_stderr;
+
+  const char *url = ctx->database ? ctx->database : nonempty_env("CAIRNLOOP_DATABASE_URL");
+  char *embedded = NULL;
+  if (!url && !pg_env_set()) {
+    if ((rc = cl__cli_db_ensure(&embedded)) != 0)
+      return rc;
+    url = embedded;
+  }
+  cfg.database = url; /* NULL: libpq's own defaults, from the PG* variables */
+  cfg.schema = ctx->schema;
+  cl_error err;
+  cl_engine *eng = NULL;
+  cl_status st = cl_open(&eng, &cfg, &err);
+  free(embedded);
+  if (st != CL_OK)
+    return cl__cli_fail_status(st, &err);
+
+  for (int i = 0; i < ctx->npolicies; i++) {
+    st = cl_load_policy(eng, ctx->policies[i], &err);
+    if (st != CL_OK) {
+      cl_close(eng);
+      return cl__cli_fail_status(st, &err);
+    }
+  }
+  *out = eng;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Parsing                                                              */
+/* ------------------------------------------------------------------ */
+
+static const struct option *find_option(int id) {
+  for (size_t i = 0; i < N_ALL_OPTIONS; i++)
+    if (all_options[i].val == id)
+      return &all_options[i];
+  return NULL;
+}
+
+/* Appends the options listed in `ids` to `dst` (room is checked by the caller). */
+static size_t add_options(struct option *dst, size_t n, const int *ids) {
+  for (; *ids; ids++)
+    dst[n++] = *find_option(*ids);
+  return n;
+}
+
+static const cli_command *find_command(const char *name) {
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    if (strcmp(commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+/* Stores one option's value in ctx; returns an exit status or CLI_CONTINUE. */
+static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char *value) {
+  switch (id) {
+  case CLI_OPT_HELP:
+    if (cmd)
+      print_command_help(cmd);
+    else
+      print_main_help();
+    return 0;
+  case CLI_OPT_VERSION:
+    printf("cairnloop %s\n", CL_VERSION);
+    return 0;
+  case CLI_OPT_JSON:
+    ctx->json = true;
+    return CLI_CONTINUE;
+  case CLI_OPT_POLICY:
+    if (ctx->npolicies == CLI_MAX_POLICIES)
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "--policy: at most %d policy files",
+                          CLI_MAX_POLICIES);
+    ctx->policies[ctx->npolicies++] = value;
+    return CLI_CONTINUE;
+  case CLI_OPT_DATABASE:
+  case CLI_OPT_SCHEMA: {
+    const char **slot = id == CLI_OPT_DATABASE ? &ctx->database : &ctx->schema;
+    if (*slot)
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
+    *slot = value;
+    return CLI_CONTINUE;
+  }
+  default:
+    if (ctx->opt[id - CLI_OPT_FIRST_LONG])
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
+    ctx->opt[id - CLI_OPT_FIRST_LONG] = value;
+    return CLI_CONTINUE;
+  }
+}
+
+/*
+ * Runs getopt_long over argv with the options `cmd` accepts (with cmd NULL:
+ * the common options that may precede the command, stopping at the command
+ * name).  Returns an exit status, or CLI_CONTINUE with optind at the first
+ * argument left.
+ */
+static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv) {
+  struct option longopts[N_ALL_OPTIONS + 1];
+  size_t n = add_options(longopts, 0, output_options);
+  if (!cmd || (cmd->flags & CLI_ENGINE))
+    n = add_options(longopts, n, engine_options);
+  if (cmd)
+    n = add_options(longopts, n, cmd->options);
+  longopts[n] = (struct option){0};
+
+  /* Errors name the command they are about: "trigger: unknown option ...". */
+  char where[64] = "";
+  if (cmd)
+    snprintf(where, sizeof where, "%s: ", cmd->name);
+  /* "+": stop at the command name; ":": report missing values ourselves. */
+  const char *shortopts = cmd ? ":h" : "+:h";
+  optind = 0; /* GNU: a full re-initialisation, so the second pass starts clean */
+  opterr = 0;
+  for (;;) {
+    int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+    if (c == -1)
+      return CLI_CONTINUE;
+    if (c == ':')
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "%soption '%s' needs a value", where,
+                          argv[optind - 1]);
+    if (c == '?') {
+      const char *bad = optopt ? (const char[]){'-', (char)optopt, '\0'} : argv[optind - 1];
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "%sunknown option '%s' (see `cairnloop%s%s --help`)",
+                          where, bad, cmd ? " " : "", cmd ? cmd->name : "");
+    }
+    int rc = store_option(ctx, cmd, c, optarg);
+    if (rc != CLI_CONTINUE)
+      return rc;
+  }
+}
+
+int main(int argc, char **argv) {
+  cli_ctx ctx = {0};
+
+  int rc = parse_options(&ctx, NULL, argc, argv);
+  if (rc != CLI_CONTINUE)
+    return rc;
+  if (optind >= argc)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "missing command (see `cairnloop --help`)");
+
+  int at = optind;
+  const cli_command *cmd = find_command(argv[at]);
+  if (!cmd)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
+  ctx.command = cmd->name;
+
+  /* The command's own pass sees argv[at] as its argv[0]. */
+  int cargc = argc - at;
+  char **cargv = argv + at;
+  rc = parse_options(&ctx, cmd, cargc, cargv);
+  if (rc != CLI_CONTINUE)
+    return rc;
+  if (!(cmd->flags & CLI_ENGINE) && (ctx.database || ctx.schema || ctx.npolicies))
+    return cl__cli_fail(CL_INVALID_ARGUMENT,
+                        "%s: --database, --schema and --policy do not apply", cmd->name);
+
+  ctx.args = cargv + optind;
+  ctx.nargs = cargc - optind;
+  if (ctx.nargs < cmd->min_args || ctx.nargs > cmd->max_args) {
+    const char *synopsis = cmd->help + strlen("Usage: ");
+    int len = (int)strcspn(synopsis, "\n");
+    if (ctx.nargs < cmd->min_args)
+      return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name,
+                          len, synopsis);
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)",
+                        cmd->name, ctx.args[cmd->max_args], len, synopsis);
+  }
+  rc = cmd->run(&ctx);
+  fflush(stdout);
+  return rc;
+}

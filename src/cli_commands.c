@@ -1,0 +1,459 @@
+/*
+ * cli_commands.c - the engine commands of `cairnloop`: migrate, trigger,
+ * bulk and envelopes.  Each validates its own options before it opens an
+ * engine (a usage error never touches the database), calls the public API
+ * once and prints the result for people or, with --json, through
+ * cli_json.c.
+ */
+#include "cli_common.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Input helpers                                                        */
+/* ------------------------------------------------------------------ */
+
+typedef struct id_list {
+  int64_t *items;
+  size_t count, cap;
+} id_list;
+
+static bool id_push(id_list *l, int64_t id) {
+  if (l->count == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    int64_t *items = realloc(l->items, cap * sizeof *items);
+    if (!items)
+      return false;
+    l->items = items;
+    l->cap = cap;
+  }
+  l->items[l->count++] = id;
+  return true;
+}
+
+/* Strips leading and trailing blanks (spaces, tabs, CR, LF) in place. */
+static char *trim(char *s) {
+  while (isspace((unsigned char)*s))
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+  return s;
+}
+
+/* --ids 1,2,3.  Ids are only parsed here: "0" and "-7" pass, because the
+ * engine owns the rules (positive, distinct) and words them itself. */
+static int ids_from_list(const char *text, id_list *out) {
+  char *copy = strdup(text);
+  if (!copy)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
+  int rc = 0;
+  size_t position = 0;
+  /* strtok_r would skip empty fields; "1,,2" is a mistake worth naming. */
+  char *field = copy;
+  for (;;) {
+    char *comma = strchr(field, ',');
+    if (comma)
+      *comma = '\0';
+    position++;
+    char *t = trim(field);
+    int64_t id;
+    if (!*t) {
+      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: empty id at position %zu", position);
+      break;
+    }
+    if (!cl__cli_to_i64(t, &id)) {
+      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: '%s' is not a conversation id", t);
+      break;
+    }
+    if (!id_push(out, id)) {
+      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
+      break;
+    }
+    if (!comma)
+      break;
+    field = comma + 1;
+  }
+  free(copy);
+  return rc;
+}
+
+/* --ids-file F|-: one id per line, blank lines ignored. */
+static int ids_from_file(const char *path, id_list *out) {
+  bool is_stdin = strcmp(path, "-") == 0;
+  const char *name = is_stdin ? "standard input" : path;
+  FILE *f = is_stdin ? stdin : fopen(path, "r");
+  if (!f)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path,
+                        strerror(errno));
+  char *line = NULL;
+  size_t size = 0;
+  size_t lineno = 0;
+  int rc = 0;
+  while (getline(&line, &size, f) != -1) {
+    lineno++;
+    char *t = trim(line);
+    int64_t id;
+    if (!*t)
+      continue;
+    if (!cl__cli_to_i64(t, &id)) {
+      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: %s line %zu: '%.40s' is not a conversation id",
+                        name, lineno, t);
+      break;
+    }
+    if (!id_push(out, id)) {
+      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: out of memory");
+      break;
+    }
+  }
+  if (rc == 0 && ferror(f))
+    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot read %s: %s", name,
+                      strerror(errno));
+  free(line);
+  if (!is_stdin)
+    fclose(f);
+  return rc;
+}
+
+/* --body-file F|-: the whole file, byte for byte (the body is a snapshot). */
+static int read_body_file(const char *path, char **out) {
+  bool is_stdin = strcmp(path, "-") == 0;
+  const char *name = is_stdin ? "standard input" : path;
+  FILE *f = is_stdin ? stdin : fopen(path, "rb");
+  if (!f)
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path,
+                        strerror(errno));
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  int rc = 0;
+  for (;;) {
+    if (cap - len < 4096) {
+      cap = cap ? cap * 2 : 8192;
+      char *grown = realloc(buf, cap + 1);
+      if (!grown) {
+        rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: out of memory");
+        break;
+      }
+      buf = grown;
+    }
+    size_t n = fread(buf + len, 1, cap - len, f);
+    len += n;
+    if (n == 0)
+      break;
+  }
+  if (rc == 0 && ferror(f))
+    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot read %s: %s", name,
+                      strerror(errno));
+  /* The C API takes a NUL-terminated body, so an embedded NUL would
+   * silently cut it short. */
+  if (rc == 0 && memchr(buf, '\0', len))
+    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: %s contains a NUL byte", name);
+  if (!is_stdin)
+    fclose(f);
+  if (rc != 0) {
+    free(buf);
+    return rc;
+  }
+  buf[len] = '\0';
+  *out = buf;
+  return 0;
+}
+
+static int require_option(const cli_ctx *ctx, enum cli_opt id, const char *name) {
+  if (cli_opt(ctx, id))
+    return 0;
+  return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %s is required (see `cairnloop %s --help`)",
+                      ctx->command, name, ctx->command);
+}
+
+/* Exactly one of two alternative options. */
+static int require_one_of(const cli_ctx *ctx, enum cli_opt a, const char *an, enum cli_opt b,
+                          const char *bn) {
+  if (cli_opt(ctx, a) && cli_opt(ctx, b))
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: give %s or %s, not both", ctx->command, an,
+                        bn);
+  if (!cli_opt(ctx, a) && !cli_opt(ctx, b))
+    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %s or %s is required", ctx->command, an,
+                        bn);
+  return 0;
+}
+
+/* An optional integer option; *out keeps its default when absent. */
+static int int_option(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min,
+                      int64_t max, int64_t *out) {
+  const char *text = cli_opt(ctx, id);
+  return text ? cl__cli_parse_i64(name, text, min, max, out) : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Human output                                                         */
+/* ------------------------------------------------------------------ */
+
+static void print_audit(const char *audit_json) {
+  if (audit_json)
+    printf("audit: %s\n", audit_json);
+}
+
+/* Code points, for column widths: UTF-8 continuation bytes take no room. */
+static int display_width(const char *s) {
+  int w = 0;
+  for (; *s; s++)
+    w += ((unsigned char)*s & 0xC0) != 0x80;
+  return w;
+}
+
+/* printf's %-*s pads by bytes; this pads by code points. */
+static void print_cell(const char *s, int width) {
+  fputs(s, stdout);
+  for (int w = display_width(s); w < width; w++)
+    putchar(' ');
+}
+
+/* ------------------------------------------------------------------ */
+/* The commands                                                         */
+/* ------------------------------------------------------------------ */
+
+int cl__cli_cmd_migrate(cli_ctx *ctx) {
+  cl_engine *eng;
+  int rc = cl__cli_open(ctx, &eng);
+  if (rc != 0)
+    return rc;
+  cl_error err;
+  cl_status st = cl_migrate(eng, &err);
+  if (st != CL_OK) {
+    rc = cl__cli_fail_status(st, &err);
+  } else if (ctx->json) {
+    rc = cl__cli_json_print(json_pack("{s:b, s:s}", "migrated", 1, "schema", cl_schema(eng)));
+  } else {
+    printf("schema %s is up to date\n", cl_schema(eng));
+  }
+  cl_close(eng);
+  return rc;
+}
+
+int cl__cli_cmd_trigger(cli_ctx *ctx) {
+  int64_t conversation_id;
+  cl_trigger_opts opts = {0};
+  int rc = cl__cli_parse_i64("conversation id", ctx->args[0], INT64_MIN, INT64_MAX,
+                             &conversation_id);
+  if (rc == 0)
+    rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
+  if (rc == 0)
+    rc = int_option(ctx, CLI_OPT_SCHEDULE_IN, "--schedule-in", INT64_MIN, INT64_MAX,
+                    &opts.schedule_in);
+  if (rc != 0)
+    return rc;
+  opts.template_id = cli_opt(ctx, CLI_OPT_TEMPLATE);
+  opts.content = cli_opt(ctx, CLI_OPT_CONTENT);
+  opts.actor = cli_opt(ctx, CLI_OPT_ACTOR);
+  opts.bulk_envelope_id = cli_opt(ctx, CLI_OPT_BULK_ENVELOPE_ID);
+
+  cl_engine *eng;
+  if ((rc = cl__cli_open(ctx, &eng)) != 0)
+    return rc;
+  cl_trigger_result res = {0};
+  cl_error err;
+  cl_status st = cl_trigger(eng, conversation_id, &opts, &res, &err);
+  if (st != CL_OK) {
+    rc = cl__cli_fail_status(st, &err);
+  } else if (ctx->json) {
+    rc = cl__cli_json_print(cl__cli_json_trigger(&res));
+  } else {
+    const cl_message *m = &res.message;
+    const cl_delivery_job *j = &res.delivery_job;
+    printf("%s message %lld for conversation %lld (template %s, %s)%s\n",
+           res.duplicate ? "duplicate: already triggered as" : "triggered", (long long)m->id,
+           (long long)m->conversation_id, m->template_id, m->status,
+           res.duplicate ? "; nothing written" : "");
+    if (m->bulk_envelope_id)
+      printf("bulk envelope %s\n", m->bulk_envelope_id);
+    printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state,
+           j->scheduled_at);
+    print_audit(res.audit_json);
+  }
+  cl_trigger_result_clear(&res);
+  cl_close(eng);
+  return rc;
+}
+
+static void print_bulk(const cl_bulk_result *res) {
+  const cl_envelope *env = &res->envelope;
+  printf("envelope %s %s: %zu recipient%s (cap %d)\n", env->id, env->status, env->count,
+         env->count == 1 ? "" : "s", env->effective_cap);
+  if (res->replayed)
+    printf("replayed: stored earlier with the same content; nothing new written\n");
+  int cw = 0, mw = 0;
+  for (size_t i = 0; i < res->count; i++) {
+    char buf[24];
+    int n = snprintf(buf, sizeof buf, "%lld", (long long)res->messages[i].conversation_id);
+    cw = n > cw ? n : cw;
+    n = snprintf(buf, sizeof buf, "%lld", (long long)res->messages[i].id);
+    mw = n > mw ? n : mw;
+  }
+  for (size_t i = 0; i < res->count; i++) {
+    const cl_message *m = &res->messages[i];
+    const cl_delivery_job *j = &res->delivery_jobs[i];
+    printf("  conversation %*lld  message %*lld  job %lld (%s)\n", cw,
+           (long long)m->conversation_id, mw, (long long)m->id, (long long)j->id, j->state);
+  }
+  print_audit(res->audit_json);
+}
+
+/* What `bulk` read from its options and files before touching the database. */
+typedef struct bulk_input {
+  cl_bulk_opts opts;
+  id_list ids;
+  char *body_file; /* the --body-file contents, owned */
+  int64_t cap;
+} bulk_input;
+
+static bool both_stdin(const cli_ctx *ctx) {
+  const char *body = cli_opt(ctx, CLI_OPT_BODY_FILE), *ids = cli_opt(ctx, CLI_OPT_IDS_FILE);
+  return body && ids && strcmp(body, "-") == 0 && strcmp(ids, "-") == 0;
+}
+
+static int bulk_read(const cli_ctx *ctx, bulk_input *in) {
+  int rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
+  if (rc == 0)
+    rc = require_one_of(ctx, CLI_OPT_BODY, "--body", CLI_OPT_BODY_FILE, "--body-file");
+  if (rc == 0)
+    rc = require_one_of(ctx, CLI_OPT_IDS, "--ids", CLI_OPT_IDS_FILE, "--ids-file");
+  if (rc == 0 && both_stdin(ctx))
+    rc = cl__cli_fail(CL_INVALID_ARGUMENT,
+                      "bulk: --body-file and --ids-file cannot both read standard input");
+  if (rc == 0)
+    rc = int_option(ctx, CLI_OPT_MAX_BATCH_SIZE, "--max-batch-size", INT_MIN, INT_MAX,
+                    &in->cap);
+  if (rc == 0)
+    rc = int_option(ctx, CLI_OPT_SCHEDULE_IN, "--schedule-in", INT64_MIN, INT64_MAX,
+                    &in->opts.schedule_in);
+  if (rc == 0)
+    rc = cli_opt(ctx, CLI_OPT_IDS) ? ids_from_list(cli_opt(ctx, CLI_OPT_IDS), &in->ids)
+                                   : ids_from_file(cli_opt(ctx, CLI_OPT_IDS_FILE), &in->ids);
+  if (rc == 0 && cli_opt(ctx, CLI_OPT_BODY_FILE))
+    rc = read_body_file(cli_opt(ctx, CLI_OPT_BODY_FILE), &in->body_file);
+  in->opts.template_id = cli_opt(ctx, CLI_OPT_TEMPLATE);
+  in->opts.rendered_body = in->body_file ? in->body_file : cli_opt(ctx, CLI_OPT_BODY);
+  in->opts.actor = cli_opt(ctx, CLI_OPT_ACTOR);
+  in->opts.envelope_id = cli_opt(ctx, CLI_OPT_ENVELOPE_ID);
+  return rc;
+}
+
+static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
+  cl_engine *eng;
+  int rc = cl__cli_open(ctx, &eng);
+  if (rc != 0)
+    return rc;
+  cl_error err;
+  cl_status st = CL_OK;
+  if (cli_opt(ctx, CLI_OPT_MAX_BATCH_SIZE))
+    st = cl_set_max_batch_size(eng, (int)in->cap, &err);
+  cl_bulk_result res = {0};
+  if (st == CL_OK)
+    st = cl_bulk_trigger(eng, in->ids.items, in->ids.count, &in->opts, &res, &err);
+  if (st != CL_OK)
+    rc = cl__cli_fail_status(st, &err);
+  else if (ctx->json)
+    rc = cl__cli_json_print(cl__cli_json_bulk(&res));
+  else
+    print_bulk(&res);
+  cl_bulk_result_clear(&res);
+  cl_close(eng);
+  return rc;
+}
+
+int cl__cli_cmd_bulk(cli_ctx *ctx) {
+  bulk_input in = {0};
+  int rc = bulk_read(ctx, &in);
+  if (rc == 0)
+    rc = bulk_send(ctx, &in);
+  free(in.body_file);
+  free(in.ids.items);
+  return rc;
+}
+
+/* The human table of `envelopes`: one row per envelope, columns aligned. */
+enum { COL_ID, COL_STATUS, COL_COUNT, COL_CAP, COL_TEMPLATE, COL_AT, COL_BY, COL_REASON, NCOLS };
+
+static void envelope_cells(const cl_envelope *env, char nums[2][24], const char *cells[NCOLS]) {
+  snprintf(nums[0], 24, "%zu", env->count);
+  snprintf(nums[1], 24, "%d", env->effective_cap);
+  cells[COL_ID] = env->id;
+  cells[COL_STATUS] = env->status ? env->status : "-";
+  cells[COL_COUNT] = nums[0];
+  cells[COL_CAP] = nums[1];
+  cells[COL_TEMPLATE] = env->template_id ? env->template_id : "-";
+  cells[COL_AT] = env->requested_at ? env->requested_at : "-";
+  cells[COL_BY] = env->requested_by ? env->requested_by : "-";
+  cells[COL_REASON] = env->refused_reason ? env->refused_reason : "-";
+}
+
+static void print_envelope_table(const cl_envelope_list *list) {
+  static const char *const header[NCOLS] = {"ID",           "STATUS",       "COUNT",
+                                            "CAP",          "TEMPLATE",     "REQUESTED_AT",
+                                            "REQUESTED_BY", "REFUSED_REASON"};
+  if (list->count == 0) {
+    printf("no envelopes\n");
+    return;
+  }
+  int width[NCOLS];
+  for (int c = 0; c < NCOLS; c++)
+    width[c] = display_width(header[c]);
+  for (size_t i = 0; i < list->count; i++) {
+    char nums[2][24];
+    const char *cells[NCOLS];
+    envelope_cells(&list->items[i], nums, cells);
+    for (int c = 0; c < NCOLS; c++) {
+      int w = display_width(cells[c]);
+      width[c] = w > width[c] ? w : width[c];
+    }
+  }
+  for (size_t i = 0; i <= list->count; i++) {
+    char nums[2][24];
+    const char *cells[NCOLS];
+    if (i == 0)
+      memcpy(cells, header, sizeof cells);
+    else
+      envelope_cells(&list->items[i - 1], nums, cells);
+    for (int c = 0; c < NCOLS; c++) {
+      /* The last column is not padded: no trailing blanks. */
+      print_cell(cells[c], c + 1 < NCOLS ? width[c] : 0);
+      if (c + 1 < NCOLS)
+        fputs("  ", stdout);
+    }
+    putchar('\n');
+  }
+}
+
+int cl__cli_cmd_envelopes(cli_ctx *ctx) {
+  cl_envelope_query query = {0};
+  int64_t limit = 50;
+  int rc = int_option(ctx, CLI_OPT_LIMIT, "--limit", 1, INT_MAX, &limit);
+  if (rc != 0)
+    return rc;
+  query.template_id = cli_opt(ctx, CLI_OPT_TEMPLATE);
+  query.status = cli_opt(ctx, CLI_OPT_STATUS);
+  query.limit = (int)limit;
+
+  cl_engine *eng;
+  if ((rc = cl__cli_open(ctx, &eng)) != 0)
+    return rc;
+  cl_envelope_list list = {0};
+  cl_error err;
+  cl_status st = cl_envelopes_list(eng, &query, &list, &err);
+  if (st != CL_OK) {
+    rc = cl__cli_fail_status(st, &err);
+  } else if (ctx->json) {
+    for (size_t i = 0; i < list.count && rc == 0; i++)
+      rc = cl__cli_json_print(cl__cli_json_envelope(&list.items[i]));
+  } else {
+    print_envelope_table(&list);
+  }
+  cl_envelope_list_clear(&list);
+  cl_close(eng);
+  return rc;
+}

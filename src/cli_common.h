@@ -1,0 +1,116 @@
+/*
+ * cli_common.h - what the units of the `cairnloop` command share.
+ *
+ * cli.c owns main(), the command table, option parsing, error reporting and
+ * opening the engine; cli_commands.c, cli_db.c and cli_json.c implement the
+ * commands and their output.  Nothing here is part of libcairnloop.
+ */
+#ifndef CL_CLI_COMMON_H
+#define CL_CLI_COMMON_H
+
+#include "cairnloop.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Option ids.  Long-only options start above the character range so that
+ * getopt_long's return value names the option directly. */
+enum cli_opt {
+  CLI_OPT_HELP = 'h',
+  CLI_OPT_FIRST_LONG = 256,
+  CLI_OPT_DATABASE = CLI_OPT_FIRST_LONG,
+  CLI_OPT_SCHEMA,
+  CLI_OPT_POLICY,
+  CLI_OPT_JSON,
+  CLI_OPT_VERSION,
+  CLI_OPT_TEMPLATE,
+  CLI_OPT_CONTENT,
+  CLI_OPT_SCHEDULE_IN,
+  CLI_OPT_ACTOR,
+  CLI_OPT_BULK_ENVELOPE_ID,
+  CLI_OPT_BODY,
+  CLI_OPT_BODY_FILE,
+  CLI_OPT_IDS,
+  CLI_OPT_IDS_FILE,
+  CLI_OPT_ENVELOPE_ID,
+  CLI_OPT_MAX_BATCH_SIZE,
+  CLI_OPT_STATUS,
+  CLI_OPT_LIMIT,
+  CLI_OPT_END
+};
+
+#define CLI_MAX_POLICIES 32
+
+/* The parsed command line of one invocation. */
+typedef struct cli_ctx {
+  const char *command;
+  /* Common options. */
+  const char *database;
+  const char *schema;
+  const char *policies[CLI_MAX_POLICIES];
+  int npolicies;
+  bool json;
+  /* Command options by id (NULL when absent); values are argv strings. */
+  const char *opt[CLI_OPT_END - CLI_OPT_FIRST_LONG];
+  /* Positional arguments. */
+  char **args;
+  int nargs;
+} cli_ctx;
+
+/* The value of a command option, or NULL. */
+static inline const char *cli_opt(const cli_ctx *ctx, enum cli_opt id) {
+  return ctx->opt[id - CLI_OPT_FIRST_LONG];
+}
+
+/* Exit status of `db status` when the cluster is not running. */
+#define CLI_EXIT_NOT_RUNNING 1
+
+/*
+ * Prints `cairnloop: <code>: <message>` on stderr (newlines in the message
+ * become spaces, so the error is always one line) and returns the exit
+ * status of `code`.
+ */
+int cl__cli_fail(cl_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* The same for an engine call that returned `status` and filled `err`. */
+int cl__cli_fail_status(cl_status status, const cl_error *err);
+
+/* Opens an engine on the configured database (starting the embedded cluster
+ * when none is configured) and loads the --policy files.  On failure the
+ * error is reported and the exit status returned; 0 means *out is open. */
+int cl__cli_open(const cli_ctx *ctx, cl_engine **out);
+
+/* Strict decimal int64 ("-7" yes; " 7", "+7", "7x", overflow no). */
+bool cl__cli_to_i64(const char *text, int64_t *out);
+
+/* Strict integer parsing for option values; on failure the error is
+ * reported (naming `what`) and the exit status is returned, else 0. */
+int cl__cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
+                      int64_t *out);
+
+/* Prints one JSON value as a line on stdout and releases it (cli_json.c). */
+int cl__cli_json_print(json_t *value);
+
+/* JSON shapes of API.md's Lua result tables (cli_json.c).  Each returns a
+ * new reference. */
+json_t *cl__cli_json_trigger(const cl_trigger_result *res);
+json_t *cl__cli_json_bulk(const cl_bulk_result *res);
+json_t *cl__cli_json_envelope(const cl_envelope *env);
+
+/* The commands (one function each). */
+int cl__cli_cmd_migrate(cli_ctx *ctx);
+int cl__cli_cmd_trigger(cli_ctx *ctx);
+int cl__cli_cmd_bulk(cli_ctx *ctx);
+int cl__cli_cmd_envelopes(cli_ctx *ctx);
+int cl__cli_cmd_db(cli_ctx *ctx);
+
+/* The embedded cluster (cli_db.c): starts it if needed and writes its
+ * connection URL (malloc'd) to *url.  Returns 0 or a reported exit status. */
+int cl__cli_db_ensure(char **url);
+
+#endif

@@ -94,7 +94,7 @@ $(PC_FILE): cairnloop.pc.in Makefile
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/support -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) \
-	    $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lcmocka -lm
+	    $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lcmocka -lm -pthread
 
 tests: $(TEST_BINS)
 

@@ -11,9 +11,12 @@
 #include "db.h"
 #include "engine.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct cl_rows {
   PGresult *res;
@@ -156,6 +159,8 @@ static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int n
   db->round_trips++;
 
   int steps = (begin ? 1 : 0) + (prepare ? 1 : 0) + 1;
+  int prepare_step = prepare ? steps - 2 : -1;
+  bool prepared_now = false;
   PGresult *keep = NULL;
   st = CL_OK;
   db->sqlstate[0] = '\0';
@@ -166,6 +171,9 @@ static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int n
       break;
     }
     ExecStatusType s = PQresultStatus(r);
+    /* A prepared statement outlives the failure of its first execution
+     * (and a rollback): remember it, or the next PREPARE collides. */
+    if (i == prepare_step && s == PGRES_COMMAND_OK) prepared_now = true;
     if (st == CL_OK && s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
       st = s == PGRES_PIPELINE_ABORTED ? cl__fail(err, CL_DB_ERROR, "pipeline aborted")
                                        : result_fail(db, r, err);
@@ -189,7 +197,7 @@ static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int n
   }
   PQexitPipelineMode(c);
 
-  if (st == CL_OK && prepare) db->prepared |= 1u << id;
+  if (prepared_now) db->prepared |= 1u << id;
   if (st != CL_OK) {
     PQclear(keep);
     /* A transaction this call opened is closed again; one the caller opened
@@ -288,4 +296,71 @@ void cl_rows_free(cl_rows *rows) {
   if (!rows) return;
   PQclear(rows->res);
   free(rows);
+}
+
+/* ------------------------------------------------------------------ */
+/* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */
+/* ------------------------------------------------------------------ */
+
+cl_status cl__db_ensure(cl__db *db, cl_error *err) { return ensure_conn(db, err); }
+
+int cl__db_session(const cl__db *db) {
+  return db->conn && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;
+}
+
+cl_status cl__db_listen(cl__db *db, const char *channel, cl_error *err) {
+  char *q = cl__db_quote_ident(channel);
+  char *sql = q ? malloc(strlen(q) + sizeof "LISTEN ") : NULL;
+  if (!sql) {
+    free(q);
+    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  }
+  strcpy(sql, "LISTEN ");
+  strcat(sql, q);
+  free(q);
+  cl_status st = cl__db_exec_script(db, sql, err);
+  free(sql);
+  return st;
+}
+
+/* Consumes every queued notification; true if there was one.  Their
+ * payloads are not needed: a notification only means "look again". */
+static bool drain_notifies(PGconn *c) {
+  bool any = false;
+  PGnotify *n;
+  while ((n = PQnotifies(c)) != NULL) {
+    PQfreemem(n);
+    any = true;
+  }
+  return any;
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+cl__db_wake cl__db_wait(cl__db *db, int timeout_ms, int wake_fd) {
+  PGconn *c = db->conn;
+  if (!c || PQstatus(c) != CONNECTION_OK || PQsocket(c) < 0) return CL__DB_WAKE_LOST;
+  /* Notifications read along with earlier results wait in libpq's queue. */
+  if (drain_notifies(c)) return CL__DB_WAKE_NOTIFY;
+  int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+  for (;;) {
+    int64_t left = deadline - now_ms();
+    if (left < 0) left = 0;
+    struct pollfd fds[2] = {{.fd = PQsocket(c), .events = POLLIN},
+                            {.fd = wake_fd, .events = POLLIN}};
+    int r = poll(fds, wake_fd >= 0 ? 2 : 1, (int)left);
+    if (r < 0) return errno == EINTR ? CL__DB_WAKE_SIGNAL : CL__DB_WAKE_LOST;
+    if (r == 0) return CL__DB_WAKE_TIMEOUT;
+    if (wake_fd >= 0 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) return CL__DB_WAKE_FD;
+    /* Readable: a notification, a server message, or the end of the
+     * connection (a restarting server closes it), which PQconsumeInput
+     * reports as a failure or a bad status. */
+    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK) return CL__DB_WAKE_LOST;
+    if (drain_notifies(c)) return CL__DB_WAKE_NOTIFY;
+    if (left == 0) return CL__DB_WAKE_TIMEOUT;
+  }
 }

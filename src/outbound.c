@@ -254,6 +254,9 @@ static cl_status resolve_actor(cl_engine *eng, const char *actor, const char *ac
   eng->in_hook = true;
   cl_status st = eng->resolver.resolve(eng->resolver.ud, actor, action, resolved, err);
   eng->in_hook = false;
+  if (st != CL_OK && (!err || err->code != st || !err->message[0]))
+    cl__fail(err, st == CL_ACTOR_REJECTED ? st : CL_HOOK_ERROR, "actor_resolver: %s",
+             st == CL_ACTOR_REJECTED ? "refused" : "failed");
   if (st == CL_OK && *resolved &&
       check_text("resolved actor", *resolved, CL_MAX_ACTOR_BYTES, false, err) != CL_OK) {
     char why[CL_ERROR_MESSAGE_MAX];
@@ -281,6 +284,8 @@ static cl_status call_auditor(cl_engine *eng, const char *action, const char *ac
   cl_status st = eng->auditor.audit(eng->auditor.ud, tx, action, actor, &map, audit_json, err);
   eng->in_hook = false;
   tx->active = false;
+  if (st != CL_OK && !tx->failed && (!err || err->code != st || !err->message[0]))
+    cl__fail(err, st, "auditor.audit: %s", st == CL_AUDIT_REJECTED ? "refused" : "failed");
   if (st == CL_OK && tx->failed)
     st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: a statement failed and aborted the transaction: %s",
                   tx->failure);

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# The `make check` harness.  Starts one throwaway PostgreSQL cluster
+# (tests/pg.sh), then runs every suite against its own fresh database:
+#   1. the cmocka binaries in build/tests/, then the same from build/asan/tests/
+#      under AddressSanitizer + UBSan (+ LeakSanitizer where it can run);
+#   2. the busted specs in spec/ on the Lua 5.4 module;
+#   3. every tests/integration/*.sh (TAP on stdout, `cairnloop` from build/ on PATH).
+# Counts TAP `ok` / `not ok` lines per suite, shows failing suites in full and
+# ends with one line "N passed, M failed"; exits 1 when anything failed.
+#
+# Environment: CHECK_SUITE_TIMEOUT (seconds per suite, default 300),
+# CHECK_ONLY (a substring; only suites whose label contains it run),
+# CHECK_VERBOSE=1 (show the output of passing suites too).
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+SUITE_TIMEOUT=${CHECK_SUITE_TIMEOUT:-300}
+ONLY=${CHECK_ONLY:-}
+VERBOSE=${CHECK_VERBOSE:-0}
+
+total_pass=0
+total_fail=0
+suite_seq=0
+CL_PG_DIR=
+WORK=
+
+cleanup() {
+  if [ -n "$CL_PG_DIR" ]; then
+    tests/pg.sh stop "$CL_PG_DIR" >/dev/null 2>&1 || true
+  fi
+  if [ -n "$WORK" ]; then
+    rm -rf -- "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'echo "check: interrupted" >&2; exit 130' INT TERM
+
+# The closing line is the one thing CI reads: print it exactly once.
+finish() {
+  echo "$total_pass passed, $total_fail failed"
+  [ "$total_fail" -eq 0 ]
+  exit $?
+}
+
+section() { printf '\n== %s\n' "$1"; }
+note() { printf '   note: %s\n' "$1"; }
+
+# Records a failure that is not a suite's own output (a missing binary, a
+# cluster that would not start): it must still count.
+harness_failure() {
+  printf '   FAIL %s\n' "$1"
+  total_fail=$((total_fail + 1))
+}
+
+WORK=$(mktemp -d /tmp/cairnloop-check.XXXXXXXX) || { echo "check: mktemp failed" >&2; exit 1; }
+chmod 755 "$WORK"
+
+if ! pg_env=$(tests/pg.sh start 2>"$WORK/pg.err"); then
+  section "PostgreSQL"
+  sed 's/^/   | /' "$WORK/pg.err"
+  harness_failure "could not start the test cluster"
+  finish
+fi
+eval "$pg_env"
+unset PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
+# Suites decide the cap and schema themselves.
+unset CAIRNLOOP_MAX_BATCH_SIZE
+
+# Creates a fresh database named after the suite and points every client at
+# it: the engine (CAIRNLOOP_DATABASE_URL) and psql in shell tests (PG*).
+fresh_database() {
+  local label=$1 name
+  suite_seq=$((suite_seq + 1))
+  name=$(printf 'check_%03d_%s' "$suite_seq" "$label" | tr -c 'a-zA-Z0-9_\n' '_' | tr 'A-Z' 'a-z')
+  name=${name:0:63}
+  if ! createdb "$name" 2>"$WORK/createdb.err"; then
+    cat "$WORK/createdb.err" >&2
+    return 1
+  fi
+  export PGDATABASE=$name
+  export CAIRNLOOP_DATABASE_URL="postgresql:///$name?host=$PGHOST&port=$PGPORT&user=$PGUSER"
+}
+
+# run_suite LABEL CMD [ARGS...]: runs one suite on its own database, counts
+# its TAP lines and prints one summary line (plus the output on failure).
+run_suite() {
+  local label=$1
+  shift
+  if [ -n "$ONLY" ] && [[ "$label" != *"$ONLY"* ]]; then
+    return 0
+  fi
+  local out="$WORK/suite.out" rc=0 pass fail plan ran started elapsed why=""
+  if ! fresh_database "$label"; then
+    harness_failure "$label: createdb failed"
+    return 0
+  fi
+  started=$EPOCHREALTIME
+  timeout -k 10 "$SUITE_TIMEOUT" "$@" >"$out" 2>&1 </dev/null || rc=$?
+  elapsed=$(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+
+  pass=$(grep -cE '^ok([[:space:]]|$)' "$out")
+  fail=$(grep -cE '^not ok([[:space:]]|$)' "$out")
+  ran=$((pass + fail))
+  plan=$(sed -n -E 's/^1\.\.([0-9]+).*/\1/p' "$out" | tail -n 1)
+
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    fail=$((fail + 1))
+    why="timed out after ${SUITE_TIMEOUT}s"
+  elif [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+    # Died without reporting a failing test: a crash, a sanitizer report
+    # or a leak found at exit.  It is one failure, not zero.
+    fail=1
+    if grep -q 'ERROR: LeakSanitizer: detected memory leaks' "$out"; then
+      why="exited with status $rc: LeakSanitizer found leaks"
+    elif grep -qE 'ERROR: AddressSanitizer|runtime error:' "$out"; then
+      why="exited with status $rc: sanitizer report"
+    else
+      why="exited with status $rc without a failing test (crash?)"
+    fi
+  elif [ -n "$plan" ] && [ "$ran" -lt "$plan" ]; then
+    fail=$((fail + 1))
+    why="planned $plan tests, reported $ran"
+  elif [ "$ran" -eq 0 ] && [ "$plan" != "0" ]; then
+    fail=1
+    why="reported no test results"
+  fi
+
+  total_pass=$((total_pass + pass))
+  total_fail=$((total_fail + fail))
+  if [ "$fail" -eq 0 ]; then
+    printf '   ok   %-44s %4d passed %8ss\n' "$label" "$pass" "$elapsed"
+    if [ "$VERBOSE" = 1 ]; then
+      sed 's/^/      | /' "$out"
+    fi
+  else
+    printf '   FAIL %-44s %4d passed, %d failed %ss%s\n' "$label" "$pass" "$fail" "$elapsed" \
+      "${why:+ ($why)}"
+    sed 's/^/      | /' "$out"
+  fi
+}
+
+# ---------------------------------------------------------------- C tests
+# Every tests/test_*.c must have become a binary; a missing one is a failure
+# rather than a silently smaller suite.
+c_suites() {
+  local dir=$1 title=$2 src name
+  section "$title ($dir)"
+  if [ "${3:-}" = leak_note ] && [ "$detect_leaks" = 0 ]; then
+    note "LeakSanitizer cannot run here (ptrace is restricted): running with detect_leaks=0"
+    sed 's/^/      | /' "$WORK/lsan_probe.out" | head -n 3
+  fi
+  shopt -s nullglob
+  local srcs=(tests/test_*.c)
+  shopt -u nullglob
+  if [ ${#srcs[@]} -eq 0 ]; then
+    note "no tests/test_*.c"
+    return 0
+  fi
+  for src in "${srcs[@]}"; do
+    name=$(basename "$src" .c)
+    if [ -n "$ONLY" ] && [[ "$dir/$name" != *"$ONLY"* ]]; then
+      continue
+    fi
+    if [ ! -x "$dir/$name" ]; then
+      harness_failure "$dir/$name: not built"
+      continue
+    fi
+    run_suite "$dir/$name" env CMOCKA_MESSAGE_OUTPUT=TAP "$dir/$name"
+  done
+}
+
+c_suites build/tests "C tests"
+
+# LeakSanitizer stops the process with ptrace to scan its memory; where
+# ptrace is not allowed (some containers, a process already being traced)
+# it aborts every run with "LeakSanitizer has encountered a fatal error".
+# Probe once with a leak-free program and fall back instead of failing
+# every suite for a reason that is not theirs.
+detect_leaks=1
+probe_src="$WORK/lsan_probe.c"
+printf '#include <stdlib.h>\nint main(void) { free(malloc(16)); return 0; }\n' >"$probe_src"
+if ${CC:-cc} -fsanitize=address -g "$probe_src" -o "$WORK/lsan_probe" 2>/dev/null; then
+  if ! ASAN_OPTIONS=detect_leaks=1 "$WORK/lsan_probe" >"$WORK/lsan_probe.out" 2>&1; then
+    detect_leaks=0
+  fi
+fi
+export ASAN_OPTIONS="detect_leaks=$detect_leaks"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+if [ -d build/asan/tests ] || [ -z "$ONLY" ]; then
+  c_suites build/asan/tests "C tests under ASan+UBSan" leak_note
+fi
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# ---------------------------------------------------------------- Lua specs
+shopt -s nullglob
+specs=(spec/*_spec.lua)
+shopt -u nullglob
+if [ ${#specs[@]} -gt 0 ]; then
+  section "Lua specs (busted, Lua 5.4)"
+  # Run busted under lua5.4 explicitly: the module in build/lua5.4 is built
+  # for 5.4, and /usr/bin/busted follows whatever `lua` points at.
+  busted_cmd=(busted)
+  if command -v lua5.4 >/dev/null && command -v busted >/dev/null; then
+    busted_cmd=(lua5.4 "$(command -v busted)")
+  fi
+  if ! command -v busted >/dev/null; then
+    harness_failure "busted: not installed"
+  else
+    # Both paths end in ';;' so the default search paths survive.
+    run_suite "spec (busted)" "${busted_cmd[@]}" -o TAP \
+      --cpath='./build/lua5.4/?.so;;' --lpath='./lua/?.lua;./lua/?/init.lua;;' spec/
+  fi
+fi
+
+# ---------------------------------------------------------------- integration
+shopt -s nullglob
+integ=(tests/integration/*.sh)
+shopt -u nullglob
+if [ ${#integ[@]} -gt 0 ]; then
+  section "Integration (tests/integration)"
+  for t in "${integ[@]}"; do
+    run_suite "$t" env PATH="$ROOT/build:$PATH" bash "$t"
+  done
+fi
+
+echo
+finish

@@ -1,7 +1,8 @@
 # Cairnloop engine.
 #
 #   make            libcairnloop (static + shared + pkg-config), the `cairnloop`
-#                   command and the Lua 5.4 module build/lua5.4/cairnloop.so
+#                   command and the Lua modules build/lua5.4/cairnloop.so and
+#                   build/luajit/cairnloop.so (for OpenResty; `make luajit`)
 #   make check      installs missing packages, builds, runs every suite
 #                   (C, C under ASan+UBSan, Lua specs, CLI) and prints
 #                   "N passed, M failed"
@@ -23,6 +24,8 @@ PKGS := libpq uuid jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) lua5.4 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
+LUA54_A := $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)/liblua5.4.a
+LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
         -Wno-unused-parameter
@@ -48,10 +51,13 @@ STATIC_LIB := $(BUILD)/libcairnloop.a
 SHARED_LIB := $(BUILD)/libcairnloop.so.$(VERSION)
 CLI_BIN := $(BUILD)/cairnloop
 LUA_MOD := $(BUILD)/lua5.4/cairnloop.so
+LUAJIT_MOD := $(BUILD)/luajit/cairnloop.so
 PC_FILE := $(BUILD)/cairnloop.pc
+# The engine with its own Lua 5.4 linked in, see below.
+ENGINE_OBJ := $(BUILD)/obj/engine_lua54.o
 
 .PHONY: all deps check test-c demo install uninstall clean bench luajit
-all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(PC_FILE)
+all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 
 # Installs the Debian packages the build and the tests need (as root).
 deps:
@@ -71,22 +77,63 @@ $(BUILD)/obj/migrations_gen.o: $(BUILD)/gen/migrations_gen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(STATIC_LIB): $(LIB_OBJS)
+# The policy state finds the pure-Lua tree in the source dir (for running
+# from a checkout) and then where `make install` puts it.
+$(BUILD)/obj/policy.o: Makefile
+$(BUILD)/obj/policy.o: CFLAGS_ALL += -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' \
+    -DCL_LUA_INSTALL_DIR='"$(PREFIX)/share/lua/5.4"'
+
+# The engine and a private Lua 5.4 in one relocatable object whose lua_*
+# symbols are local: policy scripts always run on Lua 5.4, and the
+# policy state can never bind to a host's Lua (LuaJIT inside nginx), nor
+# the host's module code to ours.
+# Debian's liblua5.4.a is position-dependent only in its use of the stdio
+# streams; those references are renamed to our own (src/lua_stdio.c).
+$(BUILD)/obj/lua54.o: $(LUA54_A)
+	@mkdir -p $(dir $@)
+	$(LD) -r -o $@.tmp --whole-archive $(LUA54_A)
+	objcopy --redefine-sym stdin=cl__lua_stdin --redefine-sym stdout=cl__lua_stdout \
+	    --redefine-sym stderr=cl__lua_stderr $@.tmp $@
+	@rm -f $@.tmp
+
+$(ENGINE_OBJ): $(LIB_OBJS) $(BUILD)/obj/lua54.o
+	$(LD) -r -o $@.tmp $^
+	objcopy -w --localize-symbol='lua_*' --localize-symbol='luaL_*' \
+	    --localize-symbol='luaopen_*' $@.tmp $@
+	@rm -f $@.tmp
+
+$(STATIC_LIB): $(ENGINE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(SHARED_LIB): $(LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libcairnloop.so.$(SOVERSION) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS)
+$(SHARED_LIB): $(ENGINE_OBJ)
+	$(CC) -shared -Wl,-soname,libcairnloop.so.$(SOVERSION) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
 	ln -sf libcairnloop.so.$(VERSION) $(BUILD)/libcairnloop.so.$(SOVERSION)
 	ln -sf libcairnloop.so.$(VERSION) $(BUILD)/libcairnloop.so
 
-$(CLI_BIN): $(CLI_OBJS) $(STATIC_LIB)
-	$(CC) -o $@ $(CLI_OBJS) $(STATIC_LIB) $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lm
+# The command embeds the Lua 5.4 binding too, for `cairnloop run SCRIPT`
+# (a host Lua state of its own, on the system's Lua 5.4).
+$(CLI_BIN): $(CLI_OBJS) $(BUILD)/obj/lua_module.o $(STATIC_LIB)
+	$(CC) -o $@ $(CLI_OBJS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(LDFLAGS_ALL) $(PKG_LIBS) \
+	    $(LUA_LIBS) -lm -ldl
 
-# The Lua 5.4 module: the host interpreter provides the lua_* symbols.
-$(LUA_MOD): $(BUILD)/obj/lua_module.o $(LIB_OBJS)
+# The Lua modules: the host interpreter provides the lua_* symbols the
+# binding uses; only luaopen_cairnloop is exported.
+$(LUA_MOD): $(BUILD)/obj/lua_module.o $(ENGINE_OBJ) src/lua_module.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+	$(CC) -shared -o $@ $(BUILD)/obj/lua_module.o $(ENGINE_OBJ) \
+	    -Wl,--version-script=src/lua_module.map $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
+
+$(BUILD)/obj/lua_module_jit.o: src/lua_module.c $(wildcard src/*.h) include/cairnloop.h
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -I/usr/include/lua5.4,$(CFLAGS_ALL)) $(LUAJIT_CFLAGS) -c $< -o $@
+
+$(LUAJIT_MOD): $(BUILD)/obj/lua_module_jit.o $(ENGINE_OBJ) src/lua_module.map
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $(BUILD)/obj/lua_module_jit.o $(ENGINE_OBJ) \
+	    -Wl,--version-script=src/lua_module.map $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
+
+luajit: $(LUAJIT_MOD)
 
 $(PC_FILE): cairnloop.pc.in Makefile
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
@@ -94,7 +141,7 @@ $(PC_FILE): cairnloop.pc.in Makefile
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/support -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) \
-	    $(LDFLAGS_ALL) $(PKG_LIBS) $(LUA_LIBS) -lcmocka -lm -pthread
+	    $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm -ldl -pthread
 
 tests: $(TEST_BINS)
 

@@ -1,0 +1,197 @@
+--- cairnloop.metrics: counts the bounded-metrics telemetry events and
+-- renders them in the Prometheus text exposition format (version 0.0.4).
+--
+--   cairnloop --policy lua/cairnloop/metrics.lua ...      as a policy file
+--   local metrics = require("cairnloop.metrics").install(engine)   from the host
+--   ... engine:trigger(...) ...
+--   io.write(metrics:render())
+--
+-- Only the bounded lane is counted, and label values are only the enum
+-- values API.md lists (anything else is counted as "other"), so the number
+-- of series stays fixed whatever the traffic: no ids, actors or templates.
+local M = {}
+
+-- The bounded-metrics lane of API.md.  (The list is repeated in
+-- log_handler.lua so that each file also works alone as a --policy file.)
+M.EVENTS = {
+  "cairnloop.outbound.triggered.start",
+  "cairnloop.outbound.triggered.stop",
+  "cairnloop.outbound.triggered.exception",
+  "cairnloop.outbound.bulk.triggered.start",
+  "cairnloop.outbound.bulk.triggered.stop",
+  "cairnloop.outbound.bulk.triggered.exception",
+  "cairnloop.outbound.bulk.triggered",
+  "cairnloop.outbound.delivery.sent",
+  "cairnloop.outbound.delivery.failed",
+  "cairnloop.outbound.delivery.no_op",
+}
+
+local function set(list)
+  local s = {}
+  for _, v in ipairs(list) do s[v] = true end
+  return s
+end
+
+-- The values a label may take; anything else becomes "other".
+local ENUMS = {
+  outcome = set { "triggered", "failed", "duplicate", "exception", "submitted",
+    "refused_cap_exceeded", "refused_cap_exceeded_audit_failed", "sent", "no_op" },
+  kind = set { "hook_error", "db_error" },
+  reason = set { "notifier_ok", "notifier_returned_error", "no_notifier_configured" },
+}
+
+-- Metric families: name, type, help.
+local FAMILIES = {
+  trigger_started = { "cairnloop_outbound_trigger_started_total", "counter",
+    "Outbound trigger spans started." },
+  trigger = { "cairnloop_outbound_trigger_total", "counter",
+    "Outbound trigger spans finished, by outcome." },
+  trigger_duration = { "cairnloop_outbound_trigger_duration_seconds", "summary",
+    "Duration of finished outbound trigger spans." },
+  trigger_exceptions = { "cairnloop_outbound_trigger_exceptions_total", "counter",
+    "Outbound trigger spans ended by an exception, by kind." },
+  bulk_started = { "cairnloop_outbound_bulk_started_total", "counter",
+    "Bulk trigger spans started." },
+  bulk = { "cairnloop_outbound_bulk_total", "counter",
+    "Bulk trigger spans finished, by outcome." },
+  bulk_recipients = { "cairnloop_outbound_bulk_recipients_total", "counter",
+    "Recipients of finished bulk trigger spans, by outcome." },
+  bulk_duration = { "cairnloop_outbound_bulk_duration_seconds", "summary",
+    "Duration of finished bulk trigger spans." },
+  bulk_exceptions = { "cairnloop_outbound_bulk_exceptions_total", "counter",
+    "Bulk trigger spans ended by an exception, by kind." },
+  bulk_refused = { "cairnloop_outbound_bulk_refused_total", "counter",
+    "Bulk triggers refused over the cap, by outcome." },
+  bulk_refused_recipients = { "cairnloop_outbound_bulk_refused_recipients_total", "counter",
+    "Recipients of refused bulk triggers, by outcome." },
+  delivery = { "cairnloop_outbound_delivery_total", "counter",
+    "Delivery attempts, by outcome and reason." },
+}
+
+-- What each event adds: family, label names, and the value ("one": 1,
+-- "count": metadata.count, "duration": measurements.duration in ns).
+local RULES = {
+  ["cairnloop.outbound.triggered.start"] = { { "trigger_started", {}, "one" } },
+  ["cairnloop.outbound.triggered.stop"] = {
+    { "trigger", { "outcome" }, "one" }, { "trigger_duration", { "outcome" }, "duration" } },
+  ["cairnloop.outbound.triggered.exception"] = { { "trigger_exceptions", { "kind" }, "one" } },
+  ["cairnloop.outbound.bulk.triggered.start"] = { { "bulk_started", {}, "one" } },
+  ["cairnloop.outbound.bulk.triggered.stop"] = {
+    { "bulk", { "outcome" }, "one" }, { "bulk_recipients", { "outcome" }, "count" },
+    { "bulk_duration", { "outcome" }, "duration" } },
+  ["cairnloop.outbound.bulk.triggered.exception"] = { { "bulk_exceptions", { "kind" }, "one" } },
+  ["cairnloop.outbound.bulk.triggered"] = {
+    { "bulk_refused", { "outcome" }, "one" },
+    { "bulk_refused_recipients", { "outcome" }, "count" } },
+  ["cairnloop.outbound.delivery.sent"] = { { "delivery", { "outcome", "reason" }, "one" } },
+  ["cairnloop.outbound.delivery.failed"] = { { "delivery", { "outcome", "reason" }, "one" } },
+  ["cairnloop.outbound.delivery.no_op"] = { { "delivery", { "outcome", "reason" }, "one" } },
+}
+
+local function escape(v)
+  return (v:gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
+end
+
+local function labels_of(names, metadata)
+  local parts = {}
+  for i, name in ipairs(names) do
+    local v = metadata[name]
+    if not ENUMS[name][v] then v = "other" end
+    parts[i] = name .. '="' .. escape(v) .. '"'
+  end
+  return table.concat(parts, ",")
+end
+
+-- Counts print as integers, sums as floats (no math.type: LuaJIT hosts too).
+local function number(v)
+  if v % 1 == 0 and v < 2 ^ 53 then return string.format("%d", v) end
+  return string.format("%.9g", v)
+end
+
+--- A new collector: { events, handler, render, reset }.
+-- `handler` is a plain function (no self) to give to attach_many.
+function M.new()
+  local series = {} -- family key -> label string -> value (counter) or {sum, count}
+  local c = { events = M.EVENTS }
+
+  function c.handler(event, measurements, metadata)
+    local rules = RULES[table.concat(event, ".")]
+    if not rules then return end
+    for _, rule in ipairs(rules) do
+      local family, kind = rule[1], rule[3]
+      local labels = labels_of(rule[2], metadata)
+      local fam = series[family]
+      if not fam then
+        fam = {}
+        series[family] = fam
+      end
+      if kind == "duration" then
+        local s = fam[labels]
+        if not s then
+          s = { sum = 0.0, count = 0 }
+          fam[labels] = s
+        end
+        s.sum = s.sum + (measurements.duration or 0) / 1e9
+        s.count = s.count + 1
+      else
+        local add = kind == "count" and (metadata.count or 0) or 1
+        fam[labels] = (fam[labels] or 0) + add
+      end
+    end
+  end
+
+  --- The exposition text: HELP and TYPE per family, series sorted.
+  function c.render()
+    local keys, out = {}, {}
+    for key in pairs(series) do keys[#keys + 1] = key end
+    table.sort(keys, function(a, b) return FAMILIES[a][1] < FAMILIES[b][1] end)
+    for _, key in ipairs(keys) do
+      local name, kind, help = FAMILIES[key][1], FAMILIES[key][2], FAMILIES[key][3]
+      out[#out + 1] = "# HELP " .. name .. " " .. help
+      out[#out + 1] = "# TYPE " .. name .. " " .. kind
+      local labelsets = {}
+      for labels in pairs(series[key]) do labelsets[#labelsets + 1] = labels end
+      table.sort(labelsets)
+      for _, labels in ipairs(labelsets) do
+        local v = series[key][labels]
+        local braces = labels ~= "" and "{" .. labels .. "}" or ""
+        if kind == "summary" then
+          out[#out + 1] = name .. "_sum" .. braces .. " " .. number(v.sum)
+          out[#out + 1] = name .. "_count" .. braces .. " " .. number(v.count)
+        else
+          out[#out + 1] = name .. braces .. " " .. number(v)
+        end
+      end
+    end
+    out[#out + 1] = ""
+    return table.concat(out, "\n")
+  end
+
+  function c.reset() series = {} end
+
+  -- The functions ignore their arguments, so c:render() works as c.render().
+  return c
+end
+
+--- Attaches a new collector to `target` (the policy API or a host engine)
+-- under `opts.id` (default "cairnloop.metrics") and returns it.
+function M.install(target, opts)
+  opts = opts or {}
+  local c = M.new()
+  local id = opts.id or "cairnloop.metrics"
+  local ok, code, msg
+  if type(target) == "userdata" then
+    ok, code, msg = target:attach_many(id, M.EVENTS, c.handler)
+  else
+    ok, code, msg = target.attach_many(id, M.EVENTS, c.handler)
+  end
+  if not ok then error("metrics: cannot attach: " .. tostring(code) .. ": " .. tostring(msg), 2) end
+  return c
+end
+
+if ... == nil then
+  local ok, cl = pcall(require, "cairnloop")
+  if ok and type(cl) == "table" and type(cl.attach_many) == "function" then M.install(cl) end
+end
+
+return M

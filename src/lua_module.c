@@ -1,0 +1,1137 @@
+/*
+ * lua_module.c - luaopen_cairnloop: the engine as a Lua module.
+ *
+ * One source for Lua 5.4 and LuaJIT (version branches in lua_compat.h).
+ * Provides cairnloop.open and the engine methods of API.md: foreseeable
+ * failures return `nil, code, message`, misuse raises.  Hooks registered
+ * from the host's Lua run in the host's state, through host_call(): the
+ * calling thread, a traceback handler, and an instruction budget and
+ * deadline installed for the call.  Uses the public API, engine.h (in_hook,
+ * the budgets) and lua_glue.h.
+ */
+#include "lua_glue.h"
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENGINE_MT "cairnloop.engine"
+
+/* Only luaopen_cairnloop leaves the module: everything else is hidden. */
+#define CL_LUA_EXPORT __attribute__((visibility("default")))
+
+/*
+ * The engine userdata.  Hooks registered through it hold refs in the host's
+ * registry, so a hook that captures its engine keeps it alive until
+ * engine:close() (or the state's close) breaks the cycle.
+ */
+typedef struct lengine {
+  cl_engine *eng; /* NULL once closed */
+  /* The thread of the method in progress: hooks run there.  Set on every
+   * method entry, except re-entries from inside a hook, which keep the
+   * operation's thread. */
+  lua_State *L;
+  int log_ref;   /* open{ log = fn }; released by engine_close_now() */
+  int audit_ref; /* the host auditor's value for the call in progress; taken by the method */
+  bool logging;  /* the log function is running: its own log lines are dropped */
+} lengine;
+
+/* A hook registered from the host.  Its refs are released by hhook_release(),
+ * which the engine calls when the hook is replaced, detached or closed. */
+typedef struct hhook {
+  lengine *le;
+  int fn_ref;  /* the function; released by hhook_release() */
+  int aux_ref; /* list_events, or the handler's config; released by hhook_release() */
+  const char *id; /* telemetry handler id: points into label */
+  char label[];   /* "handler <id>", names it in messages */
+} hhook;
+
+/* registry[&armed_key]: the glue_budget of the host hook call in progress,
+ * or false.  Created by luaopen_cairnloop, so that arming and disarming
+ * assign an existing key and can never allocate. */
+static const char armed_key = 0;
+
+/* ------------------------------------------------------------------ */
+/* Calling host hooks                                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The count hook of a host hook call.  As in the policy state it re-arms at
+ * every instruction once the budget is spent, so a pcall in the hook cannot
+ * swallow it.  A coroutine created during an earlier call inherited this
+ * hook: outside a call it removes itself from that thread.
+ */
+static void host_count_hook(lua_State *L, lua_Debug *ar) {
+  glue_budget *b;
+  (void)ar;
+  compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
+  b = (glue_budget *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b == NULL) {
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  if (glue_budget_tick(b, lua_gethookcount(L)) == GLUE_WITHIN) {
+    if (lua_gethookcount(L) != GLUE_HOOK_EVERY)
+      lua_sethook(L, host_count_hook, LUA_MASKCOUNT, GLUE_HOOK_EVERY);
+    return;
+  }
+  lua_sethook(L, host_count_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "%s", glue_budget_what(b));
+}
+
+/*
+ * The choke point for host hooks: runs `frame` in the thread of the method
+ * in progress under lua_pcall with the traceback handler, in_hook set, and
+ * the engine's instruction budget and deadline armed on that thread (the
+ * host's own hook is put back afterwards).  Maps the outcome like the
+ * policy state's choke point.  Never raises: the core's C frames are below.
+ * The host's state has no memory cap (its allocator is the host's), and a
+ * coroutine the host created before the call runs without the budget: the
+ * policy state, whose hook is set at creation, has neither gap.
+ */
+static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
+  lua_State *L = le->L;
+  cl_engine *eng = le->eng;
+  glue_budget budget;
+  void *prev;
+  lua_Hook hook;
+  int mask, count, base, rc;
+  bool was_in_hook;
+
+  if (L == NULL || !lua_checkstack(L, 4))
+    return cl__fail(c->err, CL_HOOK_ERROR, "%s: no Lua stack to run on", c->hook);
+  base = lua_gettop(L);
+  lua_pushcfunction(L, glue_msghandler);
+  lua_pushcfunction(L, frame);
+  lua_pushlightuserdata(L, c);
+
+  compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
+  prev = lua_touserdata(L, -1); /* an outer call's budget (another engine), or NULL */
+  lua_pop(L, 1);
+  glue_budget_arm(&budget, eng->hook_instruction_limit, eng->hook_time_limit_ms);
+  lua_pushlightuserdata(L, &budget);
+  compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
+  hook = lua_gethook(L);
+  mask = lua_gethookmask(L);
+  count = lua_gethookcount(L);
+  lua_sethook(L, host_count_hook, LUA_MASKCOUNT, GLUE_HOOK_EVERY);
+  was_in_hook = eng->in_hook;
+  eng->in_hook = true;
+  c->status = CL_OK;
+
+  rc = lua_pcall(L, 1, 0, base + 1);
+
+  eng->in_hook = was_in_hook;
+  lua_sethook(L, hook, mask, count);
+  if (prev)
+    lua_pushlightuserdata(L, prev);
+  else
+    lua_pushboolean(L, 0);
+  compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
+  if (rc != LUA_OK) {
+    glue_call_failed(L, eng, rc, &budget, 0, c);
+    c->status = CL_HOOK_ERROR;
+  } else if (budget.exceeded != GLUE_WITHIN) {
+    glue_budget_fail(&budget, c->hook, c->err);
+    c->status = CL_HOOK_ERROR;
+  }
+  lua_settop(L, base);
+  return c->status;
+}
+
+static void hhook_release(void *ud) {
+  hhook *h = (hhook *)ud;
+  luaL_unref(h->le->L, LUA_REGISTRYINDEX, h->fn_ref);
+  luaL_unref(h->le->L, LUA_REGISTRYINDEX, h->aux_ref);
+  free(h);
+}
+
+/*
+ * Makes a record for the function at `fn` and the value at `aux` (0: none).
+ * Raises on memory; a record half made is released by its box.  The caller
+ * hands it to the engine or releases it, without raising in between.
+ */
+static hhook *hhook_new(lua_State *L, lengine *le, int fn, int aux, const char *id) {
+  size_t idlen = id ? strlen(id) : 0;
+  glue_box *box = glue_newbox(L, 0);
+  hhook *h = (hhook *)calloc(1, sizeof *h + sizeof "handler " + idlen);
+  if (h == NULL) luaL_error(L, "not enough memory");
+  h->le = le;
+  h->fn_ref = h->aux_ref = LUA_NOREF;
+  memcpy(h->label, "handler ", sizeof "handler " - 1);
+  h->id = h->label + sizeof "handler " - 1;
+  if (id) memcpy(h->label + sizeof "handler " - 1, id, idlen + 1);
+  box->p = h;
+  box->drop = hhook_release;
+  lua_pushvalue(L, fn);
+  h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (aux) {
+    lua_pushvalue(L, aux);
+    h->aux_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  box->drop = NULL;
+  lua_pop(L, 1); /* box */
+  return h;
+}
+
+static cl_status host_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
+                            const cl_metadata *metadata, char **audit_json, cl_error *err) {
+  hhook *h = (hhook *)ud;
+  lengine *le = h->le;
+  cl_error local;
+  glue_call c;
+  cl_status st;
+  *audit_json = NULL;
+  memset(&c, 0, sizeof c);
+  c.hook = "auditor.audit";
+  c.err = err ? err : &local;
+  c.fn_ref = h->fn_ref;
+  c.tx = tx;
+  c.action = action;
+  c.actor = actor;
+  c.metadata = metadata;
+  /* The value itself becomes res.audit: no JSON round trip in the host. */
+  c.keep_ref = 1;
+  c.audit_ref = LUA_NOREF;
+  st = host_call(le, glue_audit_frame, &c);
+  glue_end_tx(&c.txslot);
+  if (st == CL_OK) {
+    luaL_unref(le->L, LUA_REGISTRYINDEX, le->audit_ref);
+    le->audit_ref = c.audit_ref;
+  } else {
+    luaL_unref(le->L, LUA_REGISTRYINDEX, c.audit_ref);
+  }
+  return st;
+}
+
+static cl_status host_list_events(void *ud, const char *opts_json, char **events_json,
+                                  cl_error *err) {
+  hhook *h = (hhook *)ud;
+  cl_engine *eng = h->le->eng;
+  cl_error local;
+  glue_call c;
+  cl_status st;
+  *events_json = NULL;
+  memset(&c, 0, sizeof c);
+  c.hook = "auditor.list_events";
+  c.err = err ? err : &local;
+  c.fn_ref = h->aux_ref;
+  c.opts_json = opts_json;
+  c.json_out = events_json;
+  c.tx = glue_list_tx_begin(eng);
+  st = host_call(h->le, glue_list_frame, &c);
+  glue_end_tx(&c.txslot);
+  glue_list_tx_end(eng);
+  if (st != CL_OK) {
+    free(*events_json);
+    *events_json = NULL;
+  }
+  return st;
+}
+
+static cl_status host_resolve(void *ud, const char *actor, const char *action, char **resolved,
+                              cl_error *err) {
+  hhook *h = (hhook *)ud;
+  cl_error local;
+  glue_call c;
+  cl_status st;
+  *resolved = NULL;
+  memset(&c, 0, sizeof c);
+  c.hook = "actor_resolver";
+  c.err = err ? err : &local;
+  c.fn_ref = h->fn_ref;
+  c.actor = actor;
+  c.action = action;
+  c.str_out = resolved;
+  st = host_call(h->le, glue_resolve_frame, &c);
+  if (st != CL_OK) {
+    free(*resolved);
+    *resolved = NULL;
+  }
+  return st;
+}
+
+static cl_status host_deliver(void *ud, const cl_message *message,
+                              const cl_conversation *conversation, const char *idempotency_key,
+                              int attempt, cl_error *err) {
+  hhook *h = (hhook *)ud;
+  cl_error local;
+  glue_call c;
+  memset(&c, 0, sizeof c);
+  c.hook = "notifier";
+  c.err = err ? err : &local;
+  c.fn_ref = h->fn_ref;
+  c.message = message;
+  c.conversation = conversation;
+  c.idempotency_key = idempotency_key;
+  c.attempt = attempt;
+  return host_call(h->le, glue_deliver_frame, &c);
+}
+
+/* A telemetry handler: one that raises is logged and detached, and the
+ * operation goes on.  The engine frees detached handlers after the emit. */
+static void host_handler(const char *const *event, const cl_measurements *measurements,
+                         const cl_metadata *metadata, void *config) {
+  hhook *h = (hhook *)config;
+  cl_error err;
+  glue_call c;
+  memset(&c, 0, sizeof c);
+  c.hook = h->label;
+  c.err = &err;
+  c.fn_ref = h->fn_ref;
+  c.cfg_ref = h->aux_ref;
+  c.event = event;
+  c.measurements = measurements;
+  c.metadata = metadata;
+  if (host_call(h->le, glue_handler_frame, &c) != CL_OK) {
+    cl_log(h->le->eng, CL_LOG_ERROR, "handler %s detached after an error", h->id);
+    cl_detach(h->le->eng, h->id);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* The log sink: open{ log = function(level, line) end }                */
+/* ------------------------------------------------------------------ */
+
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+
+typedef struct log_call {
+  lengine *le;
+  cl_log_level level;
+  const char *line;
+} log_call;
+
+static int log_frame(lua_State *L) {
+  log_call *lc = (log_call *)lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lc->le->log_ref);
+  lua_pushstring(L, level_names[lc->level]);
+  lua_pushstring(L, lc->line);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* The engine's log sink when open{} got a log function.  Its errors are
+ * reported on stderr and otherwise ignored: logging must not fail calls. */
+static void host_log(void *ud, cl_log_level level, const char *line) {
+  lengine *le = (lengine *)ud;
+  lua_State *L = le->L;
+  log_call lc;
+  bool was_in_hook = false;
+  int base;
+  if (L == NULL || le->logging || !lua_checkstack(L, 3)) return;
+  lc.le = le;
+  lc.level = level;
+  lc.line = line;
+  le->logging = true;
+  if (le->eng) {
+    was_in_hook = le->eng->in_hook;
+    le->eng->in_hook = true; /* the log function may not call back in */
+  }
+  base = lua_gettop(L);
+  lua_pushcfunction(L, log_frame);
+  lua_pushlightuserdata(L, &lc);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    fprintf(stderr, "cairnloop: the log function failed: %s\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)");
+  lua_settop(L, base);
+  if (le->eng) le->eng->in_hook = was_in_hook;
+  le->logging = false;
+}
+
+/* ------------------------------------------------------------------ */
+/* Arguments                                                            */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The engine at 1, open.  Raises on misuse: not an engine, a closed one, or
+ * (unless `in_hook_ok`) a call from inside one of its own hooks.
+ */
+static lengine *check_engine(lua_State *L, const char *method, bool in_hook_ok) {
+  lengine *le = (lengine *)luaL_checkudata(L, 1, ENGINE_MT);
+  if (le->eng == NULL) luaL_error(L, "attempt to use a closed engine");
+  if (le->eng->in_hook) {
+    if (!in_hook_ok)
+      luaL_error(L, "engine:%s cannot be called from inside one of this engine's hooks", method);
+  } else {
+    le->L = L;
+  }
+  return le;
+}
+
+/* An optional opts table at `idx`: nil/none is allowed, anything else but
+ * a table raises. */
+static bool opt_table(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return false;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  return true;
+}
+
+/* Every key of the opts table at `idx` must be one of `allowed`. */
+static bool check_keys(lua_State *L, int idx, const char *const *allowed, cl_error *err) {
+  int i;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1); /* value */
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      cl__fail(err, CL_INVALID_ARGUMENT, "option names must be strings, got a %s",
+               luaL_typename(L, -1));
+      lua_pop(L, 1);
+      return false;
+    }
+    for (i = 0; allowed[i]; i++)
+      if (strcmp(allowed[i], lua_tostring(L, -1)) == 0) break;
+    if (allowed[i] == NULL) {
+      cl__fail(err, CL_INVALID_ARGUMENT, "unknown option '%.64s'", lua_tostring(L, -1));
+      lua_pop(L, 1);
+      return false;
+    }
+  }
+  return true;
+}
+
+/* A string without NUL bytes, or NULL for nil, from the value on top. */
+static bool top_string(lua_State *L, const char *name, const char **out, cl_error *err) {
+  size_t len;
+  *out = NULL;
+  if (lua_isnil(L, -1)) return true;
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "%s must be a string, got a %s", name, luaL_typename(L, -1));
+    return false;
+  }
+  *out = lua_tolstring(L, -1, &len);
+  if (strlen(*out) != len) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "%s contains a NUL byte", name);
+    return false;
+  }
+  return true;
+}
+
+/*
+ * opts[name] as a string or NULL.  The value stays pushed: the pointer
+ * must live as long as the call, even if a hook empties the opts table.
+ */
+static bool opt_string(lua_State *L, int idx, const char *name, const char **out, cl_error *err) {
+  lua_getfield(L, idx, name);
+  return top_string(L, name, out, err);
+}
+
+/* opts[name] as an integer from min to max; *out untouched when absent. */
+static bool opt_int(lua_State *L, int idx, const char *name, int64_t min, int64_t max,
+                    int64_t *out, cl_error *err) {
+  int64_t v;
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return true;
+  }
+  if (!compat_tointeger(L, -1, &v) || v < min || v > max) {
+    lua_pop(L, 1);
+    cl__fail(err, CL_INVALID_ARGUMENT, "%s must be an integer from %lld to %lld", name,
+             (long long)min, (long long)max);
+    return false;
+  }
+  lua_pop(L, 1);
+  *out = v;
+  return true;
+}
+
+/* A conversation id: an integer (no fraction; LuaJIT: up to 2^53).  The
+ * core checks that it is positive. */
+static bool check_id(lua_State *L, int idx, const char *what, int64_t *out, cl_error *err) {
+  if (compat_tointeger(L, idx, out)) return true;
+  cl__fail(err, CL_INVALID_ARGUMENT, "%s must be an integer, got %s", what,
+           lua_type(L, idx) == LUA_TNUMBER ? "a number with a fraction or out of range"
+                                           : luaL_typename(L, idx));
+  return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* Results                                                              */
+/* ------------------------------------------------------------------ */
+
+/* { id, worker, state, scheduled_at, args = { message_id, conversation_id, template_id, bulk_envelope_id } } */
+static void push_job(lua_State *L, const cl_delivery_job *j) {
+  lua_createtable(L, 0, 5);
+  glue_setint(L, "id", j->id);
+  glue_setstr(L, "worker", j->worker);
+  glue_setstr(L, "state", j->state);
+  glue_setstr(L, "scheduled_at", j->scheduled_at);
+  lua_createtable(L, 0, 4);
+  glue_setint(L, "message_id", j->message_id);
+  glue_setint(L, "conversation_id", j->conversation_id);
+  glue_setstr(L, "template_id", j->template_id);
+  glue_setstr(L, "bulk_envelope_id", j->bulk_envelope_id);
+  lua_setfield(L, -2, "args");
+}
+
+static void push_envelope(lua_State *L, const cl_envelope *e) {
+  size_t i;
+  lua_createtable(L, 0, 10);
+  glue_setstr(L, "id", e->id);
+  glue_setstr(L, "template_id", e->template_id);
+  glue_setstr(L, "rendered_body", e->rendered_body);
+  lua_createtable(L, (int)e->count, 0);
+  for (i = 0; i < e->count; i++) {
+    compat_pushint64(L, e->recipient_conversation_ids[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "recipient_conversation_ids");
+  glue_setint(L, "count", (int64_t)e->count);
+  glue_setint(L, "effective_cap", e->effective_cap);
+  glue_setstr(L, "requested_by", e->requested_by);
+  glue_setstr(L, "requested_at", e->requested_at);
+  glue_setstr(L, "status", e->status);
+  glue_setstr(L, "refused_reason", e->refused_reason);
+}
+
+/*
+ * Pushes what becomes res.audit: the host auditor's own value (its ref is
+ * taken here), else the policy auditor's JSON decoded, else nil.
+ */
+static void push_audit(lua_State *L, lengine *le, const char *audit_json) {
+  int ref = le->audit_ref;
+  le->audit_ref = LUA_NOREF;
+  if (ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  } else {
+    glue_push_json_text(L, audit_json);
+  }
+}
+
+/* Drops a host auditor's value left by a call that failed. */
+static void drop_audit(lua_State *L, lengine *le) {
+  luaL_unref(L, LUA_REGISTRYINDEX, le->audit_ref);
+  le->audit_ref = LUA_NOREF;
+}
+
+static void drop_trigger_result(void *p) { cl_trigger_result_clear((cl_trigger_result *)p); }
+static void drop_bulk_result(void *p) { cl_bulk_result_clear((cl_bulk_result *)p); }
+static void drop_envelope_list(void *p) { cl_envelope_list_clear((cl_envelope_list *)p); }
+
+/* ------------------------------------------------------------------ */
+/* cairnloop.open and the engine's lifecycle                            */
+/* ------------------------------------------------------------------ */
+
+static void engine_close_now(lua_State *L, lengine *le) {
+  le->L = L;
+  cl_close(le->eng); /* releases every hook: their refs go through le->L */
+  le->eng = NULL;
+  drop_audit(L, le);
+  luaL_unref(L, LUA_REGISTRYINDEX, le->log_ref);
+  le->log_ref = LUA_NOREF;
+}
+
+/* Loads the policy path(s) at `idx` (a string or a list of strings). */
+static cl_status load_policies(lua_State *L, lengine *le, int idx, cl_error *err) {
+  size_t i, n;
+  const char *path;
+  cl_status st;
+  idx = compat_absindex(L, idx);
+  if (lua_isnil(L, idx)) return CL_OK;
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    lua_pushvalue(L, idx);
+    if (!top_string(L, "policy", &path, err)) return CL_INVALID_ARGUMENT;
+    st = cl_load_policy(le->eng, path, err);
+    lua_pop(L, 1);
+    return st;
+  }
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "policy must be a path or a list of paths");
+  n = compat_rawlen(L, idx);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, (int)i);
+    if (!top_string(L, "policy", &path, err) || path == NULL)
+      return cl__fail(err, CL_INVALID_ARGUMENT, "policy %zu must be a path", i);
+    st = cl_load_policy(le->eng, path, err);
+    lua_pop(L, 1);
+    if (st != CL_OK) return st;
+  }
+  return CL_OK;
+}
+
+/*
+ * cairnloop.open([opts]) -> engine | nil, code, msg; raises if opts is not a table
+ * opts: database, schema, max_batch_size, policy (path or list),
+ * hook_instruction_limit, hook_time_limit_ms, hook_memory_limit,
+ * max_attempts, lease_seconds, log (function(level, line)), log_level.
+ */
+static int engine_open(lua_State *L) {
+  static const char *const allowed[] = {
+      "database",          "schema",        "max_batch_size", "policy",
+      "hook_instruction_limit", "hook_time_limit_ms", "hook_memory_limit",
+      "max_attempts",      "lease_seconds", "log",            "log_level", NULL};
+  bool has_opts = opt_table(L, 1);
+  cl_config cfg;
+  cl_error err;
+  cl_status st;
+  lengine *le;
+  int64_t v;
+
+  lua_settop(L, 1);
+  if (!has_opts) {
+    lua_newtable(L);
+    lua_replace(L, 1);
+  }
+  cl_config_init(&cfg);
+  if (!check_keys(L, 1, allowed, &err)) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  if (!opt_string(L, 1, "database", &cfg.database, &err) ||
+      !opt_string(L, 1, "schema", &cfg.schema, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  v = 0;
+  if (!opt_int(L, 1, "max_batch_size", 1, CL_MAX_COHORT, &v, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  cfg.max_batch_size = (int)v;
+  if (!opt_int(L, 1, "hook_instruction_limit", 1, INT64_MAX, &cfg.hook_instruction_limit, &err) ||
+      !opt_int(L, 1, "hook_time_limit_ms", 1, INT64_MAX / 1000000, &cfg.hook_time_limit_ms, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  v = 0;
+  if (!opt_int(L, 1, "hook_memory_limit", 64 * 1024, INT64_MAX, &v, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  cfg.hook_memory_limit = (size_t)v;
+  v = 0;
+  if (!opt_int(L, 1, "max_attempts", 1, INT_MAX, &v, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  cfg.max_attempts = (int)v;
+  v = 0;
+  if (!opt_int(L, 1, "lease_seconds", 1, INT_MAX, &v, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  cfg.lease_seconds = (int)v;
+  lua_getfield(L, 1, "log_level");
+  if (!lua_isnil(L, -1)) {
+    int i;
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    for (i = 0; level_names[i] && strcmp(level_names[i], s) != 0; i++) {}
+    if (level_names[i] == NULL) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be debug, info, warn or error");
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+    }
+    cfg.log_level = (cl_log_level)i;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "log");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "log must be a function");
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  lua_getfield(L, 1, "policy"); /* ... log policy */
+
+  le = (lengine *)compat_newuserdata(L, sizeof *le);
+  le->eng = NULL;
+  le->L = L;
+  le->log_ref = LUA_NOREF;
+  le->audit_ref = LUA_NOREF;
+  le->logging = false;
+  luaL_setmetatable(L, ENGINE_MT); /* from here on __gc cleans up */
+  if (!lua_isnil(L, -3)) {
+    lua_pushvalue(L, -3);
+    le->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    cfg.log = host_log;
+    cfg.log_ud = le;
+  }
+  st = cl_open(&le->eng, &cfg, &err);
+  if (st == CL_OK) st = load_policies(L, le, -2, &err);
+  if (st != CL_OK) {
+    engine_close_now(L, le);
+    return glue_push_failure(L, st, &err);
+  }
+  return 1;
+}
+
+/* engine:close() -> true; raises if already closed or called from a hook */
+static int engine_close(lua_State *L) {
+  lengine *le = check_engine(L, "close", false);
+  engine_close_now(L, le);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* __gc and __close: closes the engine if it is still open. */
+static int engine_gc(lua_State *L) {
+  lengine *le = (lengine *)luaL_checkudata(L, 1, ENGINE_MT);
+  if (le->eng == NULL || !le->eng->in_hook) engine_close_now(L, le);
+  return 0;
+}
+
+static int engine_tostring(lua_State *L) {
+  lengine *le = (lengine *)luaL_checkudata(L, 1, ENGINE_MT);
+  if (le->eng)
+    lua_pushfstring(L, "cairnloop.engine (%s)", cl_schema(le->eng));
+  else
+    lua_pushliteral(L, "cairnloop.engine (closed)");
+  return 1;
+}
+
+/* engine:migrate() -> true | nil, code, msg */
+static int engine_migrate(lua_State *L) {
+  lengine *le = check_engine(L, "migrate", false);
+  cl_error err;
+  cl_status st = cl_migrate(le->eng, &err);
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* engine:configure{ max_batch_size = n } -> true | nil, code, msg; raises if opts is not a table */
+static int engine_configure(lua_State *L) {
+  static const char *const allowed[] = {"max_batch_size", NULL};
+  lengine *le = check_engine(L, "configure", false);
+  int64_t cap = -1;
+  cl_error err;
+  cl_status st;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!check_keys(L, 2, allowed, &err) ||
+      !opt_int(L, 2, "max_batch_size", 1, CL_MAX_COHORT, &cap, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  if (cap > 0 && (st = cl_set_max_batch_size(le->eng, (int)cap, &err)) != CL_OK)
+    return glue_push_failure(L, st, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* trigger and bulk_trigger                                             */
+/* ------------------------------------------------------------------ */
+
+/* engine:trigger(conversation_id, opts) -> res | nil, code, msg; raises if opts is not a table */
+static int engine_trigger(lua_State *L) {
+  static const char *const allowed[] = {"template_id", "content", "schedule_in", "actor",
+                                        "bulk_envelope_id", NULL};
+  lengine *le = check_engine(L, "trigger", false);
+  cl_trigger_opts o;
+  cl_trigger_result *res;
+  glue_box *box;
+  cl_error err;
+  cl_status st;
+  int64_t id;
+
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  memset(&o, 0, sizeof o);
+  if (!check_id(L, 2, "conversation_id", &id, &err) || !check_keys(L, 3, allowed, &err) ||
+      !opt_string(L, 3, "template_id", &o.template_id, &err) ||
+      !opt_string(L, 3, "content", &o.content, &err) ||
+      !opt_string(L, 3, "actor", &o.actor, &err) ||
+      !opt_string(L, 3, "bulk_envelope_id", &o.bulk_envelope_id, &err) ||
+      !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+
+  box = glue_newbox(L, sizeof *res); /* owns the result while the table is built */
+  res = (cl_trigger_result *)box->p;
+  le->audit_ref = LUA_NOREF;
+  st = cl_trigger(le->eng, id, &o, res, &err);
+  box->drop = drop_trigger_result;
+  if (st != CL_OK) {
+    drop_audit(L, le);
+    glue_box_release(box);
+    return glue_push_failure(L, st, &err);
+  }
+  lua_createtable(L, 0, 4);
+  glue_push_message(L, &res->message);
+  lua_setfield(L, -2, "message");
+  push_job(L, &res->delivery_job);
+  lua_setfield(L, -2, "delivery_job");
+  push_audit(L, le, res->audit_json);
+  lua_setfield(L, -2, "audit");
+  lua_pushboolean(L, res->duplicate);
+  lua_setfield(L, -2, "duplicate");
+  glue_box_release(box);
+  return 1;
+}
+
+/* engine:bulk_trigger(ids, opts) -> res | nil, code, msg; raises if opts is not a table */
+static int engine_bulk_trigger(lua_State *L) {
+  static const char *const allowed[] = {"template_id", "rendered_body", "actor", "envelope_id",
+                                        "schedule_in", NULL};
+  lengine *le = check_engine(L, "bulk_trigger", false);
+  cl_bulk_opts o;
+  cl_bulk_result *res;
+  glue_box *box;
+  cl_error err;
+  cl_status st;
+  int64_t *ids;
+  size_t n, i, keys = 0;
+
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  memset(&o, 0, sizeof o);
+  if (lua_type(L, 2) != LUA_TTABLE) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation ids must be a list, got a %s",
+             luaL_typename(L, 2));
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  /* A list: keys exactly 1..n, so {1, nil, 3} is refused, not cut short. */
+  n = compat_rawlen(L, 2);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pop(L, 1);
+    keys++;
+  }
+  if (keys != n) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation ids must be a list without holes");
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  if (n > CL_MAX_COHORT) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation_ids has %zu ids, at most %d", n,
+             CL_MAX_COHORT);
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  ids = (int64_t *)compat_newuserdata(L, (n ? n : 1) * sizeof *ids); /* 4 */
+  for (i = 0; i < n; i++) {
+    char what[48];
+    bool ok;
+    snprintf(what, sizeof what, "conversation id %zu", i + 1);
+    lua_rawgeti(L, 2, (int)i + 1);
+    ok = check_id(L, -1, what, &ids[i], &err);
+    lua_pop(L, 1);
+    if (!ok) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  if (!check_keys(L, 3, allowed, &err) ||
+      !opt_string(L, 3, "template_id", &o.template_id, &err) ||
+      !opt_string(L, 3, "rendered_body", &o.rendered_body, &err) ||
+      !opt_string(L, 3, "actor", &o.actor, &err) ||
+      !opt_string(L, 3, "envelope_id", &o.envelope_id, &err) ||
+      !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+
+  box = glue_newbox(L, sizeof *res);
+  res = (cl_bulk_result *)box->p;
+  le->audit_ref = LUA_NOREF;
+  st = cl_bulk_trigger(le->eng, ids, n, &o, res, &err);
+  box->drop = drop_bulk_result;
+  if (st != CL_OK) {
+    drop_audit(L, le);
+    glue_box_release(box);
+    return glue_push_failure(L, st, &err);
+  }
+  lua_createtable(L, 0, 5);
+  push_envelope(L, &res->envelope);
+  lua_setfield(L, -2, "envelope");
+  lua_createtable(L, (int)res->count, 0);
+  for (i = 0; i < res->count; i++) {
+    glue_push_message(L, &res->messages[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "messages");
+  lua_createtable(L, (int)res->count, 0);
+  for (i = 0; i < res->count; i++) {
+    push_job(L, &res->delivery_jobs[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "delivery_jobs");
+  push_audit(L, le, res->audit_json);
+  lua_setfield(L, -2, "audit");
+  lua_pushboolean(L, res->replayed);
+  lua_setfield(L, -2, "replayed");
+  glue_box_release(box);
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reads and delivery                                                   */
+/* ------------------------------------------------------------------ */
+
+/* engine:envelope(id) -> envelope | nil | nil, code, msg */
+static int engine_envelope(lua_State *L) {
+  lengine *le = check_engine(L, "envelope", false);
+  cl_envelope_list *list;
+  const char *id;
+  glue_box *box;
+  cl_error err;
+  cl_status st;
+  lua_settop(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING || !top_string(L, "envelope id", &id, &err)) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "envelope id must be a UUID string");
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  box = glue_newbox(L, sizeof *list);
+  list = (cl_envelope_list *)box->p;
+  st = cl_envelope_get(le->eng, id, list, &err);
+  box->drop = drop_envelope_list;
+  if (st != CL_OK) {
+    glue_box_release(box);
+    return glue_push_failure(L, st, &err);
+  }
+  if (list->count == 0)
+    lua_pushnil(L);
+  else
+    push_envelope(L, &list->items[0]);
+  glue_box_release(box);
+  return 1;
+}
+
+/* engine:envelopes([{ template_id =, status =, limit = 50 }]) -> list | nil, code, msg */
+static int engine_envelopes(lua_State *L) {
+  static const char *const allowed[] = {"template_id", "status", "limit", NULL};
+  lengine *le = check_engine(L, "envelopes", false);
+  cl_envelope_query q;
+  cl_envelope_list *list;
+  glue_box *box;
+  cl_error err;
+  cl_status st;
+  int64_t limit = 50;
+  size_t i;
+  lua_settop(L, 2);
+  memset(&q, 0, sizeof q);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) || !opt_string(L, 2, "template_id", &q.template_id, &err) ||
+       !opt_string(L, 2, "status", &q.status, &err) ||
+       !opt_int(L, 2, "limit", 1, 10000, &limit, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  q.limit = (int)limit;
+  box = glue_newbox(L, sizeof *list);
+  list = (cl_envelope_list *)box->p;
+  st = cl_envelopes_list(le->eng, &q, list, &err);
+  box->drop = drop_envelope_list;
+  if (st != CL_OK) {
+    glue_box_release(box);
+    return glue_push_failure(L, st, &err);
+  }
+  lua_createtable(L, (int)list->count, 0);
+  for (i = 0; i < list->count; i++) {
+    push_envelope(L, &list->items[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  glue_box_release(box);
+  return 1;
+}
+
+/* engine:audit_events([opts]) -> the auditor's list_events(opts), {} without one | nil, code, msg */
+static int engine_audit_events(lua_State *L) {
+  lengine *le = check_engine(L, "audit_events", false);
+  glue_box *in, *out;
+  char why[96], *events = NULL;
+  json_t *j;
+  cl_error err;
+  cl_status st;
+  lua_settop(L, 2);
+  opt_table(L, 2);
+  in = glue_newbox(L, 0);
+  out = glue_newbox(L, 0);
+  if (!lua_isnil(L, 2)) {
+    if ((j = glue_to_json(L, 2, 0, 0, why, sizeof why)) == NULL) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s", why);
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+    }
+    in->p = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (in->p == NULL) return luaL_error(L, "not enough memory");
+    in->drop = free;
+  }
+  st = cl_audit_events(le->eng, (const char *)in->p, &events, &err);
+  out->p = events;
+  out->drop = free;
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  glue_push_json_text(L, events ? events : "[]");
+  if (!lua_istable(L, -1)) { /* a list_events that returned a scalar */
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  glue_box_release(in);
+  glue_box_release(out);
+  return 1;
+}
+
+/* engine:work([{ limit = 100 }]) -> { sent, failed, no_op, retried, discarded } | nil, code, msg */
+static int engine_work(lua_State *L) {
+  static const char *const allowed[] = {"limit", NULL};
+  lengine *le = check_engine(L, "work", false);
+  cl_work_stats stats;
+  cl_error err;
+  cl_status st;
+  int64_t limit = 100;
+  lua_settop(L, 2);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) || !opt_int(L, 2, "limit", 1, INT_MAX, &limit, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  memset(&stats, 0, sizeof stats);
+  st = cl_work(le->eng, (int)limit, &stats, &err);
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_createtable(L, 0, 5);
+  glue_setint(L, "sent", stats.sent);
+  glue_setint(L, "failed", stats.failed);
+  glue_setint(L, "no_op", stats.no_op);
+  glue_setint(L, "retried", stats.retried);
+  glue_setint(L, "discarded", stats.discarded);
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Hooks from the host                                                  */
+/* ------------------------------------------------------------------ */
+
+/* engine:auditor{ audit = fn [, list_events = fn] } | engine:auditor(nil) -> true; raises on misuse */
+static int engine_auditor(lua_State *L) {
+  lengine *le = check_engine(L, "auditor", false);
+  cl_auditor a;
+  cl_error err;
+  hhook *h;
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
+    if (cl_set_auditor(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "audit");       /* 3 */
+  lua_getfield(L, 2, "list_events"); /* 4 */
+  if (lua_type(L, 3) != LUA_TFUNCTION) return luaL_error(L, "auditor: audit must be a function");
+  if (!lua_isnil(L, 4) && lua_type(L, 4) != LUA_TFUNCTION)
+    return luaL_error(L, "auditor: list_events must be a function or nil");
+  h = hhook_new(L, le, 3, lua_isnil(L, 4) ? 0 : 4, NULL);
+  a.audit = host_audit;
+  a.list_events = lua_isnil(L, 4) ? NULL : host_list_events;
+  a.release = hhook_release;
+  a.ud = h;
+  if (cl_set_auditor(le->eng, &a, &err) != CL_OK) {
+    hhook_release(h);
+    return luaL_error(L, "%s", err.message);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* engine:actor_resolver(fn | nil) -> true; raises on misuse */
+static int engine_actor_resolver(lua_State *L) {
+  lengine *le = check_engine(L, "actor_resolver", false);
+  cl_actor_resolver r;
+  cl_error err;
+  hhook *h;
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
+    if (cl_set_actor_resolver(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  h = hhook_new(L, le, 2, 0, NULL);
+  r.resolve = host_resolve;
+  r.release = hhook_release;
+  r.ud = h;
+  if (cl_set_actor_resolver(le->eng, &r, &err) != CL_OK) {
+    hhook_release(h);
+    return luaL_error(L, "%s", err.message);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* engine:notifier(fn | nil) -> true; raises on misuse */
+static int engine_notifier(lua_State *L) {
+  lengine *le = check_engine(L, "notifier", false);
+  cl_notifier n;
+  cl_error err;
+  hhook *h;
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
+    if (cl_set_notifier(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  h = hhook_new(L, le, 2, 0, NULL);
+  n.deliver = host_deliver;
+  n.release = hhook_release;
+  n.ud = h;
+  if (cl_set_notifier(le->eng, &n, &err) != CL_OK) {
+    hhook_release(h);
+    return luaL_error(L, "%s", err.message);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int attach_common(lua_State *L, int many) {
+  lengine *le = check_engine(L, many ? "attach_many" : "attach", true);
+  const char *id, **names;
+  size_t count;
+  char why[128];
+  cl_error err;
+  cl_status st;
+  hhook *h;
+  lua_settop(L, 5);
+  if (!glue_attach_args(L, 2, many, &id, &names, &count, why, sizeof why)) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "%s", why);
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  h = hhook_new(L, le, 4, 5, id);
+  st = cl_attach_many(le->eng, id, names, count, host_handler, h, hhook_release, &err);
+  if (st != CL_OK) {
+    hhook_release(h); /* the engine keeps nothing on failure */
+    return glue_push_failure(L, st, &err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* engine:attach(handler_id, event_name, fn [, config]) -> true | nil, code, msg; raises if fn is not a function */
+static int engine_attach(lua_State *L) { return attach_common(L, 0); }
+
+/* engine:attach_many(handler_id, { event_name, ... }, fn [, config]) -> true | nil, code, msg */
+static int engine_attach_many(lua_State *L) { return attach_common(L, 1); }
+
+/* engine:detach(handler_id) -> boolean; allowed inside a handler */
+static int engine_detach(lua_State *L) {
+  lengine *le = check_engine(L, "detach", true);
+  const char *id = glue_checked_id(L, 2);
+  lua_pushboolean(L, id && cl_detach(le->eng, id));
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* The module                                                           */
+/* ------------------------------------------------------------------ */
+
+CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L);
+
+CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"migrate", engine_migrate},
+      {"configure", engine_configure},
+      {"trigger", engine_trigger},
+      {"bulk_trigger", engine_bulk_trigger},
+      {"envelope", engine_envelope},
+      {"envelopes", engine_envelopes},
+      {"audit_events", engine_audit_events},
+      {"work", engine_work},
+      {"auditor", engine_auditor},
+      {"actor_resolver", engine_actor_resolver},
+      {"notifier", engine_notifier},
+      {"attach", engine_attach},
+      {"attach_many", engine_attach_many},
+      {"detach", engine_detach},
+      {"close", engine_close},
+      {NULL, NULL}};
+  static const luaL_Reg metamethods[] = {
+      {"__gc", engine_gc}, {"__close", engine_gc}, {"__tostring", engine_tostring}, {NULL, NULL}};
+  static const luaL_Reg module[] = {{"open", engine_open}, {NULL, NULL}};
+
+#if CL_LUAJIT
+  /* ABI guard: this build needs LuaJIT's symbols; loaded into Lua 5.4 it
+   * fails to link instead of working by accident. */
+  void *volatile guard = (void *)&luaJIT_setmode;
+  (void)guard;
+#endif
+  if (luaL_newmetatable(L, ENGINE_MT)) {
+    luaL_setfuncs(L, metamethods, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, ENGINE_MT);
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  glue_register(L);
+  compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
+  if (lua_isnil(L, -1)) { /* first load in this state; never reset a live one */
+    lua_pushboolean(L, 0);
+    compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
+  }
+  lua_pop(L, 1);
+
+  luaL_newlib(L, module);
+  lua_pushliteral(L, CL_VERSION);
+  lua_setfield(L, -2, "VERSION");
+  return 1;
+}

@@ -1,0 +1,33 @@
+/*
+ * policy.h - the engine's own Lua 5.4 state for policy scripts.
+ *
+ * policy.c implements cl_load_policy() (cairnloop.h) and cl__policy_free()
+ * (engine.h, called by cl_close after the hooks are released).  A policy
+ * script sees `require "cairnloop"` as the registration API of API.md:
+ *
+ *   cl.auditor{ audit = fn, list_events = fn } | cl.auditor(nil)
+ *   cl.actor_resolver(fn | nil)     cl.notifier(fn | nil)
+ *   cl.attach(id, event, fn, config)  cl.attach_many(id, events, fn, config)
+ *   cl.detach(id) -> boolean          cl.log(level, message)
+ *   cl.schema    the engine's schema, for schema-qualified SQL in tx:exec
+ *   cl.VERSION
+ *
+ * list_events(opts, tx) also gets a tx handle whose statements run outside
+ * any transaction.  `require` finds pure-Lua modules (text only) in the
+ * directories of CAIRNLOOP_LUA_PATH (';'-separated; an entry containing '?'
+ * is used as a template as is), else CL_LUA_SRC_DIR and CL_LUA_INSTALL_DIR,
+ * fixed at build time.
+ */
+#ifndef CL_POLICY_H
+#define CL_POLICY_H
+
+#include "engine.h"
+
+/* Where `require` looks when CAIRNLOOP_LUA_PATH is not set. */
+#ifndef CL_LUA_INSTALL_DIR
+#define CL_LUA_INSTALL_DIR "/usr/local/share/lua/5.4"
+#endif
+
+void cl__policy_free(struct cl__policy *policy);
+
+#endif

@@ -23,7 +23,8 @@ struct cl_rows {
 };
 
 static const char *stmt_names[CL__STMT__COUNT] = {
-    "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing", "cl_envelope_get", "cl_envelopes",
+    "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing",
+    "cl_trigger_tx", "cl_bulk_tx", "cl_existing", "cl_prior", "cl_envelope_get", "cl_envelopes",
 };
 
 /* Server notices (e.g. "relation already exists, skipping") are noise for a
@@ -32,6 +33,9 @@ static void ignore_notice(void *arg, const char *message) {
   (void)arg;
   (void)message;
 }
+
+static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
+                           cl_rows **rows, cl_error *err);
 
 static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
@@ -227,6 +231,7 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
 
 cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
                           cl_rows **rows, cl_error *err) {
+  if (db->pipe_open) return pipe_exec(db, sql, nparams, params, rows, err);
   return run(db, false, CL__STMT__COUNT, sql, nparams, params, rows, err);
 }
 
@@ -239,6 +244,181 @@ cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {
   if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) st = result_fail(db, r, err);
   PQclear(r);
   return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* The auditor's pipelined transaction                                 */
+/* ------------------------------------------------------------------ */
+
+/* What each result still owed by a tx pipeline is for. */
+enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
+
+/* Reads the results owed by cl__db_tx_open (BEGIN, PREPARE, the statement),
+ * keeping the statement's result or its error.  Call only after a Sync. */
+static void pipe_collect(cl__db *db, cl__stmt id) {
+  for (int i = 0; i < db->pipe_npending; i++) {
+    PGresult *r = PQgetResult(db->conn);
+    if (!r) {
+      if (db->pipe_status == CL_OK) {
+        cl_error e;
+        db->pipe_status = result_fail(db, NULL, &e);
+        snprintf(db->pipe_error, sizeof db->pipe_error, "%s", e.message);
+        memcpy(db->pipe_sqlstate, db->sqlstate, sizeof db->sqlstate);
+      }
+      break;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    bool good = s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
+    if (db->pipe_pending[i] == PIPE_PREPARE && good) db->prepared |= 1u << id;
+    if (!good && db->pipe_status == CL_OK && s != PGRES_PIPELINE_ABORTED) {
+      cl_error e;
+      db->pipe_status = result_fail(db, r, &e);
+      snprintf(db->pipe_error, sizeof db->pipe_error, "%s", e.message);
+      memcpy(db->pipe_sqlstate, db->sqlstate, sizeof db->sqlstate);
+    }
+    if (db->pipe_pending[i] == PIPE_KEEP && good) db->pipe_kept = r;
+    else PQclear(r);
+    while ((r = PQgetResult(db->conn)) != NULL) PQclear(r);
+  }
+  db->pipe_npending = 0;
+}
+
+cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
+                         cl_error *err) {
+  cl_status st = ensure_conn(db, err);
+  if (st != CL_OK) return st;
+  PGconn *c = db->conn;
+  bool prepare = !(db->prepared & (1u << id));
+  if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
+  int sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent && prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
+  if (sent) sent = PQsendQueryPrepared(c, stmt_names[id], nparams, params, NULL, NULL, 0);
+  /* Push the queries out now, so the server works while the auditor runs. */
+  if (sent) sent = PQsendFlushRequest(c) && PQflush(c) == 0;
+  if (!sent) {
+    PQexitPipelineMode(c);
+    return conn_fail(db, err, "cannot send");
+  }
+  db->pipe_npending = 0;
+  db->pipe_pending[db->pipe_npending++] = PIPE_IGNORE;
+  if (prepare) db->pipe_pending[db->pipe_npending++] = PIPE_PREPARE;
+  db->pipe_pending[db->pipe_npending++] = PIPE_KEEP;
+  db->pipe_open = true;
+  db->pipe_kept = NULL;
+  db->pipe_status = CL_OK;
+  db->pipe_error[0] = '\0';
+  db->pipe_sqlstate[0] = '\0';
+  db->in_tx = true;
+  db->pipe_id = id;
+  return CL_OK;
+}
+
+/* Runs ad-hoc SQL inside the open tx pipeline: one Sync, one wait. */
+static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
+                           cl_rows **rows, cl_error *err) {
+  PGconn *c = db->conn;
+  if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) || !PQpipelineSync(c))
+    return conn_fail(db, err, "cannot send");
+  db->round_trips++;
+  pipe_collect(db, db->pipe_id);
+  cl_status st = CL_OK;
+  PGresult *keep = NULL, *r = PQgetResult(c);
+  if (!r) {
+    st = result_fail(db, NULL, err);
+  } else {
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) keep = r;
+    else {
+      st = s == PGRES_PIPELINE_ABORTED
+               ? cl__fail(err, CL_DB_ERROR, "transaction aborted: %s",
+                          db->pipe_error[0] ? db->pipe_error : "an earlier statement failed")
+               : result_fail(db, r, err);
+      PQclear(r);
+    }
+    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+  }
+  for (int idle = 0; idle < 64;) { /* up to this exec's Sync */
+    r = PQgetResult(c);
+    if (!r) {
+      if (PQstatus(c) != CONNECTION_OK) break;
+      idle++;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    PQclear(r);
+    if (s == PGRES_PIPELINE_SYNC) break;
+  }
+  if (st != CL_OK) return st;
+  if (rows) {
+    if (!(*rows = malloc(sizeof **rows))) {
+      PQclear(keep);
+      return cl__fail(err, CL_DB_ERROR, "out of memory");
+    }
+    (*rows)->res = keep;
+  } else {
+    PQclear(keep);
+  }
+  return CL_OK;
+}
+
+cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err) {
+  PGconn *c = db->conn;
+  cl_status st = CL_OK;
+  bool rolled_back = false;
+  *rows = NULL;
+  db->pipe_open = false;
+  db->in_tx = false;
+  if (!PQsendQueryParams(c, commit ? "COMMIT" : "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0) ||
+      !PQpipelineSync(c)) {
+    st = conn_fail(db, err, "cannot send");
+    PQexitPipelineMode(c);
+    PQclear(db->pipe_kept);
+    db->pipe_kept = NULL;
+    return st;
+  }
+  db->round_trips++;
+  pipe_collect(db, db->pipe_id);
+  PGresult *r = PQgetResult(c);
+  if (!r) {
+    st = result_fail(db, NULL, err);
+  } else {
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) st = result_fail(db, r, err);
+    else rolled_back = strcmp(PQcmdStatus(r), "ROLLBACK") == 0;
+    PQclear(r);
+    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+  }
+  for (int idle = 0; idle < 64;) {
+    r = PQgetResult(c);
+    if (!r) {
+      if (PQstatus(c) != CONNECTION_OK) break;
+      idle++;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    PQclear(r);
+    if (s == PGRES_PIPELINE_SYNC) break;
+  }
+  PQexitPipelineMode(c);
+
+  PGresult *kept = db->pipe_kept;
+  db->pipe_kept = NULL;
+  if (db->pipe_status != CL_OK) { /* the statement's own failure comes first */
+    PQclear(kept);
+    memcpy(db->sqlstate, db->pipe_sqlstate, sizeof db->sqlstate);
+    return cl__fail(err, db->pipe_status, "%s", db->pipe_error);
+  }
+  if (st == CL_OK && commit && rolled_back)
+    st = cl__fail(err, CL_DB_ERROR, "transaction was aborted and rolled back");
+  if (st != CL_OK || !commit) {
+    PQclear(kept);
+    return st;
+  }
+  if (!(*rows = malloc(sizeof **rows))) {
+    PQclear(kept);
+    return cl__fail(err, CL_DB_ERROR, "out of memory after commit");
+  }
+  (*rows)->res = kept;
+  return CL_OK;
 }
 
 cl_status cl__db_commit(cl__db *db, cl_error *err) {

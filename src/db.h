@@ -23,6 +23,10 @@ typedef enum cl__stmt {
   CL__STMT_REFUSE,
   CL__STMT_BULK_ROWS,
   CL__STMT_MISSING,
+  CL__STMT_TRIGGER_TX,
+  CL__STMT_BULK_TX,
+  CL__STMT_EXISTING,
+  CL__STMT_PRIOR,
   CL__STMT_ENVELOPE_GET,
   CL__STMT_ENVELOPES,
   CL__STMT__COUNT
@@ -34,6 +38,15 @@ typedef struct cl__db {
   char *sql[CL__STMT__COUNT]; /* schema-qualified texts, owned */
   uint32_t prepared;          /* bit i: statement i prepared on this connection */
   bool in_tx;
+  /* cl__db_tx_open's pipeline: results not read yet, in order (see db.c). */
+  int pipe_pending[4];
+  int pipe_npending;
+  bool pipe_open;
+  cl__stmt pipe_id;                 /* the opening statement */
+  struct pg_result *pipe_kept;      /* its result */
+  cl_status pipe_status;            /* ... or its failure */
+  char pipe_error[CL_ERROR_MESSAGE_MAX];
+  char pipe_sqlstate[6];
   uint64_t round_trips;       /* client waits for the server: one per Sync */
   char sqlstate[6];           /* of the last server error, "" if none */
 } cl__db;
@@ -60,6 +73,20 @@ cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err);
 cl_status cl__db_commit(cl__db *db, cl_error *err);
 void cl__db_rollback(cl__db *db);
 
+/*
+ * A transaction whose round trips the auditor decides.  cl__db_tx_open
+ * sends BEGIN and a registered statement without waiting; statements the
+ * auditor runs meanwhile (cl__db_exec_sql) join the same pipeline and wait
+ * once for everything before them; cl__db_tx_close sends COMMIT (or
+ * ROLLBACK) and collects the rest.  An auditor that runs nothing costs no
+ * round trip of its own: BEGIN, the statement and COMMIT share one.
+ * cl__db_tx_close returns the opening statement's rows, or its error (with
+ * sqlstate set, the transaction then rolled back), or COMMIT's error.
+ */
+cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
+                         cl_error *err);
+cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err);
+
 /* The last server error was a unique (23505) or foreign-key (23503) violation. */
 bool cl__db_unique_violation(const cl__db *db);
 bool cl__db_fk_violation(const cl__db *db);
@@ -70,5 +97,36 @@ uint64_t cl__db_round_trips(cl_engine *eng);
 
 /* Quotes `s` as an SQL literal into a malloc'd string (for migrations). */
 char *cl__db_quote_ident(const char *s);
+
+/* ------------------------------------------------------------------ */
+/* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */
+/* Used by queue.c.                                                    */
+/* ------------------------------------------------------------------ */
+
+/* Reconnects now if the connection went bad (cl__db_exec does the same
+ * lazily); CL_DB_ERROR while the server stays unreachable. */
+cl_status cl__db_ensure(cl__db *db, cl_error *err);
+
+/* The server process of the current session, 0 when not connected.  It
+ * changes on every reconnect, which is how LISTEN knows to run again. */
+int cl__db_session(const cl__db *db);
+
+/* LISTEN on `channel` (quoted here; at most 63 bytes).  The subscription
+ * belongs to the session: call again after a reconnect. */
+cl_status cl__db_listen(cl__db *db, const char *channel, cl_error *err);
+
+/* Why cl__db_wait returned. */
+typedef enum cl__db_wake {
+  CL__DB_WAKE_TIMEOUT, /* timeout_ms passed */
+  CL__DB_WAKE_NOTIFY,  /* at least one notification arrived (all are consumed) */
+  CL__DB_WAKE_FD,      /* wake_fd became readable (left for the caller to drain) */
+  CL__DB_WAKE_SIGNAL,  /* a signal handler ran (poll saw EINTR) */
+  CL__DB_WAKE_LOST     /* the connection is gone */
+} cl__db_wake;
+
+/* Sleeps on the connection's socket (and `wake_fd` when >= 0) until a
+ * notification arrives or timeout_ms (>= 0) passes.  Notifications that
+ * arrived during earlier statements count at once.  Never sends anything. */
+cl__db_wake cl__db_wait(cl__db *db, int timeout_ms, int wake_fd);
 
 #endif

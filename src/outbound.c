@@ -112,6 +112,89 @@ static const char SQL_MISSING[] =
     " WHERE NOT EXISTS (SELECT 1 FROM @S.cairnloop_conversations c WHERE c.id = t.cid)"
     " ORDER BY t.ord LIMIT 1";
 
+/*
+ * The auditor path runs these inside cl__db_tx_open's pipeline, and COMMIT
+ * follows without looking at their rows first.  So they must fail, not
+ * quietly insert nothing, on anything that must not commit: an unknown
+ * conversation through the foreign key (23503), a duplicate or a stored
+ * envelope id through the unique keys (23505).  Same parameters and
+ * columns as SQL_TRIGGER / SQL_BULK.
+ */
+static const char SQL_TRIGGER_TX[] =
+    "WITH msg AS ("
+    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
+    "  VALUES ($1::bigint, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,"
+    "         'status', 'pending', 'bulk_envelope_id', $4::uuid))"
+    "  RETURNING id"
+    "), job AS ("
+    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
+    "         bulk_envelope_id, args, state, scheduled_at)"
+    "  SELECT m.id, $1::bigint, $2, $4::uuid, jsonb_build_object('message_id', m.id,"
+    "         'conversation_id', $1::bigint, 'template_id', $2::text,"
+    "         'bulk_envelope_id', $4::uuid),"
+    "         CASE WHEN $5::int > 0 THEN 'scheduled' ELSE 'available' END,"
+    "         now() + make_interval(secs => $5::int)"
+    "  FROM msg m"
+    "  RETURNING id, message_id, state, scheduled_at"
+    ") "
+    "SELECT false, j.id, j.message_id, j.state,"
+    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "), NULL, NULL"
+    " FROM job j";
+
+static const char SQL_BULK_TX[] =
+    "WITH env AS ("
+    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
+    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
+    "         status, inserted_at, updated_at)"
+    "  VALUES ($1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
+    "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"
+    "         now() AT TIME ZONE 'UTC')"
+    "  RETURNING requested_at,"
+    "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"
+    "                            'bulk_envelope_id', $1::uuid) AS metadata"
+    "), msgs AS ("
+    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
+    "  SELECT t.cid, $3, 'system_outbound', env.metadata"
+    "  FROM env, unnest($4::bigint[]) AS t(cid)"
+    "  RETURNING id, conversation_id"
+    "), jobs AS ("
+    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
+    "         bulk_envelope_id, args, state, scheduled_at)"
+    "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"
+    "         'conversation_id', m.conversation_id, 'template_id', $2::text,"
+    "         'bulk_envelope_id', $1::uuid),"
+    "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"
+    "         now() + make_interval(secs => $7::int)"
+    "  FROM msgs m"
+    "  RETURNING id, message_id"
+    ") "
+    "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"
+    "       (SELECT array_agg(id)::text FROM msgs),"
+    "       (SELECT array_agg(conversation_id)::text FROM msgs),"
+    "       (SELECT array_agg(id)::text FROM jobs),"
+    "       (SELECT array_agg(message_id)::text FROM jobs),"
+    "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    "       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
+
+/* After a unique violation on the auditor path: the existing rows of a
+ * duplicate trigger ($1 conversation, $2 template, $3 envelope; the
+ * columns of SQL_TRIGGER), read only. */
+static const char SQL_EXISTING[] =
+    "SELECT true, e.id, e.message_id, e.state,"
+    "       to_char(e.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    "       m.content, m.metadata->>'status'"
+    " FROM @S.cairnloop_delivery_jobs e JOIN @S.cairnloop_messages m ON m.id = e.message_id"
+    " WHERE e.conversation_id = $1::bigint AND e.template_id = $2"
+    "   AND e.bulk_envelope_id IS NOT DISTINCT FROM $3::uuid";
+
+/* ... and the stored envelope of a bulk ($1; same columns as SQL_BULK). */
+static const char SQL_PRIOR[] =
+    "SELECT NULL, NULL, NULL, NULL, NULL, NULL,"
+    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
+    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
+    "       p.status, p.refused_reason"
+    " FROM @S.cairnloop_outbound_bulk_envelopes p WHERE p.id = $1::uuid";
+
 /* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
  * $6 requested_by, $7 refused_reason.  Stores the refused attempt unless
  * the id names a stored envelope, which comes back instead. */
@@ -161,6 +244,10 @@ cl_status cl__outbound_register(cl_engine *eng, cl_error *err) {
       {CL__STMT_REFUSE, SQL_REFUSE},
       {CL__STMT_BULK_ROWS, SQL_BULK_ROWS},
       {CL__STMT_MISSING, SQL_MISSING},
+      {CL__STMT_TRIGGER_TX, SQL_TRIGGER_TX},
+      {CL__STMT_BULK_TX, SQL_BULK_TX},
+      {CL__STMT_EXISTING, SQL_EXISTING},
+      {CL__STMT_PRIOR, SQL_PRIOR},
   };
   for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
     cl_status st = cl__db_register(&eng->db, stmts[i].id, stmts[i].sql, eng->schema, err);
@@ -312,6 +399,34 @@ cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const 
   if (st != CL_OK) {
     tx->failed = true;
     snprintf(tx->failure, sizeof tx->failure, "%s", err ? err->message : "statement failed");
+  }
+  return st;
+}
+
+/*
+ * Runs the auditor's transaction: the opening statement `id` and the audit
+ * call share the pipeline, COMMIT follows when the auditor accepts.  A
+ * failure of the statement itself (unknown conversation, duplicate) wins
+ * over what the auditor said, since the auditor then saw an aborted
+ * transaction; its sqlstate stays readable for the caller.
+ */
+static cl_status audited(cl_engine *eng, cl__stmt id, int nparams, const char *const *params,
+                         const char *action, const char *actor, const cl_kv *md, size_t nmd,
+                         char **audit_json, cl_rows **rows, cl_error *err) {
+  *rows = NULL;
+  cl_status st = cl__db_tx_open(&eng->db, id, nparams, params, err);
+  if (st != CL_OK) return st;
+  cl_error aerr;
+  cl__ok(&aerr);
+  cl_status ast = call_auditor(eng, action, actor, md, nmd, audit_json, &aerr);
+  st = cl__db_tx_close(&eng->db, ast == CL_OK, rows, err);
+  if (st == CL_OK && ast != CL_OK) {
+    if (err) *err = aerr;
+    st = ast;
+  }
+  if (st != CL_OK) {
+    free(*audit_json);
+    *audit_json = NULL;
   }
   return st;
 }
@@ -516,18 +631,34 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   cl_rows *rows = NULL;
   const char *outcome = "triggered";
 
-  st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, audit, 5, params, &rows, err);
-  if (st != CL_OK && cl__db_unique_violation(&eng->db)) {
-    /* A concurrent trigger of the same key won the race between our
-     * duplicate check and our insert: run again to return its rows. */
-    st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, audit, 5, params, &rows, err);
+  if (!audit) {
+    st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, 5, params, &rows, err);
+    if (st != CL_OK && cl__db_unique_violation(&eng->db)) {
+      /* A concurrent trigger of the same key won the race between our
+       * duplicate check and our insert: run again to return its rows. */
+      st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, 5, params, &rows, err);
+    }
+  } else {
+    cl_kv md[] = {KV_INT("conversation_id", conversation_id),
+                  KV_STR("template_id", opts->template_id)};
+    st = audited(eng, CL__STMT_TRIGGER_TX, 5, params, "outbound_trigger", actor, md, NKV(md),
+                 &res->audit_json, &rows, err);
+    if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
+      /* A duplicate: nothing was written; return the existing rows. */
+      const char *eparams[] = {params[0], params[1], params[3]};
+      st = cl__db_exec(&eng->db, CL__STMT_EXISTING, false, 3, eparams, &rows, err);
+      if (st == CL_OK && cl_rows_count(rows) == 0)
+        st = cl__fail(err, CL_DB_ERROR, "duplicate trigger whose rows have gone");
+    } else if (st == CL_DB_ERROR && cl__db_fk_violation(&eng->db)) {
+      st = CL_OK; /* no rows: reported as the unknown conversation below */
+    }
   }
   if (st != CL_OK) goto fail;
 
   if (cl_rows_count(rows) == 0) {
     st = cl__fail(err, CL_UNKNOWN_CONVERSATION, "conversation %" PRId64 " does not exist",
                   conversation_id);
-    goto fail_tx;
+    goto fail;
   }
   bool dup = strcmp(cl_rows_value(rows, 0, 0), "t") == 0;
   const char *tid = cl__arena_strdup(arena, opts->template_id);
@@ -537,26 +668,17 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, 4));
   const char *state = intern(arena, cl_rows_value(rows, 0, 3));
   if (!tid || !body || !sched || !state || (envelope_id[0] && !env)) {
-    st = cl__fail(err, CL_DB_ERROR, "out of memory");
-    goto fail_tx;
+    /* Rows may be committed by now: say so rather than pretend a rollback. */
+    st = cl__fail(err, CL_DB_ERROR, "out of memory reading the result");
+    goto fail;
   }
   fill_message(&res->message, to_i64(cl_rows_value(rows, 0, 2)), conversation_id, body, tid,
                status, env);
   fill_job(&res->delivery_job, to_i64(cl_rows_value(rows, 0, 1)), state, sched, &res->message);
   res->duplicate = dup;
+  if (dup) outcome = "duplicate";
   cl_rows_free(rows);
   rows = NULL;
-
-  if (dup) {
-    outcome = "duplicate";
-    if (audit) cl__db_rollback(&eng->db); /* nothing was written */
-  } else if (audit) {
-    cl_kv md[] = {KV_INT("conversation_id", conversation_id), KV_STR("template_id", tid)};
-    st = call_auditor(eng, "outbound_trigger", actor, md, NKV(md), &res->audit_json, err);
-    if (st != CL_OK) goto fail_tx;
-    st = cl__db_commit(&eng->db, err);
-    if (st != CL_OK) goto fail;
-  }
 
   emit_stop(eng, CL__EV_TRIGGER_STOP, t0, outcome, 0, false);
   emit_trace(eng, CL__EV_TRACE_TRIGGER_COMPLETED, &trace, outcome, 0);
@@ -564,8 +686,6 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   cl__ok(err);
   return CL_OK;
 
-fail_tx:
-  if (audit) cl__db_rollback(&eng->db);
 fail:
   cl_rows_free(rows);
   if (failure_is_exception(st)) {
@@ -843,19 +963,29 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   snprintf(schedbuf, sizeof schedbuf, "%" PRId64, opts->schedule_in);
   const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text,
                           capbuf, actor, schedbuf};
-  bool audit = eng->has_auditor;
-  bool in_tx = false;
   const char *outcome = "submitted", *recipient_outcome = "triggered";
   cl_rows *rows = NULL;
-  st = cl__db_exec(&eng->db, CL__STMT_BULK, audit, 7, params, &rows, err);
+  if (!eng->has_auditor) {
+    st = cl__db_exec(&eng->db, CL__STMT_BULK, false, 7, params, &rows, err);
+  } else {
+    cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
+                  KV_STR("template_id", opts->template_id)};
+    st = audited(eng, CL__STMT_BULK_TX, 7, params, "bulk_outbound_trigger", actor, md, NKV(md),
+                 &res->audit_json, &rows, err);
+    if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
+      /* The envelope id is taken: read the stored envelope (nothing was
+       * written) and decide replay or conflict below. */
+      cl_error why = err ? *err : (cl_error){0};
+      st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, 1, params, &rows, err);
+      if (st == CL_OK && cl_rows_count(rows) == 0)
+        st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
+    }
+  }
   if (st != CL_OK && cl__db_fk_violation(&eng->db)) st = name_missing(eng, ids_text, err);
   if (st != CL_OK) goto fail;
-  in_tx = audit;
 
   if (cl_rows_value(rows, 0, PRIOR_COL)) {
-    /* The caller's envelope id names a stored envelope. */
-    if (in_tx) cl__db_rollback(&eng->db); /* nothing was written */
-    in_tx = false;
+    /* The caller's envelope id names a stored envelope: nothing was written. */
     if (!same_content(rows, opts, ids_text)) {
       st = cl__fail(err, CL_ENVELOPE_CONFLICT,
                     "envelope %s already exists with different content", envelope_id);
@@ -874,15 +1004,6 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   } else {
     st = load_submit(rows, ids, n, opts, envelope_id, actor, cap, res, err);
     if (st != CL_OK) goto fail;
-    if (audit) {
-      cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
-                    KV_STR("template_id", res->envelope.template_id)};
-      st = call_auditor(eng, "bulk_outbound_trigger", actor, md, NKV(md), &res->audit_json, err);
-      if (st != CL_OK) goto fail;
-      in_tx = false;
-      st = cl__db_commit(&eng->db, err);
-      if (st != CL_OK) goto fail;
-    }
   }
   cl_rows_free(rows);
 
@@ -892,7 +1013,6 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   goto done;
 
 fail:
-  if (in_tx) cl__db_rollback(&eng->db);
   cl_rows_free(rows);
   if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_STOP)) emit_recipients(eng, true, t0, "failed", n);
   if (failure_is_exception(st)) {

@@ -158,6 +158,25 @@ static void test_round_trips__bulk_with_auditor_is_constant_in_cohort_size(void 
   ct_auditor_free(&a);
 }
 
+/* The auditor's transaction is pipelined: an auditor that runs nothing
+ * adds no round trip (BEGIN, the insert and COMMIT travel together), and
+ * each statement it runs adds exactly one. */
+static void test_round_trips__auditor_costs_one_trip_per_statement_it_runs(void **state) {
+  ct_world *w = *state;
+  ct_auditor a = {0};
+  ct_install_auditor(w->eng, &a);
+  warm_up(w->eng);
+  assert_int_equal(trigger_trips(w->eng, 1, "quiet", "trigger, auditor runs nothing"), 1);
+  assert_int_equal(bulk_trips(w->eng, 50, "quiet", CL_OK, "bulk, auditor runs nothing"), 1);
+  a.mode = CT_AUDIT_EXEC;
+  a.sql = "SELECT $1::text";
+  assert_int_equal(trigger_trips(w->eng, 2, "busy", "trigger, auditor runs one statement"), 2);
+  assert_int_equal(bulk_trips(w->eng, 50, "busy", CL_OK, "bulk, auditor runs one statement"), 2);
+  cl_error err;
+  ct_assert_ok(cl_set_auditor(w->eng, NULL, &err), &err);
+  ct_auditor_free(&a);
+}
+
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, ct_world_teardown)
   const struct CMUnitTest tests[] = {
@@ -165,6 +184,7 @@ int main(void) {
       T(test_round_trips__bulk_is_constant_in_cohort_size),
       T(test_round_trips__refusal_is_constant_in_cohort_size),
       T(test_round_trips__bulk_with_auditor_is_constant_in_cohort_size),
+      T(test_round_trips__auditor_costs_one_trip_per_statement_it_runs),
   };
   return cmocka_run_group_tests_name("round_trips", tests, NULL, ct_group_teardown);
 }

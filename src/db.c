@@ -399,6 +399,10 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
     if (s == PGRES_PIPELINE_SYNC) break;
   }
   PQexitPipelineMode(c);
+  /* After a failed statement the server skips the rest of the pipeline,
+   * COMMIT included, so the transaction is still open (and aborted). */
+  if (PQtransactionStatus(c) == PQTRANS_INERROR || PQtransactionStatus(c) == PQTRANS_INTRANS)
+    cl__db_rollback(db);
 
   PGresult *kept = db->pipe_kept;
   db->pipe_kept = NULL;

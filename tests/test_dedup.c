@@ -139,6 +139,36 @@ static void test_trigger__duplicates_stay_single_under_repetition(void **state) 
   cl_trigger_result_clear(&first);
 }
 
+/* Bug (fixed with the pipelined auditor transaction): with an auditor that
+ * runs no statement, a duplicate or an unknown conversation failed the
+ * insert, the server skipped the pipelined COMMIT, and the connection was
+ * left inside an aborted transaction: every later call failed with
+ * "current transaction is aborted". */
+static void test_trigger__duplicate_under_a_quiet_auditor_leaves_the_engine_usable(void **state) {
+  ct_world *w = *state;
+  ct_auditor a = {0};
+  ct_install_auditor(w->eng, &a);
+  cl_trigger_result first, again, next;
+  trigger(w, 4, "quiet", NULL, "first", &first);
+  trigger(w, 4, "quiet", NULL, "second", &again);
+  assert_int_equal(again.duplicate, 1);
+  assert_same_rows(&first, &again);
+
+  cl_trigger_opts opts = {.template_id = "quiet"};
+  cl_trigger_result res = {0};
+  cl_error err;
+  ct_assert_error(cl_trigger(w->eng, 999999, &opts, &res, &err), &err, CL_UNKNOWN_CONVERSATION,
+                  "conversation 999999 does not exist");
+  trigger(w, 5, "quiet", NULL, "next", &next);
+  assert_int_equal(next.duplicate, 0);
+  ct_assert_counts(S, 0, 2, 2);
+  cl_trigger_result_clear(&first);
+  cl_trigger_result_clear(&again);
+  cl_trigger_result_clear(&next);
+  ct_assert_ok(cl_set_auditor(w->eng, NULL, &err), &err); /* `a` lives on this stack */
+  ct_auditor_free(&a);
+}
+
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, ct_world_setup, ct_world_teardown)
   const struct CMUnitTest tests[] = {
@@ -147,6 +177,7 @@ int main(void) {
       T(test_trigger__any_change_of_key_writes_new_rows),
       T(test_trigger__repeat_of_a_bulk_recipient_is_a_duplicate),
       T(test_trigger__duplicates_stay_single_under_repetition),
+      T(test_trigger__duplicate_under_a_quiet_auditor_leaves_the_engine_usable),
   };
   return cmocka_run_group_tests_name("dedup", tests, NULL, ct_group_teardown);
 }

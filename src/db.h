@@ -86,6 +86,10 @@ void cl__db_rollback(cl__db *db);
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err);
 cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err);
+/* True inside such a transaction once its opening statement has failed. */
+static inline bool cl__db_tx_doomed(const cl__db *db) {
+  return db->pipe_open && db->pipe_status != CL_OK;
+}
 
 /* The last server error was a unique (23505) or foreign-key (23503) violation. */
 bool cl__db_unique_violation(const cl__db *db);

@@ -972,14 +972,19 @@ static inline void glue_call_failed(lua_State *L, cl_engine *eng, int rc, const 
       cl__fail(c->err, CL_HOOK_ERROR, "%s: not enough memory", c->hook);
     tb = NULL;
   }
-  cl_log(eng, CL_LOG_ERROR, "%s", c->err->message);
+  /* An auditor that raised only because the operation's own statement
+   * already failed (a duplicate, an unknown conversation: its tx:exec then
+   * meets an aborted transaction) is not the failure: the operation
+   * reports the statement's.  Keep that out of the error log. */
+  cl_log_level level = cl__db_tx_doomed(&eng->db) ? CL_LOG_DEBUG : CL_LOG_ERROR;
+  cl_log(eng, level, "%s", c->err->message);
   /* One log line per traceback line: the sink takes single lines. */
   for (line = tb; line && *line;) {
     const char *end = strchr(line, '\n');
     size_t n = end ? (size_t)(end - line) : strlen(line);
     char buf[CL_ERROR_MESSAGE_MAX];
     glue_one_line(buf, sizeof buf, line, n);
-    cl_log(eng, CL_LOG_ERROR, "%s: %s", c->hook, buf);
+    cl_log(eng, level, "%s: %s", c->hook, buf);
     line = end ? end + 1 : NULL;
   }
 }

@@ -167,13 +167,19 @@ install: all
 	install -m 644 $(PC_FILE) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 	install -m 755 $(CLI_BIN) $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 $(LUA_MOD) $(DESTDIR)$(PREFIX)/lib/lua/5.4/
-	if [ -d lua/cairnloop ]; then cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop/; fi
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.1 $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop \
+	    $(DESTDIR)$(PREFIX)/share/cairnloop/examples
+	install -m 755 $(LUAJIT_MOD) $(DESTDIR)$(PREFIX)/lib/lua/5.1/
+	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop/
+	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop/
+	cp lua/examples/*.lua $(DESTDIR)$(PREFIX)/share/cairnloop/examples/
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/cairnloop.h $(DESTDIR)$(PREFIX)/lib/libcairnloop.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/cairnloop.pc $(DESTDIR)$(PREFIX)/bin/cairnloop \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so
-	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so $(DESTDIR)$(PREFIX)/lib/lua/5.1/cairnloop.so
+	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop \
+	    $(DESTDIR)$(PREFIX)/share/cairnloop
 
 clean:
 	rm -rf build

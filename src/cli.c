@@ -6,6 +6,7 @@
  * shapes in cli_json.c.  Uses only the public API of libcairnloop.
  */
 #include "cli_common.h"
+#include "cli_run.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +19,7 @@
 
 /* Command flags. */
 #define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy */
+#define CLI_ARGS_RAW 0x2 /* options end at the first argument: the rest is the script's */
 
 typedef struct cli_command {
   const char *name;
@@ -122,6 +124,31 @@ static const cli_command commands[] = {
      "  --template ID            only envelopes of this template\n"
      "  --status S               only this status (submitted, refused_cap_exceeded)\n"
      "  --limit N                at most N envelopes (default 50)\n"},
+    {"run", cl__cli_cmd_run, CLI_ENGINE | CLI_ARGS_RAW, no_options, 1, CLI_RUN_MAX_ARGS,
+     "run a Lua script with the cairnloop module and an open engine",
+     "Usage: cairnloop run SCRIPT.lua [ARGS...]\n"
+     "\n"
+     "Runs SCRIPT.lua (- reads standard input) in Lua 5.4 with every standard\n"
+     "library, like the lua interpreter, and an engine opened on the configured\n"
+     "database (the embedded cluster by default) with the --policy files loaded:\n"
+     "\n"
+     "  engine                    the open engine (a global)\n"
+     "  require \"cairnloop\"       the module, registered in-process;\n"
+     "                            .default_engine() returns `engine` and\n"
+     "                            .default_config() the options it was opened with\n"
+     "                            ({database, schema, policy}, for cairnloop.open)\n"
+     "  require \"cairnloop.campaign\" and the other modules of lua/ (or of\n"
+     "                            $CAIRNLOOP_LUA_PATH), then Lua's own package.path\n"
+     "  arg, ...                  the script's arguments, as lua sets them\n"
+     "\n"
+     "Arguments for the script that start with - go after --:\n"
+     "  cairnloop run --policy p.lua job.lua -- --dry-run\n"
+     "\n"
+     "An uncaught error prints `cairnloop: <message>` and a traceback on stderr\n"
+     "and exits 1.  An error value { code = \"<code>\", message = \"...\" } with a\n"
+     "code of the exit status table prints `cairnloop: <code>: <message>` and\n"
+     "exits with that status, e.g. error({ code = code, message = msg }) after\n"
+     "an engine method returned nil, code, msg.\n"},
     {"db", cl__cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"
@@ -139,6 +166,19 @@ static const cli_command commands[] = {
      "PostgreSQL's initdb, pg_ctl and createdb are taken from $CAIRNLOOP_PG_BINDIR,\n"
      "else the PATH, else /usr/lib/postgresql/<newest>/bin.  As root, the server\n"
      "runs as the postgres user.\n"},
+    {"demo", cl__cli_cmd_demo, 0, no_options, 0, 0,
+     "the whole outbound lane end to end on the embedded cluster",
+     "Usage: cairnloop demo\n"
+     "\n"
+     "Runs the example campaign (lua/examples/campaign.lua with the policy\n"
+     "lua/examples/demo_policy.lua) on the embedded cluster under ./.cairnloop,\n"
+     "whatever the environment points at: starts the cluster, migrates, seeds\n"
+     "demo conversations, shows a bulk send over the cap being refused, sends a\n"
+     "campaign to the open conversations in envelopes of the cap's size,\n"
+     "delivers every message through the policy's notifier and prints a report:\n"
+     "envelopes and messages by status, audit events and Prometheus metrics.\n"
+     "Running it again sends nothing twice: the campaign's envelope ids derive\n"
+     "from its key, so every envelope replays.\n"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -399,8 +439,9 @@ static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **
   char where[64] = "";
   if (cmd)
     snprintf(where, sizeof where, "%s: ", cmd->name);
-  /* "+": stop at the command name; ":": report missing values ourselves. */
-  const char *shortopts = cmd ? ":h" : "+:h";
+  /* "+": stop at the command name (or, for `run`, at the script: its own
+   * arguments are not ours); ":": report missing values ourselves. */
+  const char *shortopts = (!cmd || (cmd->flags & CLI_ARGS_RAW)) ? "+:h" : ":h";
   optind = 0; /* GNU: a full re-initialisation, so the second pass starts clean */
   opterr = 0;
   for (;;) {

@@ -39,7 +39,7 @@ like "$out" "--ids-file F" "bulk -h documents --ids-file"
 cl
 exits 2 "no command"
 one_error_line invalid_argument "no command"
-for c in work run demo frobnicate; do
+for c in frobnicate; do
   cl "$c"
   exits 2 "$c is an unknown command"
   is "$err" "cairnloop: invalid_argument: unknown command '$c'" "unknown command '$c' is named"

@@ -1,0 +1,254 @@
+--- The demo campaign: Cairnloop's outbound lane end to end, as a host
+-- script.  It runs under the `cairnloop` command, which hands it an open
+-- engine (the global `engine`) with the demo policy loaded:
+--
+--   cairnloop demo                    on the embedded cluster under ./.cairnloop
+--   cairnloop run --policy lua/examples/demo_policy.lua lua/examples/campaign.lua [CONVERSATIONS]
+--                                     on whatever database the command is given
+--
+-- 1. migrate; 2. seed CONVERSATIONS (default 120) demo conversations, every
+-- tenth closed; 3. select the cohort (the open ones) with SQL; 4. show a
+-- bulk send over the cap being refused, and recorded; 5. show the
+-- campaign's own max_recipients guard; 6. send the campaign in cap-sized
+-- envelopes; 7. deliver with engine:work until no job is due; 8. report
+-- envelopes and messages by status, audit events and metrics.
+--
+-- Running it again sends nothing twice: the campaign key is fixed, so every
+-- envelope id is the same and every envelope replays; the refused attempt
+-- has a fixed id too and stays one record.  Conversations (and the message
+-- counts of the report) are the host's tables: this script reaches them
+-- with psql, as any host uses its own database access.
+local cairnloop = require "cairnloop"
+local campaign = require "cairnloop.campaign"
+
+local KEY = "demo-recovery-2026"
+local TEMPLATE_ID = "recovery_v1"
+local TEMPLATE = "Hi, the {{product}} sync issue you reported is fixed. Reply here if"
+  .. " anything still looks off. -- {{team}}"
+local VARS = { product = "Calendar", team = "The Cairnloop support team" }
+-- The operator's session: the policy's actor resolver maps it to "operator:demo".
+local ACTOR = "session:demo"
+
+local n_conversations = math.tointeger(tonumber(arg[1] or "120"))
+if not n_conversations or n_conversations < 1 or n_conversations > 100000 then
+  error({ code = "invalid_argument", message = "CONVERSATIONS must be an integer from 1 to 100000" })
+end
+
+local config = cairnloop.default_config()
+local SCHEMA = '"' .. (config.schema or "cairnloop") .. '"' -- the engine checked the name
+
+--- Raises an engine failure as a coded error: `cairnloop run` reports it
+-- as `cairnloop: <code>: <message>` and exits with that code's status.
+local function check(ok, code, msg, ...)
+  if ok == nil then error({ code = code, message = msg }, 0) end
+  return ok, code, msg, ...
+end
+
+---------------------------------------------------------------------------
+-- The host's own database access (psql)
+---------------------------------------------------------------------------
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+--- Runs SQL with psql on the engine's database; returns the rows as lists
+-- of strings.
+local function sql(query)
+  local cmd = "psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 "
+    .. (config.database and shell_quote(config.database) .. " " or "")
+    .. "-c " .. shell_quote(query) .. " 2>&1"
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  if not p:close() then error("psql failed: " .. out, 2) end
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    local row = {}
+    for field in (line .. "|"):gmatch("(.-)|") do row[#row + 1] = field end
+    rows[#rows + 1] = row
+  end
+  return rows
+end
+
+---------------------------------------------------------------------------
+-- Output
+---------------------------------------------------------------------------
+
+local tty = campaign.isatty(io.stdout)
+local BOLD, DIM, OFF = "", "", ""
+if tty then BOLD, DIM, OFF = "\27[1m", "\27[2m", "\27[0m" end
+local step_no = 0
+
+local function step(title, note)
+  step_no = step_no + 1
+  io.write(string.format("\n%s%d. %s%s\n", BOLD, step_no, title, OFF))
+  if note then io.write(string.format("%s   %s%s\n", DIM, note, OFF)) end
+  io.flush()
+end
+
+local function say(fmt, ...)
+  io.write(string.format(fmt, ...), "\n")
+  io.flush()
+end
+
+-- "3 submitted, 1 refused_cap_exceeded" from { submitted = 3, ... }, sorted.
+local function tally(counts)
+  local keys, parts = {}, {}
+  for k in pairs(counts) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = string.format("%d %s", counts[k], k) end
+  return #parts > 0 and table.concat(parts, ", ") or "none"
+end
+
+---------------------------------------------------------------------------
+-- The lane
+---------------------------------------------------------------------------
+
+-- Counted from the start, so the refusal below shows up too.  The metrics
+-- collector runs in this (the host's) state, where the report reads it.
+local metrics = require("cairnloop.metrics").install(engine)
+
+say("%sCairnloop demo%s: %s, policy %s", BOLD, OFF, tostring(engine),
+  config.policy[1] or "(none)")
+
+step("Migrate", "Idempotent: a second run changes nothing.")
+check(engine:migrate())
+say("schema %s is up to date", config.schema or "cairnloop")
+
+step(string.format("Seed %d demo conversations", n_conversations),
+  "Conversations belong to the host application; here it writes them with psql.")
+sql(string.format([[
+INSERT INTO %s.cairnloop_conversations (id, status, subject, customer_ref)
+SELECT g, CASE WHEN g %% 10 = 0 THEN 'closed' ELSE 'open' END,
+       'Demo conversation ' || g, 'customer-' || g
+FROM generate_series(1, %d) AS g
+ON CONFLICT (id) DO NOTHING;
+SELECT setval(pg_get_serial_sequence('%s.cairnloop_conversations', 'id'),
+              (SELECT max(id) FROM %s.cairnloop_conversations));]],
+  SCHEMA, n_conversations, (SCHEMA:gsub("'", "''")), SCHEMA))
+local by_status = {}
+for _, row in ipairs(sql(string.format(
+  "SELECT status, count(*) FROM %s.cairnloop_conversations WHERE id BETWEEN 1 AND %d GROUP BY 1",
+  SCHEMA, n_conversations))) do
+  by_status[row[1]] = tonumber(row[2])
+end
+say("demo conversations: %s", tally(by_status))
+
+step("Select the cohort", "SQL over the host's conversations: the open ones.")
+local function open_conversations()
+  local ids = {}
+  for _, row in ipairs(sql(string.format(
+    "SELECT id FROM %s.cairnloop_conversations WHERE status = 'open' AND id BETWEEN 1 AND %d"
+      .. " ORDER BY id", SCHEMA, n_conversations))) do
+    ids[#ids + 1] = math.tointeger(tonumber(row[1]))
+  end
+  return ids
+end
+local cohort = open_conversations()
+local body = check(campaign.render(TEMPLATE, VARS))
+local cap = engine:max_batch_size()
+say("%d recipients; the body, rendered once from template %s:", #cohort, TEMPLATE_ID)
+say("  %q", body)
+
+step("A bulk send over the cap is refused",
+  string.format("%d recipients against the engine's cap of %d: refused with batch_too_large,"
+    .. " and the refused envelope is recorded all the same.", cap + 1, cap))
+if #cohort > cap then
+  local over = table.move(cohort, 1, cap + 1, 1, {})
+  -- A fixed id: a rerun finds this refusal instead of recording another.
+  local refused_id = campaign.uuid_v5(campaign.campaign_id(KEY), "over-cap:" .. (cap + 1))
+  local res, code, msg = engine:bulk_trigger(over, {
+    template_id = TEMPLATE_ID, rendered_body = body, actor = ACTOR, envelope_id = refused_id,
+  })
+  if res or code ~= "batch_too_large" then
+    error(string.format("expected batch_too_large, got %s: %s", tostring(code), tostring(msg)))
+  end
+  local env = check(engine:envelope(refused_id))
+  say("refused: %s", msg)
+  say("recorded: envelope %s, status %s, effective cap %d", env.id, env.status, env.effective_cap)
+else
+  say("(skipped: the cohort has only %d recipients)", #cohort)
+end
+
+local spec = {
+  key = KEY,
+  template_id = TEMPLATE_ID,
+  template = TEMPLATE,
+  vars = VARS,
+  cohort = open_conversations,
+  max_recipients = 500,
+  actor = ACTOR,
+}
+
+step("The campaign's own guard",
+  "max_recipients is the campaign's explicit limit: a larger cohort is refused before"
+    .. " anything is written.")
+if #cohort >= 2 then
+  local guarded = {}
+  for k, v in pairs(spec) do guarded[k] = v end
+  guarded.max_recipients = #cohort // 2
+  local ok, code, msg = campaign.run(engine, guarded)
+  assert(ok == nil and code == "batch_too_large", "the guard did not refuse")
+  say("refused (%s): %s; nothing written", code, msg)
+else
+  say("(skipped: the cohort is too small)")
+end
+
+step("Send the campaign",
+  string.format("Envelopes of up to %d recipients (the cap); their ids derive from the key %q,"
+    .. " so a rerun or a resumed crash replays them instead of sending twice.", cap, KEY))
+local summary = check(campaign.run(engine, spec))
+say("%s", campaign.format(summary))
+
+step("Deliver", "engine:work in a loop until no job is due; the policy's notifier sends each message.")
+local due = tonumber(sql(string.format(
+  "SELECT count(*) FROM %s.cairnloop_delivery_jobs"
+    .. " WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()",
+  SCHEMA))[1][1])
+local bar = campaign.progress("delivered", due)
+local done = { sent = 0, failed = 0, no_op = 0, retried = 0, discarded = 0 }
+local handled = 0
+while true do
+  local stats = check(engine:work { limit = 50 })
+  local n = 0
+  for k, v in pairs(stats) do
+    done[k] = done[k] + v
+    n = n + v
+  end
+  if n == 0 then break end
+  handled = handled + n
+  bar:update(math.min(handled, due), string.format("%d sent, %d failed", done.sent, done.failed))
+end
+bar:finish()
+say("%d sent, %d failed (%d to retry, %d discarded), %d without a notifier", done.sent,
+  done.failed, done.retried, done.discarded, done.no_op)
+
+step("Report")
+local envelopes = check(engine:envelopes { template_id = TEMPLATE_ID, limit = 10000 })
+local env_counts = {}
+for _, e in ipairs(envelopes) do env_counts[e.status] = (env_counts[e.status] or 0) + 1 end
+say("envelopes (template %s): %s", TEMPLATE_ID, tally(env_counts))
+
+local msg_counts = {}
+for _, row in ipairs(sql(string.format(
+  "SELECT metadata->>'status', count(*) FROM %s.cairnloop_messages"
+    .. " WHERE role = 'system_outbound' AND metadata->>'template_id' = '%s' GROUP BY 1",
+  SCHEMA, TEMPLATE_ID))) do
+  msg_counts[row[1]] = tonumber(row[2])
+end
+say("messages  (template %s): %s", TEMPLATE_ID, tally(msg_counts))
+
+local events = check(engine:audit_events { limit = 1000 })
+local ev_counts = {}
+for _, ev in ipairs(events) do ev_counts[ev.action] = (ev_counts[ev.action] or 0) + 1 end
+say("audit events: %s; the newest:", tally(ev_counts))
+for i = 1, math.min(3, #events) do
+  local ev = events[i]
+  say("  #%d %s by %s: envelope %s, %s recipients, %s", ev.id, ev.action, ev.actor or "system",
+    ev.bulk_envelope_id or "-", tostring(ev.count or 1), ev.inserted_at)
+end
+
+say("\nmetrics of this run (Prometheus text format):")
+io.write(metrics.render())
+
+say("\n%sDone.%s Run it again: nothing is sent twice, every envelope replays.", BOLD, OFF)

@@ -453,6 +453,16 @@ CL_API cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *quer
                                    cl_envelope_list *out, cl_error *err);
 CL_API void cl_envelope_list_clear(cl_envelope_list *list);
 
+/*
+ * Runs one parameterised statement in a READ ONLY transaction (it cannot
+ * write) and returns its rows: how hosts and campaigns select cohorts.
+ * `params` are bound as text, never interpolated.  *rows is owned by the
+ * caller until cl_rows_free().  Returns CL_OK, CL_INVALID_ARGUMENT or
+ * CL_DB_ERROR (an SQL error, a write attempt, a lost connection).
+ */
+CL_API cl_status cl_query(cl_engine *eng, const char *sql, int nparams, const char *const *params,
+                          cl_rows **rows, cl_error *err);
+
 /* The auditor's list_events(opts) as a malloc'd JSON text; "[]" without one. */
 CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json,
                                  cl_error *err);

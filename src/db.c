@@ -141,7 +141,7 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
  * statement's result.  The first error wins; the pipeline is always drained
  * so the connection is reusable.
  */
-static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int nparams,
+static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql, int nparams,
                      const char *const *params, cl_rows **rows, cl_error *err) {
   cl_status st = ensure_conn(db, err);
   if (st != CL_OK) return st;
@@ -149,7 +149,7 @@ static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int n
   bool prepare = sql == NULL && !(db->prepared & (1u << id));
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
   int sent = 1;
-  if (begin) sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+  if (begin) sent = PQsendQueryParams(c, begin, 0, NULL, NULL, NULL, NULL, 0);
   if (sent && prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
   if (sent) {
     sent = sql ? PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
@@ -226,13 +226,26 @@ static cl_status run(cl__db *db, bool begin, cl__stmt id, const char *sql, int n
 
 cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
                       const char *const *params, cl_rows **rows, cl_error *err) {
-  return run(db, begin, id, NULL, nparams, params, rows, err);
+  return run(db, begin ? "BEGIN" : NULL, id, NULL, nparams, params, rows, err);
 }
 
 cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
                           cl_rows **rows, cl_error *err) {
   if (db->pipe_open) return pipe_exec(db, sql, nparams, params, rows, err);
-  return run(db, false, CL__STMT__COUNT, sql, nparams, params, rows, err);
+  return run(db, NULL, CL__STMT__COUNT, sql, nparams, params, rows, err);
+}
+
+cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
+                                const char *const *params, cl_rows **rows, cl_error *err) {
+  if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
+  cl_status st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
+  if (st != CL_OK) return st;
+  st = cl__db_commit(db, err);
+  if (st != CL_OK) {
+    cl_rows_free(*rows);
+    *rows = NULL;
+  }
+  return st;
 }
 
 cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {

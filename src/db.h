@@ -68,6 +68,9 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
 /* Runs ad-hoc SQL with text parameters (in the open transaction, if any). */
 cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
                           cl_rows **rows, cl_error *err);
+/* Runs ad-hoc SQL in a READ ONLY transaction of its own (cl_query). */
+cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
+                                const char *const *params, cl_rows **rows, cl_error *err);
 /* Runs one or more parameterless statements (migrations). */
 cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err);
 cl_status cl__db_commit(cl__db *db, cl_error *err);

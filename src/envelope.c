@@ -1,9 +1,10 @@
 /*
- * envelope.c - envelope reads and row mapping.
+ * envelope.c - reads: envelopes, read-only queries, row mapping.
  *
- * Provides cl_envelope_get, cl_envelopes_list and the mapping from an
- * envelope row (CL__ENVELOPE_COLUMNS order) to cl_envelope, shared with
- * the replay path of bulk_trigger.  Uses db.c and arena.c.
+ * Provides cl_envelope_get, cl_envelopes_list, cl_query (read-only SQL for
+ * hosts selecting cohorts) and the mapping from an envelope row
+ * (CL__ENVELOPE_COLUMNS order) to cl_envelope, shared with the replay path
+ * of bulk_trigger.  Uses db.c and arena.c.
  */
 #include "outbound.h"
 
@@ -115,4 +116,15 @@ void cl_envelope_list_clear(cl_envelope_list *list) {
   if (!list) return;
   cl__arena_free(list->priv_);
   memset(list, 0, sizeof *list);
+}
+
+cl_status cl_query(cl_engine *eng, const char *sql, int nparams, const char *const *params,
+                   cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
+  if (!eng || !sql || !rows || nparams < 0 || (nparams > 0 && !params))
+    return cl__fail(err, CL_INVALID_ARGUMENT, "query: engine, sql and rows are required");
+  if (eng->in_hook) return cl__fail(err, CL_INVALID_ARGUMENT, "query called from inside a hook");
+  cl_status st = cl__db_query_readonly(&eng->db, sql, nparams, params, rows, err);
+  if (st == CL_OK) cl__ok(err);
+  return st;
 }

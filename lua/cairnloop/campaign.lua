@@ -8,7 +8,9 @@
 --     template = "Hi, {{product}} is back.",  -- rendered once with `vars`
 --     vars = { product = "Sync" },    --   ({{name}} placeholders), or instead:
 --     -- rendered_body = "Hi ...",   --   the body as is
---     cohort = { 1, 2, 3 },           -- conversation ids, or a function
+--     cohort = { 1, 2, 3 },           -- conversation ids; or { sql = "SELECT id
+--                                     -- FROM ... WHERE x = $1", params = { ... } },
+--                                     -- read-only, its `id` column; or a function
 --                                     --   returning them (e.g. from the host's SQL)
 --     max_recipients = 5000,          -- required: a larger cohort is refused
 --                                     --   before anything is written
@@ -316,7 +318,13 @@ local function check_spec(spec)
   end
   local c = spec.cohort
   if type(c) ~= "table" and type(c) ~= "function" then
-    return invalid("cohort must be a list of conversation ids or a function returning one")
+    return invalid("cohort must be a list of conversation ids, { sql = ... } or a function")
+  end
+  if type(c) == "table" and c.sql ~= nil then
+    if type(c.sql) ~= "string" then return invalid("cohort.sql must be a string") end
+    if c.params ~= nil and type(c.params) ~= "table" then
+      return invalid("cohort.params must be a list")
+    end
   end
   if (spec.template == nil) == (spec.rendered_body == nil) then
     return invalid("give exactly one of template (with vars) and rendered_body")
@@ -329,11 +337,34 @@ local function check_spec(spec)
   return M.render(spec.template, spec.vars)
 end
 
+local unpack = table.unpack or unpack -- Lua 5.4 / LuaJIT
+
+-- The `id` column of a read-only query over the database (engine:query).
+local function query_cohort(engine, q)
+  if type(engine.query) ~= "function" then
+    return invalid("this engine cannot run a cohort query (no engine:query)")
+  end
+  local params = q.params or {}
+  local rows, code, msg = engine:query(q.sql, unpack(params, 1, params.n or #params))
+  if not rows then return nil, code, msg end
+  local ids = {}
+  for i, row in ipairs(rows) do
+    if row.id == nil then
+      return invalid(string.format("cohort query row %d has no id column", i))
+    end
+    ids[i] = row.id
+  end
+  return ids
+end
+
 -- The cohort as a sorted list of distinct positive integers.
 -- Returns ids | nil, code, msg.
-local function load_cohort(spec)
+local function load_cohort(engine, spec)
   local list, code, msg = spec.cohort, nil, nil
-  if type(list) == "function" then
+  if type(list) == "table" and list.sql ~= nil then
+    list, code, msg = query_cohort(engine, list)
+    if list == nil then return nil, code, msg end
+  elseif type(list) == "function" then
     list, code, msg = list()
     if list == nil then
       return nil, code or "invalid_argument", msg or "the cohort function returned nothing"
@@ -423,7 +454,7 @@ function M.run(engine, spec)
   summary.chunk_size = size
 
   local ids
-  ids, code, msg = load_cohort(spec)
+  ids, code, msg = load_cohort(engine, spec)
   if not ids then return nil, code, msg, summary end
   summary.recipients.total = #ids
   if #ids > spec.max_recipients then

@@ -24,7 +24,7 @@ struct cl_rows {
 
 static const char *stmt_names[CL__STMT__COUNT] = {
     "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing",
-    "cl_trigger_tx", "cl_bulk_tx", "cl_existing", "cl_prior", "cl_envelope_get", "cl_envelopes",
+    "cl_bulk_tx", "cl_existing", "cl_prior", "cl_envelope_get", "cl_envelopes",
 };
 
 /* Server notices (e.g. "relation already exists, skipping") are noise for a

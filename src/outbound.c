@@ -21,42 +21,6 @@
 /* Statements                                                           */
 /* ------------------------------------------------------------------ */
 
-/* $1 conversation_id, $2 template_id, $3 content, $4 bulk_envelope_id,
- * $5 schedule_in.  Returns the new job, or the existing one (with its
- * message) for a duplicate, or no row when the conversation is missing. */
-static const char SQL_TRIGGER[] =
-    "WITH existing AS ("
-    "  SELECT j.id, j.message_id, j.state, j.scheduled_at"
-    "  FROM @S.cairnloop_delivery_jobs j"
-    "  WHERE j.conversation_id = $1::bigint AND j.template_id = $2"
-    "    AND j.bulk_envelope_id IS NOT DISTINCT FROM $4::uuid"
-    "), msg AS ("
-    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
-    "  SELECT c.id, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,"
-    "         'status', 'pending', 'bulk_envelope_id', $4::uuid)"
-    "  FROM @S.cairnloop_conversations c"
-    "  WHERE c.id = $1::bigint AND NOT EXISTS (SELECT 1 FROM existing)"
-    "  RETURNING id"
-    "), job AS ("
-    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
-    "         bulk_envelope_id, args, state, scheduled_at)"
-    "  SELECT m.id, $1::bigint, $2, $4::uuid, jsonb_build_object('message_id', m.id,"
-    "         'conversation_id', $1::bigint, 'template_id', $2::text,"
-    "         'bulk_envelope_id', $4::uuid),"
-    "         CASE WHEN $5::int > 0 THEN 'scheduled' ELSE 'available' END,"
-    "         now() + make_interval(secs => $5::int)"
-    "  FROM msg m"
-    "  RETURNING id, message_id, state, scheduled_at"
-    ") "
-    "SELECT false, j.id, j.message_id, j.state,"
-    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "), NULL, NULL"
-    " FROM job j "
-    "UNION ALL "
-    "SELECT true, e.id, e.message_id, e.state,"
-    "       to_char(e.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
-    "       m.content, m.metadata->>'status'"
-    " FROM existing e JOIN @S.cairnloop_messages m ON m.id = e.message_id";
-
 /* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
  * $6 requested_by, $7 schedule_in.  One row: the new envelope's
  * requested_at, the new message ids with their conversation ids and the
@@ -113,14 +77,19 @@ static const char SQL_MISSING[] =
     " ORDER BY t.ord LIMIT 1";
 
 /*
- * The auditor path runs these inside cl__db_tx_open's pipeline, and COMMIT
- * follows without looking at their rows first.  So they must fail, not
- * quietly insert nothing, on anything that must not commit: an unknown
- * conversation through the foreign key (23503), a duplicate or a stored
- * envelope id through the unique keys (23505).  Same parameters and
- * columns as SQL_TRIGGER / SQL_BULK.
+ * These insert optimistically and fail, rather than quietly insert
+ * nothing, on anything that must not be written: an unknown conversation
+ * through the foreign key (23503), a duplicate or a stored envelope id
+ * through the unique keys (23505).  That lets the auditor path send COMMIT
+ * without looking at their rows first, and saves probes on every call.
+ *
+ * SQL_TRIGGER: $1 conversation_id, $2 template_id, $3 content,
+ * $4 bulk_envelope_id, $5 schedule_in.  Columns: duplicate flag, job id,
+ * message id, job state, scheduled_at, and (for a duplicate read back by
+ * SQL_EXISTING) the content and status.
+ * SQL_BULK_TX: the parameters and columns of SQL_BULK, prior envelope NULL.
  */
-static const char SQL_TRIGGER_TX[] =
+static const char SQL_TRIGGER[] =
     "WITH msg AS ("
     "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
     "  VALUES ($1::bigint, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,"
@@ -239,12 +208,11 @@ cl_status cl__outbound_register(cl_engine *eng, cl_error *err) {
     cl__stmt id;
     const char *sql;
   } stmts[] = {
-      {CL__STMT_TRIGGER, SQL_TRIGGER},
       {CL__STMT_BULK, SQL_BULK},
       {CL__STMT_REFUSE, SQL_REFUSE},
       {CL__STMT_BULK_ROWS, SQL_BULK_ROWS},
       {CL__STMT_MISSING, SQL_MISSING},
-      {CL__STMT_TRIGGER_TX, SQL_TRIGGER_TX},
+      {CL__STMT_TRIGGER, SQL_TRIGGER},
       {CL__STMT_BULK_TX, SQL_BULK_TX},
       {CL__STMT_EXISTING, SQL_EXISTING},
       {CL__STMT_PRIOR, SQL_PRIOR},
@@ -631,27 +599,25 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   cl_rows *rows = NULL;
   const char *outcome = "triggered";
 
+  /* Optimistic: insert, and let the keys say what is wrong.  A duplicate
+   * (23505) costs one more round trip to read the existing rows; an unknown
+   * conversation (23503) none.  Probing first would cost every call. */
   if (!audit) {
     st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, 5, params, &rows, err);
-    if (st != CL_OK && cl__db_unique_violation(&eng->db)) {
-      /* A concurrent trigger of the same key won the race between our
-       * duplicate check and our insert: run again to return its rows. */
-      st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, 5, params, &rows, err);
-    }
   } else {
     cl_kv md[] = {KV_INT("conversation_id", conversation_id),
                   KV_STR("template_id", opts->template_id)};
-    st = audited(eng, CL__STMT_TRIGGER_TX, 5, params, "outbound_trigger", actor, md, NKV(md),
+    st = audited(eng, CL__STMT_TRIGGER, 5, params, "outbound_trigger", actor, md, NKV(md),
                  &res->audit_json, &rows, err);
-    if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
-      /* A duplicate: nothing was written; return the existing rows. */
-      const char *eparams[] = {params[0], params[1], params[3]};
-      st = cl__db_exec(&eng->db, CL__STMT_EXISTING, false, 3, eparams, &rows, err);
-      if (st == CL_OK && cl_rows_count(rows) == 0)
-        st = cl__fail(err, CL_DB_ERROR, "duplicate trigger whose rows have gone");
-    } else if (st == CL_DB_ERROR && cl__db_fk_violation(&eng->db)) {
-      st = CL_OK; /* no rows: reported as the unknown conversation below */
-    }
+  }
+  if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
+    /* A duplicate: nothing was written; return the existing rows. */
+    const char *eparams[] = {params[0], params[1], params[3]};
+    st = cl__db_exec(&eng->db, CL__STMT_EXISTING, false, 3, eparams, &rows, err);
+    if (st == CL_OK && cl_rows_count(rows) == 0)
+      st = cl__fail(err, CL_DB_ERROR, "duplicate trigger whose rows have gone");
+  } else if (st == CL_DB_ERROR && cl__db_fk_violation(&eng->db)) {
+    st = CL_OK; /* no rows: reported as the unknown conversation below */
   }
   if (st != CL_OK) goto fail;
 
@@ -923,7 +889,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
       (st = check_schedule(opts->schedule_in, err)) ||
       (st = check_uuid("envelope_id", opts->envelope_id, envelope_id, err)))
     return st;
-  if (!envelope_id[0]) cl__uuid_v4(envelope_id);
+  bool caller_id = envelope_id[0] != '\0';
+  if (!caller_id) cl__uuid_v4(envelope_id);
 
   int64_t t0 = cl__monotonic_ns();
   char *actor = NULL;
@@ -966,7 +933,9 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   const char *outcome = "submitted", *recipient_outcome = "triggered";
   cl_rows *rows = NULL;
   if (!eng->has_auditor) {
-    st = cl__db_exec(&eng->db, CL__STMT_BULK, false, 7, params, &rows, err);
+    /* A fresh random id cannot name a stored envelope: skip that lookup. */
+    st = cl__db_exec(&eng->db, caller_id ? CL__STMT_BULK : CL__STMT_BULK_TX, false, 7, params,
+                     &rows, err);
   } else {
     cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
                   KV_STR("template_id", opts->template_id)};

@@ -52,6 +52,9 @@ static const struct option all_options[] = {
     {"max-batch-size", required_argument, NULL, CLI_OPT_MAX_BATCH_SIZE},
     {"status", required_argument, NULL, CLI_OPT_STATUS},
     {"limit", required_argument, NULL, CLI_OPT_LIMIT},
+    {"once", no_argument, NULL, CLI_OPT_ONCE},
+    {"max-attempts", required_argument, NULL, CLI_OPT_MAX_ATTEMPTS},
+    {"lease-seconds", required_argument, NULL, CLI_OPT_LEASE_SECONDS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -67,6 +70,8 @@ static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_
                                    CLI_OPT_ENVELOPE_ID, CLI_OPT_MAX_BATCH_SIZE,
                                    CLI_OPT_SCHEDULE_IN, 0};
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
+static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
+                                   CLI_OPT_LEASE_SECONDS, 0};
 static const int no_options[] = {0};
 
 static const cli_command commands[] = {
@@ -141,14 +146,34 @@ static const cli_command commands[] = {
      "                            $CAIRNLOOP_LUA_PATH), then Lua's own package.path\n"
      "  arg, ...                  the script's arguments, as lua sets them\n"
      "\n"
-     "Arguments for the script that start with - go after --:\n"
-     "  cairnloop run --policy p.lua job.lua -- --dry-run\n"
+     "Options of cairnloop go before the script; everything after it is the\n"
+     "script's own, as with lua:\n"
+     "  cairnloop run --policy p.lua job.lua --dry-run\n"
      "\n"
      "An uncaught error prints `cairnloop: <message>` and a traceback on stderr\n"
      "and exits 1.  An error value { code = \"<code>\", message = \"...\" } with a\n"
      "code of the exit status table prints `cairnloop: <code>: <message>` and\n"
      "exits with that status, e.g. error({ code = code, message = msg }) after\n"
      "an engine method returned nil, code, msg.\n"},
+    {"work", cl__cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
+     "deliver due messages through the policy's notifier",
+     "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
+     "\n"
+     "Claims due delivery jobs in batches and hands each message to the policy's\n"
+     "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
+     "Runs until SIGINT or SIGTERM: the batch in hand is finished, jobs claimed\n"
+     "but not started are handed back, and the exit status is 0.  Idle, it sleeps\n"
+     "until jobs are inserted (LISTEN/NOTIFY) or the next scheduled one is due,\n"
+     "polling every 5 s at most; it reconnects when the database goes away.  Any\n"
+     "number of workers may share one database.\n"
+     "\n"
+     "Options:\n"
+     "  --once                   deliver one batch, print its counts and exit\n"
+     "  --limit N                jobs per batch, 1 to 10000 (default 500)\n"
+     "  --max-attempts N         attempts before a failing job is discarded\n"
+     "                           (default 20)\n"
+     "  --lease-seconds S        how long a claimed job stays leased before another\n"
+     "                           worker may rescue it (default 60)\n"},
     {"db", cl__cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"
@@ -326,10 +351,16 @@ static int log_level(cl_log_level *out) {
 int cl__cli_open(const cli_ctx *ctx, cl_engine **out) {
   cl_config cfg;
   cl_config_init(&cfg);
+  return cl__cli_open_config(ctx, &cfg, out);
+}
+
+int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
+  cl_config cfg = *cfgp;
   int rc = log_level(&cfg.log_level);
   if (rc != 0)
     return rc;
-  cfg.log = log_to_stderr;
+  if (!cfg.log)
+    cfg.log = log_to_stderr;
 
   const char *url = ctx->database ? ctx->database : nonempty_env("CAIRNLOOP_DATABASE_URL");
   char *embedded = NULL;
@@ -415,7 +446,8 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
   default:
     if (ctx->opt[id - CLI_OPT_FIRST_LONG])
       return cl__cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
-    ctx->opt[id - CLI_OPT_FIRST_LONG] = value;
+    /* A flag (no value) is stored as "" so that presence reads as non-NULL. */
+    ctx->opt[id - CLI_OPT_FIRST_LONG] = value ? value : "";
     return CLI_CONTINUE;
   }
 }

@@ -38,6 +38,9 @@ enum cli_opt {
   CLI_OPT_MAX_BATCH_SIZE,
   CLI_OPT_STATUS,
   CLI_OPT_LIMIT,
+  CLI_OPT_ONCE,
+  CLI_OPT_MAX_ATTEMPTS,
+  CLI_OPT_LEASE_SECONDS,
   CLI_OPT_END
 };
 
@@ -84,6 +87,10 @@ int cl__cli_fail_status(cl_status status, const cl_error *err);
  * when none is configured) and loads the --policy files.  On failure the
  * error is reported and the exit status returned; 0 means *out is open. */
 int cl__cli_open(const cli_ctx *ctx, cl_engine **out);
+/* As cl__cli_open, starting from a config the caller filled (delivery
+ * settings, a log sink); database, schema and the log level are set here,
+ * and the log sink only when the caller left it NULL. */
+int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
 
 /* Strict decimal int64 ("-7" yes; " 7", "+7", "7x", overflow no). */
 bool cl__cli_to_i64(const char *text, int64_t *out);
@@ -108,6 +115,7 @@ int cl__cli_cmd_trigger(cli_ctx *ctx);
 int cl__cli_cmd_bulk(cli_ctx *ctx);
 int cl__cli_cmd_envelopes(cli_ctx *ctx);
 int cl__cli_cmd_db(cli_ctx *ctx);
+int cl__cli_cmd_work(cli_ctx *ctx); /* cli_work.c */
 
 /* The embedded cluster (cli_db.c): starts it if needed and writes its
  * connection URL (malloc'd) to *url.  Returns 0 or a reported exit status. */

@@ -55,7 +55,7 @@ local other = assert(cairnloop.open(cfg))
 print("second engine", tostring(other))
 other:close()'
 cl --schema "$S" --policy "$CLI_TEST_ROOT/lua/cairnloop/table_auditor.lua" run "$cl_tmp/env.lua" \
-  one "two words" -- --three
+  one "two words" --three
 exits 0 "a script runs"
 is "$(grep ^version <<<"$out")" "version	0.1.0" "require \"cairnloop\" is the module"
 is "$(grep ^engine <<<"$out")" "engine	cairnloop.engine ($S)	true" \
@@ -64,7 +64,7 @@ is "$(grep ^config <<<"$out")" \
   "config	$CAIRNLOOP_DATABASE_URL	$S	1	$CLI_TEST_ROOT/lua/cairnloop/table_auditor.lua" \
   "default_config() has the database, schema and policies the engine was opened with"
 is "$(grep ^arg <<<"$out")" "arg	cairnloop	run	env.lua	3	one	two words	--three" \
-  "arg as lua sets it: the script at 0, its arguments from 1 (options after --)"
+  "arg as lua sets it: the script at 0, its arguments from 1 (dash options after the script are its own)"
 is "$(grep ^varargs <<<"$out")" "varargs	3	one	two words	--three" "the arguments are the chunk's varargs"
 is "$(grep ^cap <<<"$out")" "cap	25" "engine:max_batch_size() is the default cap"
 is "$(grep ^campaign <<<"$out")" "campaign	function" "require \"cairnloop.campaign\" finds lua/"

@@ -1,0 +1,279 @@
+/*
+ * cli_work.c - `cairnloop work`: the delivery worker process.
+ *
+ * Delivers batches until SIGINT/SIGTERM, sleeping between them until jobs
+ * are inserted (LISTEN/NOTIFY), the next scheduled job or expired lease is
+ * due, or the 5 s fallback poll; rides out a database that goes away with
+ * capped exponential backoff.  Shows progress on a terminal, periodic
+ * counts otherwise, and prints the totals as its result.  Uses the public
+ * API plus queue.h (the stoppable batch and the idle wait).
+ */
+#include "cli_common.h"
+#include "queue.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Longest idle sleep: a safety net under LISTEN/NOTIFY and the computed
+ * next due time (a missed notification, clocks that disagree). */
+#define POLL_MS 5000
+/* Jobs per batch by default: large enough that the two round trips of a
+ * batch are cheap per job, small enough that a stop hands back little. */
+#define DEFAULT_LIMIT 500
+/* Reconnect backoff: doubles from the first to the last. */
+#define RETRY_FIRST_MS 100
+#define RETRY_MAX_MS 5000
+/* Pause when jobs are due but none could be claimed (they are locked). */
+#define SPIN_PAUSE_MS 50
+/* Progress: redrawn this often on a terminal, printed this often otherwise. */
+#define TTY_EVERY_MS 250
+#define LOG_EVERY_MS 10000
+
+/*
+ * What the signal handler touches.  A handler cannot be given context, so
+ * these are the process's own (the engine keeps no such state).  The pipe
+ * wakes a worker sleeping in poll(): writing to it is async-signal-safe.
+ */
+static volatile sig_atomic_t stop_signal;
+static int wake_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+  if (stop_signal) {
+    /* Asked twice: leave now.  Jobs in flight are rescued after their lease. */
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  stop_signal = sig;
+  int saved = errno;
+  ssize_t n = write(wake_pipe[1], "x", 1);
+  (void)n; /* a full pipe already wakes the worker */
+  errno = saved;
+}
+
+static int setup_signals(void) {
+  if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+    return cl__cli_fail(CL_DB_ERROR, "work: cannot create a pipe: %s", strerror(errno));
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0; /* no SA_RESTART: an interrupted wait returns at once */
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  return 0;
+}
+
+static void drain_wake_pipe(void) {
+  char buf[64];
+  while (read(wake_pipe[0], buf, sizeof buf) > 0) {
+  }
+}
+
+/* Sleeps up to ms, returning early on a stop signal. */
+static void nap(int ms) {
+  struct pollfd p = {.fd = wake_pipe[0], .events = POLLIN};
+  if (!stop_signal) poll(&p, 1, ms);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                               */
+/* ------------------------------------------------------------------ */
+
+typedef struct worker {
+  const cli_ctx *ctx;
+  bool tty;            /* stderr is a terminal: a progress line is drawn */
+  bool progress_shown; /* the progress line is on screen (no newline yet) */
+  cl_work_stats total;
+  int64_t last_report_ms;
+  long long last_report_jobs;
+} worker;
+
+static long long jobs_of(const cl_work_stats *s) {
+  return (long long)s->sent + s->failed + s->no_op;
+}
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+/* The engine's log lines, in the format of the other commands; on a
+ * terminal the progress line is wiped first so the two never interleave. */
+static void log_line(void *ud, cl_log_level level, const char *line) {
+  worker *w = ud;
+  if (w->progress_shown) {
+    fputs("\r\033[K", stderr);
+    w->progress_shown = false;
+  }
+  fprintf(stderr, "cairnloop: [%s] %s\n", level_names[level], line);
+}
+
+static void add_stats(cl_work_stats *t, const cl_work_stats *s) {
+  t->sent += s->sent;
+  t->failed += s->failed;
+  t->no_op += s->no_op;
+  t->retried += s->retried;
+  t->discarded += s->discarded;
+}
+
+static void format_counts(char *buf, size_t n, const cl_work_stats *s) {
+  snprintf(buf, n, "sent %d, failed %d, no_op %d, retried %d, discarded %d", s->sent, s->failed,
+           s->no_op, s->retried, s->discarded);
+}
+
+/* Progress: a redrawn line on a terminal; elsewhere one log line every
+ * LOG_EVERY_MS while jobs move (`force` prints regardless of the clock). */
+static void progress(worker *w, bool force) {
+  int64_t now = now_ms();
+  int64_t every = w->tty ? TTY_EVERY_MS : LOG_EVERY_MS;
+  long long jobs = jobs_of(&w->total);
+  if (!force && now - w->last_report_ms < every) return;
+  if (!w->tty && jobs == w->last_report_jobs) return;
+  double secs = (double)(now - w->last_report_ms) / 1000.0;
+  double rate = secs > 0 ? (double)(jobs - w->last_report_jobs) / secs : 0;
+  char counts[160];
+  format_counts(counts, sizeof counts, &w->total);
+  if (w->tty) {
+    fprintf(stderr, "\r\033[Kwork: %s (%.0f jobs/s)", counts, rate);
+    w->progress_shown = true;
+  } else {
+    fprintf(stderr, "cairnloop: [info] work: %s (%.0f jobs/s)\n", counts, rate);
+  }
+  fflush(stderr);
+  w->last_report_ms = now;
+  w->last_report_jobs = jobs;
+}
+
+/* The command's result: the counts, as one line of text or JSON. */
+static int print_result(const worker *w, const cl_work_stats *s) {
+  if (w->ctx->json) {
+    json_t *o = json_pack("{s:i, s:i, s:i, s:i, s:i}", "sent", s->sent, "failed", s->failed,
+                          "no_op", s->no_op, "retried", s->retried, "discarded", s->discarded);
+    if (!o) return cl__cli_fail(CL_DB_ERROR, "work: out of memory");
+    return cl__cli_json_print(o);
+  }
+  char counts[160];
+  format_counts(counts, sizeof counts, s);
+  printf("%s\n", counts);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop                                                             */
+/* ------------------------------------------------------------------ */
+
+/* One step of riding out a database outage: report it, sleep, double the
+ * next delay.  With the delay capped, a long outage logs a line per
+ * RETRY_MAX_MS. */
+static void outage(cl_engine *eng, const cl_error *err, int *delay_ms) {
+  if (*delay_ms == 0) *delay_ms = RETRY_FIRST_MS;
+  cl_log(eng, CL_LOG_WARN, "work: %s: %s (retrying in %d ms)", cl_status_name(err->code),
+         err->message, *delay_ms);
+  nap(*delay_ms);
+  *delay_ms = *delay_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : *delay_ms * 2;
+}
+
+static int run_loop(worker *w, cl_engine *eng, int limit) {
+  int delay_ms = 0; /* 0: connected; else the next reconnect delay */
+  cl__wake why = CL__WAKE_TIMEOUT;
+  cl_error err;
+  while (!stop_signal) {
+    cl_work_stats s;
+    cl__batch b;
+    cl_status st = cl__work_batch(eng, limit, &stop_signal, &s, &b, &err);
+    if (st == CL_DB_ERROR) {
+      outage(eng, &err, &delay_ms);
+      continue;
+    }
+    if (st != CL_OK) return cl__cli_fail_status(st, &err);
+    if (delay_ms) {
+      cl_log(eng, CL_LOG_INFO, "work: database reachable again");
+      delay_ms = 0;
+    }
+    add_stats(&w->total, &s);
+    if (b.rescued) cl_log(eng, CL_LOG_INFO, "work: rescued %d jobs whose lease expired", b.rescued);
+    if (b.released)
+      cl_log(eng, stop_signal ? CL_LOG_INFO : CL_LOG_WARN,
+             "work: handed back %d claimed jobs not yet started%s", b.released,
+             stop_signal ? "" : " (half their lease was spent: lower --limit or raise --lease-seconds)");
+    progress(w, false);
+    /* A full batch suggests more is due: go again without asking. */
+    if (b.claimed == limit) continue;
+    /* Due jobs that could not be claimed are locked by someone else (a
+     * claim about to commit, or a session holding row locks): pause
+     * instead of asking again in a tight loop. */
+    if (b.claimed == 0 && why == CL__WAKE_DUE) nap(SPIN_PAUSE_MS);
+    /* Going idle: a terminal shows the counts as they now stand. */
+    if (w->tty && jobs_of(&w->total) != w->last_report_jobs) progress(w, true);
+
+    st = cl__work_wait(eng, POLL_MS, wake_pipe[0], &why, &err);
+    if (st == CL_DB_ERROR) {
+      outage(eng, &err, &delay_ms);
+      continue;
+    }
+    if (st != CL_OK) return cl__cli_fail_status(st, &err);
+    if (why == CL__WAKE_FD) drain_wake_pipe();
+  }
+  return 0;
+}
+
+static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min,
+                    int64_t max, int64_t *out) {
+  const char *text = cli_opt(ctx, id);
+  return text ? cl__cli_parse_i64(name, text, min, max, out) : 0;
+}
+
+int cl__cli_cmd_work(cli_ctx *ctx) {
+  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0;
+  int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL__WORK_MAX_LIMIT, &limit);
+  if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
+  if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
+  if (rc != 0) return rc;
+  bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
+
+  worker w = {.ctx = ctx, .tty = isatty(STDERR_FILENO) == 1};
+  cl_config cfg;
+  cl_config_init(&cfg);
+  cfg.max_attempts = (int)max_attempts; /* 0: the engine's default */
+  cfg.lease_seconds = (int)lease;
+  cfg.log = log_line;
+  cfg.log_ud = &w;
+  if (!once && (rc = setup_signals()) != 0) return rc;
+
+  cl_engine *eng;
+  if ((rc = cl__cli_open_config(ctx, &cfg, &eng)) != 0) return rc;
+
+  if (once) {
+    cl_work_stats s;
+    cl_error err;
+    cl_status st = cl_work(eng, (int)limit, &s, &err);
+    rc = st == CL_OK ? print_result(&w, &s) : cl__cli_fail_status(st, &err);
+    cl_close(eng);
+    return rc;
+  }
+
+  w.last_report_ms = now_ms();
+  rc = run_loop(&w, eng, (int)limit);
+  if (w.progress_shown) {
+    fputs("\n", stderr);
+    w.progress_shown = false;
+  }
+  if (rc == 0) {
+    if (stop_signal)
+      cl_log(eng, CL_LOG_INFO, "work: stopped by %s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    rc = print_result(&w, &w.total);
+  }
+  cl_close(eng);
+  close(wake_pipe[0]);
+  close(wake_pipe[1]);
+  return rc;
+}

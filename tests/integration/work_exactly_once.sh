@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Two `cairnloop work` processes share one queue of 10,000 jobs: every
+# message is delivered exactly once (one notifier call, attempt 1), both
+# workers take part, and both stop cleanly on SIGTERM.  The workers are
+# idle when the jobs arrive, so LISTEN/NOTIFY is what wakes them.
+set -u
+. "$(dirname "$0")/work_lib.bash"
+need_database
+
+N=10000
+cl migrate
+exits 0 "migrate"
+seed_conversations 1 "$N"
+policy=$(recording_policy)
+
+start_worker a --policy "$policy" --limit 500
+start_worker b --policy "$policy" --limit 500
+# Both are up and subscribed once they have run their first (empty) claim.
+sleep 0.5
+
+started=$(date +%s%N)
+cl_in "$(seq 1 "$N")" bulk --template "once_$$" --body "Hello" --ids-file - --max-batch-size "$N"
+exits 0 "bulk of $N recipients is accepted"
+
+if wait_for 60 "SELECT count(*) = $N FROM cairnloop.cairnloop_delivery_jobs WHERE state = 'completed'"; then
+  tap 0 "all $N jobs completed"
+else
+  tap 1 "all $N jobs completed" "$(sql "SELECT state, count(*) FROM cairnloop.cairnloop_delivery_jobs GROUP BY 1")"
+fi
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+
+stop_worker a TERM
+exits 0 "worker a stops with status 0 on SIGTERM"
+a_out=$out
+stop_worker b TERM
+exits 0 "worker b stops with status 0 on SIGTERM"
+b_out=$out
+
+deliveries=$(delivery_log a b | sort)
+is "$(wc -l <<<"$deliveries")" "$N" "the notifier ran $N times in all"
+is "$(cut -d: -f1 <<<"$deliveries" | sort -u | wc -l)" "$N" "each message reached the notifier once"
+is "$(cut -d: -f2 <<<"$deliveries" | sort -u | tr '\n' ' ')" "1 " "every delivery was attempt 1"
+is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_messages WHERE metadata->>'status' = 'sent'")" "$N" \
+  "every message is marked sent"
+is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_delivery_jobs WHERE attempt = 1 AND completed_at IS NOT NULL AND lease_owner IS NULL")" \
+  "$N" "every job completed on its first attempt, lease cleared"
+# The idempotency keys are the message ids with the attempt.
+is "$(sql "SELECT string_agg(id || ':1', E'\n' ORDER BY id::text) FROM cairnloop.cairnloop_messages" | sort)" \
+  "$deliveries" "the keys delivered are exactly <message id>:1 of every message"
+
+na=$(delivery_log a | wc -l)
+nb=$(delivery_log b | wc -l)
+if [ "$na" -gt 0 ] && [ "$nb" -gt 0 ]; then
+  tap 0 "both workers delivered (a: $na, b: $nb)"
+else
+  tap 1 "both workers delivered (a: $na, b: $nb)"
+fi
+sum=$(( $(sed -E 's/^sent ([0-9]+),.*/\1/' <<<"$a_out") + $(sed -E 's/^sent ([0-9]+),.*/\1/' <<<"$b_out") ))
+is "$sum" "$N" "the workers' reported totals add up to $N sent"
+like "$a_out" "^sent [0-9]+, failed 0, no_op 0, retried 0, discarded 0$" "a worker prints its totals on exit"
+echo "# $N jobs through two workers in ${elapsed_ms} ms"

@@ -1,0 +1,104 @@
+# Shared by the tests/integration/work_*.sh fault tests of `cairnloop work`
+# (sourced, not run).  Builds on cli_lib.bash (TAP, sql, seeding) and adds
+# worker processes:
+#
+#   start_worker NAME ARGS...  runs `cairnloop work ARGS` in the background,
+#                              stdout/stderr to $cl_tmp/NAME.out/.err
+#   stop_worker NAME [SIGNAL]  signals it (default TERM), waits, sets $rc
+#   worker_pid NAME            its pid
+#   wait_for SECS SQL          polls until SQL returns "t"; false on timeout
+#   wait_log SECS NAME REGEX   polls until NAME's stderr has a matching line
+#   log_has NAME REGEX DESC    passes when a line of NAME's stderr matches
+#   delivery_log NAMES...      the "delivered <message id>:<attempt>" lines
+#                              the recording policy logged, as "id:attempt"
+#   policy_file NAME BODY      writes a policy script, prints its path
+#
+# Deliveries are observed through the policy itself: its notifier logs one
+# line per call with cl.log (policy scripts cannot open files or sockets),
+# and `cairnloop work` writes engine log lines to stderr.  Every worker
+# still running at exit is killed.
+
+. "$(dirname "${BASH_SOURCE[0]}")/cli_lib.bash"
+
+declare -A worker_pids=()
+
+on_exit() {
+  local name
+  for name in "${!worker_pids[@]}"; do
+    kill -KILL "${worker_pids[$name]}" 2>/dev/null || true
+  done
+  if declare -F on_exit_more >/dev/null; then on_exit_more; fi
+}
+
+start_worker() {
+  local name=$1
+  shift
+  cairnloop work "$@" >"$cl_tmp/$name.out" 2>"$cl_tmp/$name.err" </dev/null &
+  worker_pids[$name]=$!
+}
+
+worker_pid() { echo "${worker_pids[$1]}"; }
+
+stop_worker() {
+  local name=$1 sig=${2:-TERM} pid=${worker_pids[$1]}
+  rc=0
+  kill -"$sig" "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || rc=$?
+  unset "worker_pids[$name]"
+  out=$(cat "$cl_tmp/$name.out")
+  err=$(cat "$cl_tmp/$name.err")
+}
+
+# Polls every 50 ms; the deadline keeps a hung test from eating the suite's budget.
+wait_for() {
+  local secs=$1 query=$2 deadline
+  deadline=$(($(date +%s%N) + secs * 1000000000))
+  while [ "$(date +%s%N)" -lt "$deadline" ]; do
+    [ "$(sql "$query")" = t ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+wait_log() {
+  local secs=$1 name=$2 regex=$3 deadline
+  deadline=$(($(date +%s%N) + secs * 1000000000))
+  while [ "$(date +%s%N)" -lt "$deadline" ]; do
+    grep -qE "$regex" "$cl_tmp/$name.err" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+log_has() {
+  if grep -qE "$2" "$cl_tmp/$1.err"; then tap 0 "$3"; else tap 1 "$3" "no line matching /$2/" "$(grep -v 'policy: delivered' "$cl_tmp/$1.err" | tail -5)"; fi
+}
+
+delivery_log() {
+  local name
+  for name in "$@"; do
+    sed -n -E 's/.*policy: delivered ([0-9]+:[0-9]+).*/\1/p' "$cl_tmp/$name.err"
+  done
+}
+
+policy_file() {
+  local path="$cl_tmp/$1.lua"
+  printf '%s\n' "$2" >"$path"
+  echo "$path"
+}
+
+# recording_policy [NAME [BUSY_MS]]: a notifier that logs every call and
+# succeeds; BUSY_MS spins that long per delivery (CPU time: the sandbox has
+# no sleep), standing in for a slow provider.  Prints the script's path.
+recording_policy() {
+  policy_file "${1:-record}" 'local cl = require "cairnloop"
+local busy = '"${2:-0}"' / 1000
+cl.notifier(function(message, conversation, delivery)
+  cl.log("info", "delivered " .. delivery.idempotency_key)
+  if busy > 0 then
+    local t = os.clock() + busy
+    while os.clock() < t do end
+  end
+  return true
+end)'
+}

@@ -46,6 +46,10 @@ step "Run the demo campaign" \
 cairnloop run --policy lua/examples/demo_policy.lua lua/examples/campaign.lua ||
   die "the demo campaign failed"
 
+step "The envelope listing" \
+  "Both lanes from one table, newest first: submitted envelopes and the refused attempt."
+cairnloop envelopes --template recovery_v1 --limit 10 || die "cannot list the envelopes"
+
 printf '\nThe database keeps running:\n'
 printf '  %-34s %s\n' "$CL demo" "the same demo, in one command" \
   "psql \"\$($CL db url)\"" "to look at the tables (schema cairnloop)" \

@@ -135,6 +135,22 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
   return cl__fail(err, CL_DB_ERROR, "%s", msg && *msg ? msg : "server error");
 }
 
+/* Reads results up to the pipeline's next Sync marker.  Bounded: a dead
+ * socket yields NULLs forever. */
+static void drain_to_sync(PGconn *c) {
+  for (int idle = 0; idle < 64;) {
+    PGresult *r = PQgetResult(c);
+    if (!r) {
+      if (PQstatus(c) != CONNECTION_OK) break;
+      idle++;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    PQclear(r);
+    if (s == PGRES_PIPELINE_SYNC) break;
+  }
+}
+
 /*
  * The one place that waits for the server.  Sends, in one pipeline:
  * optional BEGIN, optional PREPARE, the statement, Sync; then collects the
@@ -187,18 +203,7 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
     /* Each command's results end with a NULL. */
     while ((r = PQgetResult(c)) != NULL) PQclear(r);
   }
-  /* Drain up to the Sync marker (bounded: a dead socket yields NULLs). */
-  for (int idle = 0; idle < 64;) {
-    PGresult *r = PQgetResult(c);
-    if (!r) {
-      if (PQstatus(c) != CONNECTION_OK) break;
-      idle++;
-      continue;
-    }
-    ExecStatusType s = PQresultStatus(r);
-    PQclear(r);
-    if (s == PGRES_PIPELINE_SYNC) break;
-  }
+  drain_to_sync(c);
   PQexitPipelineMode(c);
 
   if (prepared_now) db->prepared |= 1u << id;
@@ -350,17 +355,7 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
     }
     while ((r = PQgetResult(c)) != NULL) PQclear(r);
   }
-  for (int idle = 0; idle < 64;) { /* up to this exec's Sync */
-    r = PQgetResult(c);
-    if (!r) {
-      if (PQstatus(c) != CONNECTION_OK) break;
-      idle++;
-      continue;
-    }
-    ExecStatusType s = PQresultStatus(r);
-    PQclear(r);
-    if (s == PGRES_PIPELINE_SYNC) break;
-  }
+  drain_to_sync(c);
   if (st != CL_OK) return st;
   if (rows) {
     if (!(*rows = malloc(sizeof **rows))) {
@@ -400,17 +395,7 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
     PQclear(r);
     while ((r = PQgetResult(c)) != NULL) PQclear(r);
   }
-  for (int idle = 0; idle < 64;) {
-    r = PQgetResult(c);
-    if (!r) {
-      if (PQstatus(c) != CONNECTION_OK) break;
-      idle++;
-      continue;
-    }
-    ExecStatusType s = PQresultStatus(r);
-    PQclear(r);
-    if (s == PGRES_PIPELINE_SYNC) break;
-  }
+  drain_to_sync(c);
   PQexitPipelineMode(c);
   /* After a failed statement the server skips the rest of the pipeline,
    * COMMIT included, so the transaction is still open (and aborted). */

@@ -29,42 +29,52 @@
  * the same id (replay/conflict), if any.  A missing conversation fails the
  * statement through the foreign key, atomically; the per-row existence
  * check is the FK's, not ours, so it is paid once. */
+/* The part of a submit shared by SQL_BULK and SQL_BULK_TX: `env` (the new
+ * envelope) is defined before it; messages and jobs follow from it. */
+#define BULK_FANOUT                                                                          \
+  "  RETURNING requested_at,"                                                                \
+  "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"                \
+  "                            'bulk_envelope_id', $1::uuid) AS metadata"                    \
+  "), msgs AS ("                                                                             \
+  "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"           \
+  "  SELECT t.cid, $3, 'system_outbound', env.metadata"                                      \
+  "  FROM env, unnest($4::bigint[]) AS t(cid)"                                               \
+  "  RETURNING id, conversation_id"                                                          \
+  "), jobs AS ("                                                                             \
+  "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"      \
+  "         bulk_envelope_id, args, state, scheduled_at)"                                    \
+  "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"   \
+  "         'conversation_id', m.conversation_id, 'template_id', $2::text,"                  \
+  "         'bulk_envelope_id', $1::uuid),"                                                  \
+  "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"                    \
+  "         now() + make_interval(secs => $7::int)"                                          \
+  "  FROM msgs m"                                                                            \
+  "  RETURNING id, message_id"                                                               \
+  ") "                                                                                       \
+  "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"                         \
+  "       (SELECT array_agg(id)::text FROM msgs),"                                           \
+  "       (SELECT array_agg(conversation_id)::text FROM msgs),"                              \
+  "       (SELECT array_agg(id)::text FROM jobs),"                                           \
+  "       (SELECT array_agg(message_id)::text FROM jobs),"                                   \
+  "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+
+#define ENVELOPE_VALUES                                                                      \
+  "$1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"                  \
+  "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"                \
+  "         now() AT TIME ZONE 'UTC'"
+#define ENVELOPE_INSERT                                                                      \
+  "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"      \
+  "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"   \
+  "         status, inserted_at, updated_at)"
+
 static const char SQL_BULK[] =
     "WITH prior AS ("
     "  SELECT * FROM @S.cairnloop_outbound_bulk_envelopes WHERE id = $1::uuid"
     "), env AS ("
-    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
-    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
-    "         status, inserted_at, updated_at)"
-    "  SELECT $1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
-    "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"
-    "         now() AT TIME ZONE 'UTC'"
+    ENVELOPE_INSERT
+    "  SELECT " ENVELOPE_VALUES
     "  WHERE NOT EXISTS (SELECT 1 FROM prior)"
-    "  RETURNING requested_at,"
-    "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"
-    "                            'bulk_envelope_id', $1::uuid) AS metadata"
-    "), msgs AS ("
-    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
-    "  SELECT t.cid, $3, 'system_outbound', env.metadata"
-    "  FROM env, unnest($4::bigint[]) AS t(cid)"
-    "  RETURNING id, conversation_id"
-    "), jobs AS ("
-    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
-    "         bulk_envelope_id, args, state, scheduled_at)"
-    "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"
-    "         'conversation_id', m.conversation_id, 'template_id', $2::text,"
-    "         'bulk_envelope_id', $1::uuid),"
-    "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"
-    "         now() + make_interval(secs => $7::int)"
-    "  FROM msgs m"
-    "  RETURNING id, message_id"
-    ") "
-    "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"
-    "       (SELECT array_agg(id)::text FROM msgs),"
-    "       (SELECT array_agg(conversation_id)::text FROM msgs),"
-    "       (SELECT array_agg(id)::text FROM jobs),"
-    "       (SELECT array_agg(message_id)::text FROM jobs),"
-    "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    BULK_FANOUT
     "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
     "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
     "       p.status, p.refused_reason"
@@ -112,37 +122,9 @@ static const char SQL_TRIGGER[] =
 
 static const char SQL_BULK_TX[] =
     "WITH env AS ("
-    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
-    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
-    "         status, inserted_at, updated_at)"
-    "  VALUES ($1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
-    "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"
-    "         now() AT TIME ZONE 'UTC')"
-    "  RETURNING requested_at,"
-    "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"
-    "                            'bulk_envelope_id', $1::uuid) AS metadata"
-    "), msgs AS ("
-    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
-    "  SELECT t.cid, $3, 'system_outbound', env.metadata"
-    "  FROM env, unnest($4::bigint[]) AS t(cid)"
-    "  RETURNING id, conversation_id"
-    "), jobs AS ("
-    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
-    "         bulk_envelope_id, args, state, scheduled_at)"
-    "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"
-    "         'conversation_id', m.conversation_id, 'template_id', $2::text,"
-    "         'bulk_envelope_id', $1::uuid),"
-    "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"
-    "         now() + make_interval(secs => $7::int)"
-    "  FROM msgs m"
-    "  RETURNING id, message_id"
-    ") "
-    "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"
-    "       (SELECT array_agg(id)::text FROM msgs),"
-    "       (SELECT array_agg(conversation_id)::text FROM msgs),"
-    "       (SELECT array_agg(id)::text FROM jobs),"
-    "       (SELECT array_agg(message_id)::text FROM jobs),"
-    "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
+    ENVELOPE_INSERT
+    "  VALUES (" ENVELOPE_VALUES ")"
+    BULK_FANOUT
     "       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
 
 /* After a unique violation on the auditor path: the existing rows of a

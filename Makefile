@@ -56,7 +56,7 @@ PC_FILE := $(BUILD)/cairnloop.pc
 # The engine with its own Lua 5.4 linked in, see below.
 ENGINE_OBJ := $(BUILD)/obj/engine_lua54.o
 
-.PHONY: all deps check test-c demo install uninstall clean bench luajit
+.PHONY: all deps check test-c demo install uninstall clean bench luajit FORCE
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 
 # Installs the Debian packages the build and the tests need (as root).
@@ -79,8 +79,15 @@ $(BUILD)/obj/migrations_gen.o: $(BUILD)/gen/migrations_gen.c
 
 # The policy state finds the pure-Lua tree in the source dir (for running
 # from a checkout) and then where `make install` puts it.
-$(BUILD)/obj/policy.o: Makefile
-$(BUILD)/obj/policy.o: CFLAGS_ALL += -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' \
+# Rewritten only when PREFIX changes, so what is built for one prefix is
+# rebuilt for another (the compiled-in Lua path, the pkg-config file).
+$(BUILD)/prefix.stamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(PREFIX)' | cmp -s - $@ || echo '$(PREFIX)' > $@
+FORCE:
+
+$(BUILD)/obj/policy.o $(BUILD)/obj/cli_run.o: Makefile $(BUILD)/prefix.stamp
+$(BUILD)/obj/policy.o $(BUILD)/obj/cli_run.o: CFLAGS_ALL += -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' \
     -DCL_LUA_INSTALL_DIR='"$(PREFIX)/share/lua/5.4"'
 
 # The engine and a private Lua 5.4 in one relocatable object whose lua_*
@@ -135,7 +142,7 @@ $(LUAJIT_MOD): $(BUILD)/obj/lua_module_jit.o $(ENGINE_OBJ) src/lua_module.map
 
 luajit: $(LUAJIT_MOD)
 
-$(PC_FILE): cairnloop.pc.in Makefile
+$(PC_FILE): cairnloop.pc.in Makefile $(BUILD)/prefix.stamp
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC_LIB)

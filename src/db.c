@@ -271,8 +271,9 @@ cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {
 /* What each result still owed by a tx pipeline is for. */
 enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
 
-/* Reads the results owed by cl__db_tx_open (BEGIN, PREPARE, the statement),
- * keeping the statement's result or its error.  Call only after a Sync. */
+/* Reads the results owed by cl__db_tx_open (PREPARE, the statement),
+ * keeping the statement's result or its error.  Call only after a Sync or
+ * a flush request. */
 static void pipe_collect(cl__db *db, cl__stmt id) {
   for (int i = 0; i < db->pipe_npending; i++) {
     PGresult *r = PQgetResult(db->conn);
@@ -301,6 +302,15 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
   db->pipe_npending = 0;
 }
 
+/*
+ * The transaction is the implicit one of the extended protocol: every
+ * statement sent before the next Sync runs in one transaction, committed
+ * by that Sync.  So no BEGIN and no COMMIT travel at all: the opening
+ * statement and the auditor's statements are sent with flush requests and
+ * their results read back without a Sync, and closing is one Sync (commit)
+ * or ROLLBACK + Sync.  A failed statement makes the server skip everything
+ * up to the Sync, which then ends the transaction rolled back.
+ */
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err) {
   cl_status st = ensure_conn(db, err);
@@ -308,17 +318,16 @@ cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const
   PGconn *c = db->conn;
   bool prepare = !(db->prepared & (1u << id));
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
-  int sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-  if (sent && prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
+  int sent = 1;
+  if (prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
   if (sent) sent = PQsendQueryPrepared(c, stmt_names[id], nparams, params, NULL, NULL, 0);
-  /* Push the queries out now, so the server works while the auditor runs. */
+  /* Push the statement out now, so the server works while the auditor runs. */
   if (sent) sent = PQsendFlushRequest(c) && PQflush(c) == 0;
   if (!sent) {
     PQexitPipelineMode(c);
     return conn_fail(db, err, "cannot send");
   }
   db->pipe_npending = 0;
-  db->pipe_pending[db->pipe_npending++] = PIPE_IGNORE;
   if (prepare) db->pipe_pending[db->pipe_npending++] = PIPE_PREPARE;
   db->pipe_pending[db->pipe_npending++] = PIPE_KEEP;
   db->pipe_open = true;
@@ -331,11 +340,12 @@ cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const
   return CL_OK;
 }
 
-/* Runs ad-hoc SQL inside the open tx pipeline: one Sync, one wait. */
+/* Runs ad-hoc SQL inside the open transaction: one flush, one wait, no Sync. */
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
   PGconn *c = db->conn;
-  if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) || !PQpipelineSync(c))
+  if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) ||
+      !PQsendFlushRequest(c) || PQflush(c) != 0)
     return conn_fail(db, err, "cannot send");
   db->round_trips++;
   pipe_collect(db, db->pipe_id);
@@ -355,7 +365,6 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
     }
     while ((r = PQgetResult(c)) != NULL) PQclear(r);
   }
-  drain_to_sync(c);
   if (st != CL_OK) return st;
   if (rows) {
     if (!(*rows = malloc(sizeof **rows))) {
@@ -372,12 +381,11 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
 cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err) {
   PGconn *c = db->conn;
   cl_status st = CL_OK;
-  bool rolled_back = false;
   *rows = NULL;
   db->pipe_open = false;
   db->in_tx = false;
-  if (!PQsendQueryParams(c, commit ? "COMMIT" : "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0) ||
-      !PQpipelineSync(c)) {
+  int sent = commit || PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  if (!sent || !PQpipelineSync(c)) {
     st = conn_fail(db, err, "cannot send");
     PQexitPipelineMode(c);
     PQclear(db->pipe_kept);
@@ -386,19 +394,27 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
   }
   db->round_trips++;
   pipe_collect(db, db->pipe_id);
-  PGresult *r = PQgetResult(c);
-  if (!r) {
-    st = result_fail(db, NULL, err);
-  } else {
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) st = result_fail(db, r, err);
-    else rolled_back = strcmp(PQcmdStatus(r), "ROLLBACK") == 0;
+  /* What is left before the Sync marker: ROLLBACK's result, or an error
+   * raised while committing (a deferred constraint, say). */
+  for (int idle = 0; idle < 64;) {
+    PGresult *r = PQgetResult(c);
+    if (!r) {
+      if (PQstatus(c) != CONNECTION_OK) {
+        if (st == CL_OK) st = result_fail(db, NULL, err);
+        break;
+      }
+      idle++;
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(r);
+    if (st == CL_OK && (s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE))
+      st = result_fail(db, r, err);
     PQclear(r);
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    if (s == PGRES_PIPELINE_SYNC) break;
   }
-  drain_to_sync(c);
   PQexitPipelineMode(c);
-  /* After a failed statement the server skips the rest of the pipeline,
-   * COMMIT included, so the transaction is still open (and aborted). */
+  /* Not expected after a Sync; a safety net so nothing ever runs inside a
+   * transaction left behind. */
   if (PQtransactionStatus(c) == PQTRANS_INERROR || PQtransactionStatus(c) == PQTRANS_INTRANS)
     cl__db_rollback(db);
 
@@ -409,8 +425,6 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
     memcpy(db->sqlstate, db->pipe_sqlstate, sizeof db->sqlstate);
     return cl__fail(err, db->pipe_status, "%s", db->pipe_error);
   }
-  if (st == CL_OK && commit && rolled_back)
-    st = cl__fail(err, CL_DB_ERROR, "transaction was aborted and rolled back");
   if (st != CL_OK || !commit) {
     PQclear(kept);
     return st;

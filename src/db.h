@@ -77,11 +77,12 @@ void cl__db_rollback(cl__db *db);
 
 /*
  * A transaction whose round trips the auditor decides.  cl__db_tx_open
- * sends BEGIN and a registered statement without waiting; statements the
- * auditor runs meanwhile (cl__db_exec_sql) join the same pipeline and wait
- * once for everything before them; cl__db_tx_close sends COMMIT (or
- * ROLLBACK) and collects the rest.  An auditor that runs nothing costs no
- * round trip of its own: BEGIN, the statement and COMMIT share one.
+ * sends a registered statement without waiting, opening the protocol's
+ * implicit transaction; statements the auditor runs meanwhile
+ * (cl__db_exec_sql) join it and wait once each; cl__db_tx_close commits
+ * with a Sync (or sends ROLLBACK first) and collects the rest.  An auditor
+ * that runs nothing costs no round trip of its own, and no BEGIN or COMMIT
+ * statement is sent at all.
  * cl__db_tx_close returns the opening statement's rows, or its error (with
  * sqlstate set, the transaction then rolled back), or COMMIT's error.
  */

@@ -4,6 +4,7 @@
 -- misbehaves according to the template id.
 local cairnloop = require "cairnloop"
 local H = require "spec.support.helper"
+local C = require "spec.support.compat"
 
 -- Budgets small enough to keep the suite fast; the guards are the same.
 local LIMITS = {
@@ -150,6 +151,33 @@ describe("hook safety for host hooks", function()
     refuses(function() while true do pcall(function() while true do end end) end end,
       "instruction budget exceeded")
   end)
+
+  -- LuaJIT runs compiled traces without calling hooks: a loop compiled
+  -- before the call must not escape the budget inside it.
+  it("stops a hook whose own loop was hot (JIT-compiled) before the call", function()
+    local limit = 10000
+    local function audit()
+      local x = 0
+      while x < limit do x = x + 1 end
+      return true
+    end
+    for _ = 1, 200 do audit() end
+    limit = math.huge -- the same compiled loop now never ends
+    refuses(audit, "instruction budget exceeded")
+  end)
+
+  if C.luajit then
+    it("turns the JIT off for the call only, and leaves it as the host had it (LuaJIT)", function()
+      refuses(function() while true do end end, "instruction budget exceeded")
+      assert.is_true((jit.status()))
+      jit.off()
+      local ok, err = pcall(refuses, function() while true do end end, "instruction budget exceeded")
+      local after = jit.status()
+      jit.on()
+      assert(ok, err)
+      assert.is_false(after)
+    end)
+  end
 
   it("stops a coroutine created in the hook", function()
     refuses(function() coroutine.wrap(function() while true do end end)() end,

@@ -1,6 +1,7 @@
 -- engine:trigger: the result shape of API.md, duplicates, and every way it
 -- refuses (invalid_argument, unknown_conversation) without writing.
 local H = require "spec.support.helper"
+local C = require "spec.support.compat"
 
 describe("engine:trigger", function()
   local engine, schema
@@ -21,7 +22,7 @@ describe("engine:trigger", function()
 
     local m = res.message
     assert.same({ "content", "conversation_id", "id", "metadata", "role" }, H.keys(m))
-    assert.equals("integer", math.type(m.id))
+    assert.equals("integer", C.math_type(m.id))
     assert.equals(1, m.conversation_id)
     assert.equals("system_outbound", m.role)
     assert.equals("Hi there", m.content)
@@ -29,7 +30,7 @@ describe("engine:trigger", function()
 
     local j = res.delivery_job
     assert.same({ "args", "id", "scheduled_at", "state", "worker" }, H.keys(j))
-    assert.equals("integer", math.type(j.id))
+    assert.equals("integer", C.math_type(j.id))
     assert.equals("outbound", j.worker)
     assert.equals("available", j.state)
     assert.is_string(j.scheduled_at)

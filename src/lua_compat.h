@@ -79,6 +79,39 @@ static inline int compat_isinteger(lua_State *L, int i) {
   return compat_tointeger(L, i, &v);
 }
 
+/*
+ * LuaJIT runs compiled traces without calling hooks: under a count hook,
+ * `while true do end` spins forever once the JIT has compiled it, and a
+ * trace compiled before jit.off() still runs after it (both checked with
+ * LuaJIT 2.1 here).  So for the length of a host hook call the JIT is off
+ * (nothing new gets compiled) and the hook function's own traces are
+ * flushed.  Code the JIT compiled earlier in other functions the hook calls
+ * still runs unbudgeted.  Never raises.  Returns what compat_hook_end()
+ * needs to put the JIT back as it was.
+ */
+static inline int compat_hook_begin(lua_State *L, int fn_ref) {
+  int top = lua_gettop(L), was_on = 1; /* LuaJIT starts with the JIT on */
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "jit");
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "status"); /* jit.status() -> on, flags... */
+      if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 0) == LUA_OK)
+        was_on = lua_toboolean(L, -1);
+    }
+  }
+  lua_settop(L, top);
+  if (was_on) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
+  luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_FLUSH); /* 0 for a C function */
+  lua_pop(L, 1);
+  return was_on;
+}
+
+static inline void compat_hook_end(lua_State *L, int was_on) {
+  if (was_on) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+}
+
 #else /* Lua 5.4 */
 
 #define compat_absindex(L, i) lua_absindex((L), (i))
@@ -103,6 +136,10 @@ static inline void compat_pushint64(lua_State *L, int64_t v) {
 }
 
 #define compat_isinteger(L, i) lua_isinteger((L), (i))
+
+/* Lua 5.4 calls count hooks on every path: nothing to do around a hook call. */
+#define compat_hook_begin(L, fn_ref) ((void)(L), (void)(fn_ref), 0)
+#define compat_hook_end(L, was_on) ((void)(L), (void)(was_on))
 
 #endif
 

@@ -661,31 +661,20 @@ static inline void glue_push_cell(lua_State *L, unsigned type, const char *v) {
 }
 
 /*
- * tx:exec(sql, ...) -> { row, ... }
- * Runs one statement in the operation's transaction, $1.. bound to the
- * extra arguments (strings, numbers, booleans, nil), never interpolated.
- * Raises on misuse (handle used after its call, a table as a parameter)
- * and on SQL errors; after an SQL error the transaction is aborted and the
- * core fails the operation even if the script catches the error.
+ * Binds the arguments from `first` on as text parameters ($1..): strings,
+ * numbers, booleans, nil.  Returns the parameter array (a userdata left on
+ * the stack, which also keeps converted numbers' text alive in their
+ * argument slots).  Raises on misuse, before any C resource is taken.
  */
-static inline int tx_exec(lua_State *L) {
-  glue_tx *t = (glue_tx *)luaL_checkudata(L, 1, GLUE_TX);
+static inline const char **glue_bind_params(lua_State *L, int first, int *nparams_out) {
+  int nparams = lua_gettop(L) - first + 1, i;
   size_t len;
-  const char *sql = luaL_checklstring(L, 2, &len);
-  int nparams = lua_gettop(L) - 2, i, r, c, nrows, ncols, names;
   const char **params;
-  glue_box *box;
-  cl_rows *rows = NULL;
-  cl_error err;
-  cl_status st;
-
-  if (t->tx == NULL)
-    return luaL_error(L, "attempt to use a transaction handle outside its audit call");
-  if (strlen(sql) != len) return luaL_argerror(L, 2, "SQL contains a NUL byte");
-  if (nparams > 65535) return luaL_error(L, "too many parameters (%d)", nparams);
+  if (nparams < 0) nparams = 0;
+  if (nparams > 65535) luaL_error(L, "too many parameters (%d)", nparams);
   params = (const char **)compat_newuserdata(L, (size_t)(nparams ? nparams : 1) * sizeof *params);
   for (i = 0; i < nparams; i++) {
-    int arg = i + 3;
+    int arg = first + i;
     char buf[40];
     int64_t iv;
     switch (lua_type(L, arg)) {
@@ -713,19 +702,22 @@ static inline int tx_exec(lua_State *L) {
       break;
     case LUA_TSTRING:
       params[i] = lua_tolstring(L, arg, &len);
-      if (strlen(params[i]) != len) return luaL_argerror(L, arg, "string contains a NUL byte");
+      if (strlen(params[i]) != len) luaL_argerror(L, arg, "string contains a NUL byte");
       break;
     default:
-      return luaL_argerror(L, arg, lua_pushfstring(L, "cannot bind a %s value",
-                                                   luaL_typename(L, arg)));
+      luaL_argerror(L, arg, lua_pushfstring(L, "cannot bind a %s value", luaL_typename(L, arg)));
     }
   }
-  box = glue_newbox(L, 0); /* owns the rows while the result table is built */
-  st = cl_tx_exec(t->tx, sql, nparams, params, &rows, &err);
-  if (st != CL_OK) {
-    if (rows) cl_rows_free(rows);
-    return luaL_error(L, "tx:exec: %s", err.message);
-  }
+  *nparams_out = nparams;
+  return params;
+}
+
+/* Replaces `box` (on top of the stack, made by glue_newbox before the rows
+ * were acquired) with `rows` as a list of tables keyed by column name, values
+ * typed as their PostgreSQL types suggest.  The box owns the rows while the
+ * tables are built, so a memory error raised here frees them. */
+static inline void glue_push_rows(lua_State *L, glue_box *box, cl_rows *rows) {
+  int r, c, nrows, ncols, names;
   box->p = rows;
   box->drop = glue_drop_rows;
   nrows = rows ? cl_rows_count(rows) : 0;
@@ -746,6 +738,40 @@ static inline int tx_exec(lua_State *L) {
     lua_rawseti(L, -2, r + 1);
   }
   glue_box_release(box);
+  lua_replace(L, names - 1); /* the list over the box */
+  lua_settop(L, names - 1);
+}
+
+/*
+ * tx:exec(sql, ...) -> { row, ... }
+ * Runs one statement in the operation's transaction, $1.. bound to the
+ * extra arguments (strings, numbers, booleans, nil), never interpolated.
+ * Raises on misuse (handle used after its call, a table as a parameter)
+ * and on SQL errors; after an SQL error the transaction is aborted and the
+ * core fails the operation even if the script catches the error.
+ */
+static inline int tx_exec(lua_State *L) {
+  glue_tx *t = (glue_tx *)luaL_checkudata(L, 1, GLUE_TX);
+  size_t len;
+  const char *sql = luaL_checklstring(L, 2, &len);
+  int nparams;
+  const char **params;
+  glue_box *box;
+  cl_rows *rows = NULL;
+  cl_error err;
+  cl_status st;
+
+  if (t->tx == NULL)
+    return luaL_error(L, "attempt to use a transaction handle outside its audit call");
+  if (strlen(sql) != len) return luaL_argerror(L, 2, "SQL contains a NUL byte");
+  params = glue_bind_params(L, 3, &nparams);
+  box = glue_newbox(L, 0);
+  st = cl_tx_exec(t->tx, sql, nparams, params, &rows, &err);
+  if (st != CL_OK) {
+    if (rows) cl_rows_free(rows);
+    return luaL_error(L, "tx:exec: %s", err.message);
+  }
+  glue_push_rows(L, box, rows);
   return 1;
 }
 

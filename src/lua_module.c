@@ -97,7 +97,7 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
   glue_budget budget;
   void *prev;
   lua_Hook hook;
-  int mask, count, base, rc;
+  int mask, count, base, rc, jit_was_on;
   bool was_in_hook;
 
   if (L == NULL || !lua_checkstack(L, 4))
@@ -117,6 +117,7 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
   mask = lua_gethookmask(L);
   count = lua_gethookcount(L);
   lua_sethook(L, host_count_hook, LUA_MASKCOUNT, GLUE_HOOK_EVERY);
+  jit_was_on = compat_hook_begin(L, c->fn_ref); /* LuaJIT: the JIT would skip the count hook */
   was_in_hook = eng->in_hook;
   eng->in_hook = true;
   c->status = CL_OK;
@@ -124,6 +125,7 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
   rc = lua_pcall(L, 1, 0, base + 1);
 
   eng->in_hook = was_in_hook;
+  compat_hook_end(L, jit_was_on);
   lua_sethook(L, hook, mask, count);
   if (prev)
     lua_pushlightuserdata(L, prev);
@@ -691,6 +693,38 @@ static int engine_configure(lua_State *L) {
   return 1;
 }
 
+/* engine:max_batch_size() -> integer: the cohort cap of the moment, the one
+ * the next bulk_trigger checks (campaigns size their envelopes by it) */
+static int engine_max_batch_size(lua_State *L) {
+  lengine *le = check_engine(L, "max_batch_size", true);
+  lua_pushinteger(L, cl_max_batch_size(le->eng));
+  return 1;
+}
+
+/*
+ * engine:query(sql, ...) -> { row, ... } | nil, code, msg
+ * One read-only statement ($1.. bound to the extra arguments, as tx:exec),
+ * rows as tables keyed by column name.  Raises on misuse (a closed engine,
+ * a table as a parameter).
+ */
+static int engine_query(lua_State *L) {
+  lengine *le = check_engine(L, "query", true);
+  size_t len;
+  const char *sql = luaL_checklstring(L, 2, &len);
+  int nparams;
+  const char **params;
+  glue_box *box;
+  cl_rows *rows = NULL;
+  cl_error err;
+  if (strlen(sql) != len) return luaL_argerror(L, 2, "SQL contains a NUL byte");
+  params = glue_bind_params(L, 3, &nparams);
+  box = glue_newbox(L, 0);
+  if (cl_query(le->eng, sql, nparams, params, &rows, &err) != CL_OK)
+    return glue_push_failure(L, err.code, &err);
+  glue_push_rows(L, box, rows);
+  return 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* trigger and bulk_trigger                                             */
 /* ------------------------------------------------------------------ */
@@ -1090,6 +1124,8 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"migrate", engine_migrate},
       {"configure", engine_configure},
+      {"max_batch_size", engine_max_batch_size},
+      {"query", engine_query},
       {"trigger", engine_trigger},
       {"bulk_trigger", engine_bulk_trigger},
       {"envelope", engine_envelope},

@@ -15,15 +15,37 @@ local function quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+--- Runs a shell command; returns its output (stdout and stderr) and its
+-- exit status as a number.  The status travels in the output: on LuaJIT a
+-- pipe's close() returns true whatever the command's status was.
+function H.shell(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit-status:$?\""))
+  local out = p:read("*a")
+  p:close()
+  local body, status = out:match("^(.-)exit%-status:(%d+)\n?$")
+  return body or out, tonumber(status) or -1
+end
+
+--- The shell-quoted words of a command line.
+function H.command(...)
+  local words = {}
+  for i = 1, select("#", ...) do words[i] = quote(select(i, ...)) end
+  return table.concat(words, " ")
+end
+
+--- Runs the `cairnloop` command built in this tree; raises unless it exits 0.
+function H.cli(...)
+  local out, status = H.shell(H.command(H.root .. "build/cairnloop", ...))
+  if status ~= 0 then error("cairnloop exited " .. status .. ": " .. out, 2) end
+  return out
+end
+
 --- Runs SQL through psql; returns the rows as lists of strings.
 function H.sql(query)
   local url = os.getenv("CAIRNLOOP_DATABASE_URL")
-  local cmd = "psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 "
-    .. (url and quote(url) or "") .. " -c " .. quote(query) .. " 2>&1"
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  local ok = p:close()
-  if not ok then error("psql failed: " .. out, 2) end
+  local out, status = H.shell("psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 "
+    .. (url and quote(url) or "") .. " -c " .. quote(query))
+  if status ~= 0 then error("psql failed: " .. out, 2) end
   local rows = {}
   for line in out:gmatch("[^\n]+") do
     local row = {}

@@ -7,7 +7,7 @@
 --                                     on whatever database the command is given
 --
 -- 1. migrate; 2. seed CONVERSATIONS (default 120) demo conversations, every
--- tenth closed; 3. select the cohort (the open ones) with SQL; 4. show a
+-- tenth closed; 3. select the cohort (the open ones) with a read-only query; 4. show a
 -- bulk send over the cap being refused, and recorded; 5. show the
 -- campaign's own max_recipients guard; 6. send the campaign in cap-sized
 -- envelopes; 7. deliver with engine:work until no job is due; 8. report
@@ -127,24 +127,23 @@ SELECT setval(pg_get_serial_sequence('%s.cairnloop_conversations', 'id'),
               (SELECT max(id) FROM %s.cairnloop_conversations));]],
   SCHEMA, n_conversations, (SCHEMA:gsub("'", "''")), SCHEMA))
 local by_status = {}
-for _, row in ipairs(sql(string.format(
-  "SELECT status, count(*) FROM %s.cairnloop_conversations WHERE id BETWEEN 1 AND %d GROUP BY 1",
-  SCHEMA, n_conversations))) do
-  by_status[row[1]] = tonumber(row[2])
+for _, row in ipairs(check(engine:query(string.format(
+  "SELECT status, count(*) AS n FROM %s.cairnloop_conversations WHERE id BETWEEN 1 AND $1"
+    .. " GROUP BY 1", SCHEMA), n_conversations))) do
+  by_status[row.status] = row.n
 end
 say("demo conversations: %s", tally(by_status))
 
-step("Select the cohort", "SQL over the host's conversations: the open ones.")
-local function open_conversations()
-  local ids = {}
-  for _, row in ipairs(sql(string.format(
-    "SELECT id FROM %s.cairnloop_conversations WHERE status = 'open' AND id BETWEEN 1 AND %d"
-      .. " ORDER BY id", SCHEMA, n_conversations))) do
-    ids[#ids + 1] = math.tointeger(tonumber(row[1]))
-  end
-  return ids
-end
-local cohort = open_conversations()
+step("Select the cohort", "A read-only query over the host's conversations: the open ones.")
+-- The campaign runs this itself (engine:query); it is read here only to
+-- show the cohort's size before sending.
+local COHORT = {
+  sql = "SELECT id FROM " .. SCHEMA .. ".cairnloop_conversations"
+    .. " WHERE status = 'open' AND id BETWEEN 1 AND $1 ORDER BY id",
+  params = { n_conversations },
+}
+local cohort = {}
+for i, row in ipairs(check(engine:query(COHORT.sql, n_conversations))) do cohort[i] = row.id end
 local body = check(campaign.render(TEMPLATE, VARS))
 local cap = engine:max_batch_size()
 say("%d recipients; the body, rendered once from template %s:", #cohort, TEMPLATE_ID)
@@ -175,7 +174,7 @@ local spec = {
   template_id = TEMPLATE_ID,
   template = TEMPLATE,
   vars = VARS,
-  cohort = open_conversations,
+  cohort = COHORT,
   max_recipients = 500,
   actor = ACTOR,
 }
@@ -200,11 +199,40 @@ step("Send the campaign",
 local summary = check(campaign.run(engine, spec))
 say("%s", campaign.format(summary))
 
-step("Deliver", "engine:work in a loop until no job is due; the policy's notifier sends each message.")
-local due = tonumber(sql(string.format(
-  "SELECT count(*) FROM %s.cairnloop_delivery_jobs"
+-- The notifier "sends" by appending one JSON line per delivery to an outbox
+-- file: a real one would call a mail or chat API with the same fields.  It
+-- is registered from this host script (engine:notifier), because a policy
+-- script has no files; it runs in this script's Lua state.
+local OUTBOX = os.getenv("CAIRNLOOP_OUTBOX") or ".cairnloop/outbox.jsonl"
+
+local function json_string(v)
+  return '"' .. tostring(v):gsub('[%c"\\]', function(c)
+    return ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[c]
+      or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local outbox = io.open(OUTBOX, "a")
+if not outbox then -- no ./.cairnloop (a --database run): beside it instead
+  OUTBOX = "cairnloop-outbox.jsonl"
+  outbox = assert(io.open(OUTBOX, "a"))
+end
+local written = 0
+check(engine:notifier(function(message, conversation, delivery)
+  outbox:write(string.format(
+    '{"idempotency_key":%s,"message_id":%d,"conversation_id":%d,"to":%s,"body":%s}\n',
+    json_string(delivery.idempotency_key), message.id, conversation.id,
+    json_string(conversation.customer_ref or ""), json_string(message.content)))
+  written = written + 1
+  return true
+end))
+
+step("Deliver", "engine:work in a loop until no job is due; the notifier sends each message"
+  .. " to the outbox " .. OUTBOX .. ".")
+local due = check(engine:query(string.format(
+  "SELECT count(*) AS n FROM %s.cairnloop_delivery_jobs"
     .. " WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()",
-  SCHEMA))[1][1])
+  SCHEMA)))[1].n
 local bar = campaign.progress("delivered", due)
 local done = { sent = 0, failed = 0, no_op = 0, retried = 0, discarded = 0 }
 local handled = 0
@@ -220,6 +248,8 @@ while true do
   bar:update(math.min(handled, due), string.format("%d sent, %d failed", done.sent, done.failed))
 end
 bar:finish()
+outbox:close()
+say("%d lines appended to %s", written, OUTBOX)
 say("%d sent, %d failed (%d to retry, %d discarded), %d without a notifier", done.sent,
   done.failed, done.retried, done.discarded, done.no_op)
 
@@ -230,11 +260,11 @@ for _, e in ipairs(envelopes) do env_counts[e.status] = (env_counts[e.status] or
 say("envelopes (template %s): %s", TEMPLATE_ID, tally(env_counts))
 
 local msg_counts = {}
-for _, row in ipairs(sql(string.format(
-  "SELECT metadata->>'status', count(*) FROM %s.cairnloop_messages"
-    .. " WHERE role = 'system_outbound' AND metadata->>'template_id' = '%s' GROUP BY 1",
-  SCHEMA, TEMPLATE_ID))) do
-  msg_counts[row[1]] = tonumber(row[2])
+for _, row in ipairs(check(engine:query(string.format(
+  "SELECT metadata->>'status' AS status, count(*) AS n FROM %s.cairnloop_messages"
+    .. " WHERE role = 'system_outbound' AND metadata->>'template_id' = $1 GROUP BY 1",
+  SCHEMA), TEMPLATE_ID))) do
+  msg_counts[row.status] = row.n
 end
 say("messages  (template %s): %s", TEMPLATE_ID, tally(msg_counts))
 

@@ -40,6 +40,10 @@ like "$out" $'\n''messages  \(template recovery_v1\): 108 sent' "the report: mes
 like "$out" $'\n''audit events: 5 bulk_outbound_trigger' "the report: audit events"
 like "$out" $'\n''cairnloop_outbound_delivery_total\{outcome="sent",reason="notifier_ok"\} 108' \
   "the report: Prometheus metrics"
+is "$(wc -l <"$dir/.cairnloop/outbox.jsonl" | tr -d ' ')" "108" \
+  "the notifier wrote one outbox line per message"
+like "$(head -n 1 "$dir/.cairnloop/outbox.jsonl")" '^\{"idempotency_key":"[0-9]+:1","message_id":[0-9]+' \
+  "each outbox line carries the idempotency key"
 first=$(report)
 
 cl demo
@@ -49,6 +53,7 @@ like "$out" $'\n''0 sent, 0 failed' "and has nothing left to deliver"
 like "$out" 'cairnloop_outbound_trigger_total\{outcome="duplicate"\} 108' \
   "its metrics count the 108 recipients as duplicates"
 is "$(report)" "$first" "the report is the same: nothing was sent twice"
+is "$(wc -l <"$dir/.cairnloop/outbox.jsonl" | tr -d ' ')" "108" "the outbox got no line twice"
 
 cl demo --schema other
 exits 2 "demo takes no --schema"

@@ -453,14 +453,40 @@ static inline void glue_push_map(lua_State *L, const cl_map *m) {
   }
 }
 
-/* Pushes the NULL-terminated event name parts as a list. */
+/* Registry key of the cache of event name lists (its address is the key). */
+static char glue_events_key;
+
+/*
+ * Pushes the NULL-terminated event name parts as a list.  The engine's
+ * event names are static arrays, so each state builds a name's list once
+ * and hands the same table to every handler call after that: handlers
+ * must treat it as read-only, like the event lists of Erlang's telemetry.
+ */
 static inline void glue_push_event(lua_State *L, const char *const *event) {
   int i;
-  lua_createtable(L, 5, 0);
-  for (i = 0; event && event[i]; i++) {
-    lua_pushstring(L, event[i]);
-    lua_rawseti(L, -2, i + 1);
+  lua_pushlightuserdata(L, &glue_events_key);
+  lua_rawget(L, LUA_REGISTRYINDEX); /* cache */
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, &glue_events_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
   }
+  lua_pushlightuserdata(L, (void *)event);
+  lua_rawget(L, -2); /* cache list? */
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 6, 0);
+    for (i = 0; event && event[i]; i++) {
+      lua_pushstring(L, event[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushlightuserdata(L, (void *)event);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4); /* cache[event] = list */
+  }
+  lua_remove(L, -2); /* list */
 }
 
 /*

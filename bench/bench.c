@@ -3,8 +3,11 @@
  * hand-written libpq programs for the same rows, on a durable PostgreSQL.
  * Sets up and seeds one database, checks every contender writes the
  * engine's rows, times them interleaved (a random order per round) and
- * reports tables as text and markdown.  Uses cairnloop.h, db.h (round-trip
- * counter), shapes.c (hand-written contenders) and probes.c (the rest).
+ * reports tables as text and markdown, ending with the targets met or
+ * missed.  Contenders: the engine through the C API, the Lua module, the
+ * command line and with the ready-made policy (hosts.c), the hand-written
+ * shapes (shapes.c).  Uses cairnloop.h, db.h (round-trip counter), worker.c
+ * (delivery) and probes.c (the rest).
  */
 #include "bench.h"
 
@@ -20,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-#define SCHEMA "cairnloop"
+#define SCHEMA BENCH_SCHEMA
 #define DBNAME "cl_bench"
 #define CONVERSATIONS 20000
 #define HISTORY_PER_CONVERSATION 5
@@ -28,7 +31,7 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define MAX_N 10000
-#define MAX_CONTENDERS 8
+#define MAX_CONTENDERS 12
 
 /* ------------------------------------------------------------------ */
 /* Small utilities                                                      */
@@ -56,6 +59,8 @@ static uint64_t rng(void) {
   return rng_state * 0x2545f4914f6cdd1dull;
 }
 
+uint64_t bench_rng(void) { return rng(); }
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -77,6 +82,13 @@ static void fmt_ms(char *out, size_t n, double ms) {
   else snprintf(out, n, "%.1f", ms);
 }
 
+void bench_fmt_ms(char *out, size_t n, double ms) { fmt_ms(out, n, ms); }
+
+double bench_median(double *v, size_t n) {
+  qsort(v, n, sizeof *v, cmp_double);
+  return percentile(v, n, 50);
+}
+
 /* 1234567 -> "1,234,567" */
 void bench_fmt_int(char *out, size_t n, double v) {
   char t[32];
@@ -96,7 +108,7 @@ void bench_fmt_int(char *out, size_t n, double v) {
 
 #define MAX_COLS 10
 #define MAX_ROWS 48
-#define MAX_SECTIONS 24
+#define MAX_SECTIONS 32
 
 typedef struct table {
   char *title;
@@ -221,13 +233,28 @@ static void print_markdown(FILE *f) {
 /* Contenders                                                           */
 /* ------------------------------------------------------------------ */
 
-typedef enum role { ROLE_SHAPE, ROLE_PER_ROW, ROLE_ENGINE } role;
+/* ROLE_ENGINE is engine-c, the C API without hooks: the reference the
+ * other ways of reaching the engine (ROLE_VARIANT) are set against. */
+typedef enum role { ROLE_SHAPE, ROLE_PER_ROW, ROLE_ENGINE, ROLE_VARIANT } role;
+
+/* How often a contender runs in a bulk round: every round, or one round of
+ * every `per_row_every` / `cli_every` of the phase's plan. */
+typedef enum cadence { EVERY_ROUND, PER_ROW_CADENCE, CLI_CADENCE } cadence;
 
 typedef struct contender {
   const char *name;
   role role;
+  cadence cadence;
   bulk_fn bulk;
   trigger_fn trigger;
+  /* Optional, outside the clock: the caller's data before the call (a Lua
+   * list, an ids file), reading the result after it. */
+  void (*prepare)(void *ctx, const bulk_call *call);
+  void (*finish)(void *ctx, bulk_call *call, ids_out *out);
+  /* Optional: CPU time of a child process in the last call (the command). */
+  double (*child_cpu)(void *ctx);
+  bool counts_round_trips; /* the engine's counter or a shape's */
+  bool audits;             /* writes one audit row per call */
   void *ctx;
   shape *sh;     /* NULL for the engine */
   double *ms;    /* samples of the current phase */
@@ -279,6 +306,7 @@ int bench_engine_trigger(void *ctx, const trigger_call *call, int64_t *mid, int6
 }
 
 static uint64_t contender_rt(const contender *c) {
+  if (!c->counts_round_trips) return 0;
   if (c->sh) return shape_round_trips(c->sh);
   return cl__db_round_trips(c->ctx);
 }
@@ -310,6 +338,78 @@ static void exec_or_die(PGconn *c, const char *sql) {
     exit(1);
   }
   PQclear(r);
+}
+
+PGconn *bench_connect(const char *conninfo) { return connect_or_die(conninfo); }
+
+void bench_exec(PGconn *c, const char *sql) { exec_or_die(c, sql); }
+
+char *bench_conninfo(const char *base, const char *db) {
+  size_t n = strlen(base) + strlen(db) + 16;
+  char *s = malloc(n);
+  if (!s) abort();
+  snprintf(s, n, "%s%sdbname=%s", base, strchr(base, '?') ? "&" : "?", db);
+  return s;
+}
+
+void bench_create_database(const char *base, const char *db) {
+  char *info = bench_conninfo(base, "postgres");
+  PGconn *c = connect_or_die(info);
+  char sql[256];
+  snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", db);
+  exec_or_die(c, sql);
+  snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
+  exec_or_die(c, sql);
+  PQfinish(c);
+  free(info);
+}
+
+/* Conversations, plus a history of messages and completed jobs: a
+ * production database is never empty, and the foreign-key checks each
+ * session plans (and caches) on its first insert must see tables of a
+ * realistic size, or they pick sequential scans that stay cached while
+ * the tables grow. */
+int64_t *bench_seed(PGconn *c, size_t *n) {
+  char seed[1024];
+  snprintf(seed, sizeof seed,
+           "INSERT INTO " SCHEMA ".cairnloop_conversations (subject, customer_ref)"
+           " SELECT 'Conversation ' || g, 'customer-' || g FROM generate_series(1, %d) g",
+           CONVERSATIONS);
+  exec_or_die(c, seed);
+  snprintf(seed, sizeof seed,
+           "INSERT INTO " SCHEMA ".cairnloop_messages (conversation_id, content, role, metadata)"
+           " SELECT c.id, 'History message ' || k, CASE WHEN k %% 2 = 0 THEN 'customer'"
+           "        ELSE 'agent' END, '{}'::jsonb"
+           " FROM " SCHEMA ".cairnloop_conversations c, generate_series(1, %d) k",
+           HISTORY_PER_CONVERSATION);
+  exec_or_die(c, seed);
+  exec_or_die(c,
+              "INSERT INTO " SCHEMA ".cairnloop_delivery_jobs (message_id, conversation_id,"
+              "       template_id, args, state, attempt, completed_at)"
+              " SELECT m.id, m.conversation_id, 'history', jsonb_build_object('message_id', m.id,"
+              "        'conversation_id', m.conversation_id, 'template_id', 'history',"
+              "        'bulk_envelope_id', NULL), 'completed', 1, now()"
+              " FROM (SELECT DISTINCT ON (conversation_id) id, conversation_id"
+              "       FROM " SCHEMA ".cairnloop_messages ORDER BY conversation_id, id) m");
+  exec_or_die(c,
+              "INSERT INTO " SCHEMA ".cairnloop_outbound_bulk_envelopes (id, template_id,"
+              "       rendered_body, recipient_conversation_ids, count, effective_cap,"
+              "       requested_at, status, refused_reason, inserted_at, updated_at)"
+              " SELECT gen_random_uuid(), 'history-' || k, 'History body ' || k,"
+              "        ARRAY(SELECT (k * 25 + i) % " STR(CONVERSATIONS) " + 1"
+              "              FROM generate_series(0, 24) i), 25, 25,"
+              "        now() - make_interval(mins => k), CASE WHEN k % 10 = 0"
+              "        THEN 'refused_cap_exceeded' ELSE 'submitted' END,"
+              "        CASE WHEN k % 10 = 0 THEN 'batch_size 26 exceeds cap 25' END, now(), now()"
+              " FROM generate_series(1, " STR(HISTORY_ENVELOPES) ") k");
+  exec_or_die(c, "VACUUM ANALYZE");
+  PGresult *r = PQexec(c, "SELECT id FROM " SCHEMA ".cairnloop_conversations ORDER BY id");
+  *n = (size_t)PQntuples(r);
+  int64_t *ids = malloc(*n * sizeof *ids);
+  if (!ids) abort();
+  for (size_t i = 0; i < *n; i++) ids[i] = strtoll(PQgetvalue(r, (int)i, 0), NULL, 10);
+  PQclear(r);
+  return ids;
 }
 
 /* Checks that a bulk wrote exactly the engine's rows: the envelope, N
@@ -422,14 +522,16 @@ static double run_bulk(bench_ctx *b, contender *c, size_t n, double *cpu) {
   char tid[64];
   snprintf(tid, sizeof tid, "bench-%s-%" PRIu64, c->name, ++b->seq);
   bulk_call call = {b->cohort, n, tid, BENCH_BODY, {0}, b->cap};
+  if (c->prepare) c->prepare(c->ctx, &call);
   double c0 = cpu_ms(), t0 = bench_now_ms();
   int rc = c->bulk(c->ctx, &call, &b->out);
   double ms = bench_now_ms() - t0;
-  if (cpu) *cpu = cpu_ms() - c0;
+  if (cpu) *cpu = cpu_ms() - c0 + (c->child_cpu ? c->child_cpu(c->ctx) : 0);
   if (rc != 0) {
     fprintf(stderr, "bench: %s failed at N=%zu\n", c->name, n);
     exit(1);
   }
+  if (c->finish) c->finish(c->ctx, &call, &b->out);
   return ms;
 }
 
@@ -440,6 +542,7 @@ static void trigger_content(char *out, size_t n, const char *tid) {
 
 static double run_trigger(bench_ctx *b, contender *c, trigger_call *call, int64_t *mid,
                           int64_t *jid, double *cpu) {
+  (void)b;
   double c0 = cpu_ms(), t0 = bench_now_ms();
   int rc = c->trigger(c->ctx, call, mid, jid);
   double ms = bench_now_ms() - t0;
@@ -460,7 +563,8 @@ static void new_trigger_call(bench_ctx *b, const contender *c, trigger_call *cal
   call->content = content;
 }
 
-/* One call of every contender, each checked row by row against the engine's shape. */
+/* One call of every contender, each checked row by row against the engine's
+ * shape (and, for the audited ones, their audit row). */
 static void verify_all(bench_ctx *b) {
   sample_cohort(b, 25);
   for (int i = 0; i < b->nbulk; i++) {
@@ -468,7 +572,15 @@ static void verify_all(bench_ctx *b) {
     char tid[64];
     snprintf(tid, sizeof tid, "bench-verify-%s-%" PRIu64, c->name, ++b->seq);
     bulk_call call = {b->cohort, 25, tid, BENCH_BODY, {0}, b->cap};
-    if (c->bulk(c->ctx, &call, &b->out) != 0 || !verify_bulk(b->admin, &call, &b->out)) {
+    if (c->prepare) c->prepare(c->ctx, &call);
+    bool ok = c->bulk(c->ctx, &call, &b->out) == 0;
+    if (ok && c->finish) c->finish(c->ctx, &call, &b->out);
+    ok = ok && verify_bulk(b->admin, &call, &b->out);
+    if (ok && c->audits && !bench_audit_row_exists(b->admin, call.envelope_id, 0, tid)) {
+      fprintf(stderr, "bench: %s wrote no audit row for envelope %s\n", c->name, call.envelope_id);
+      ok = false;
+    }
+    if (!ok) {
       fprintf(stderr, "bench: %s does not write the engine's rows\n", c->name);
       exit(1);
     }
@@ -479,7 +591,14 @@ static void verify_all(bench_ctx *b) {
     trigger_call call;
     int64_t mid = 0, jid = 0;
     new_trigger_call(b, c, &call, tid, sizeof tid, content, sizeof content);
-    if (c->trigger(c->ctx, &call, &mid, &jid) != 0 || !verify_trigger(b->admin, &call, mid, jid)) {
+    bool ok = c->trigger(c->ctx, &call, &mid, &jid) == 0 &&
+              verify_trigger(b->admin, &call, mid, jid);
+    if (ok && c->audits &&
+        !bench_audit_row_exists(b->admin, NULL, call.conversation_id, call.template_id)) {
+      fprintf(stderr, "bench: %s wrote no audit row for its trigger\n", c->name);
+      ok = false;
+    }
+    if (!ok) {
       fprintf(stderr, "bench: %s does not write the engine's rows\n", c->name);
       exit(1);
     }
@@ -502,7 +621,9 @@ static void phase_start(bench_ctx *b, contender *cs, int nc, size_t reps) {
 
 static void phase_end(contender *cs, int nc) {
   for (int i = 0; i < nc; i++) {
-    cs[i].rt_per_call = cs[i].nms ? (double)(contender_rt(&cs[i]) - cs[i].rt0) / (double)cs[i].nms : 0;
+    cs[i].rt_per_call = !cs[i].counts_round_trips ? NAN
+                        : cs[i].nms ? (double)(contender_rt(&cs[i]) - cs[i].rt0) / (double)cs[i].nms
+                                    : 0;
     qsort(cs[i].ms, cs[i].nms, sizeof *cs[i].ms, cmp_double);
     qsort(cs[i].cpu, cs[i].nms, sizeof *cs[i].cpu, cmp_double);
   }
@@ -522,18 +643,28 @@ static void round_order(int *order, int nc) {
   }
 }
 
-/* The per-row contender takes part in one round of every `per_row_every`:
- * at large N it is 5-7 times slower than the rest, its ratio needs no
- * precision, and the time is better spent on the engine and the ceiling. */
+/* Whether contender c takes part in round r.  The per-row shape runs in one
+ * round of every `per_row_every`: at large N it is 5-7 times slower than
+ * the rest and its ratio needs no precision.  The command runs in one round
+ * of every `cli_every`: at small N its time is mostly process start-up,
+ * which varies little. */
+static bool takes_part(const contender *c, size_t r, size_t per_row_every, size_t cli_every) {
+  switch (c->cadence) {
+  case PER_ROW_CADENCE: return r % per_row_every == 0;
+  case CLI_CADENCE: return r % cli_every == 0;
+  default: return true;
+  }
+}
+
 static void bulk_phase(bench_ctx *b, size_t n, size_t warmup, size_t reps,
-                       size_t per_row_every) {
+                       size_t per_row_every, size_t cli_every) {
   int nc = b->nbulk, order[MAX_CONTENDERS];
   for (size_t w = 0; w < warmup; w++) {
     sample_cohort(b, n);
     round_order(order, nc);
     for (int k = 0; k < nc; k++) {
       contender *c = &b->bulk[order[k]];
-      if (c->role != ROLE_PER_ROW || w == 0) run_bulk(b, c, n, NULL);
+      if (c->cadence == EVERY_ROUND || w == 0) run_bulk(b, c, n, NULL);
     }
   }
   phase_start(b, b->bulk, nc, reps);
@@ -542,7 +673,7 @@ static void bulk_phase(bench_ctx *b, size_t n, size_t warmup, size_t reps,
     round_order(order, nc);
     for (int k = 0; k < nc; k++) {
       contender *c = &b->bulk[order[k]];
-      if (c->role == ROLE_PER_ROW && r % per_row_every != 0) continue;
+      if (!takes_part(c, r, per_row_every, cli_every)) continue;
       c->ms[c->nms] = run_bulk(b, c, n, &c->cpu[c->nms]);
       c->nms++;
     }
@@ -587,6 +718,12 @@ static int ceiling_of(const contender *cs, int nc) {
   return best;
 }
 
+static int find_contender(const contender *cs, int nc, const char *name) {
+  for (int i = 0; i < nc; i++)
+    if (strcmp(cs[i].name, name) == 0) return i;
+  return -1;
+}
+
 typedef struct bulk_summary {
   size_t n, reps[MAX_CONTENDERS];
   char ceiling[32];
@@ -609,6 +746,15 @@ static void summarize_bulk(const bench_ctx *b, size_t n, bulk_summary *s) {
   }
 }
 
+static void fmt_rt(char *out, size_t n, double rt) {
+  if (isnan(rt)) snprintf(out, n, "-");
+  else bench_fmt_int(out, n, rt);
+}
+
+/* The order of the bulk rows after the ceiling. */
+static const char *const BULK_ORDER[] = {"engine-c", "engine-lua", "engine+policy", "cli",
+                                         "per-row"};
+
 static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
   table *t = table_new("bulk_trigger: envelope + N messages + N jobs, one transaction",
                        "N|contender|reps|median ms|p95 ms|recipients/s|ceiling/contender|round trips|client CPU ms",
@@ -616,15 +762,14 @@ static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
   for (int s = 0; s < nsum; s++) {
     const bulk_summary *x = &sum[s];
     int ci = x->ceiling_index;
-    /* Order: ceiling, engine, per-row. */
-    int order[3] = {ci, -1, -1};
-    for (int i = 0; i < b->nbulk; i++) {
-      if (b->bulk[i].role == ROLE_ENGINE) order[1] = i;
-      if (b->bulk[i].role == ROLE_PER_ROW) order[2] = i;
+    int order[8], no = 0;
+    order[no++] = ci;
+    for (size_t k = 0; k < sizeof BULK_ORDER / sizeof BULK_ORDER[0]; k++) {
+      int i = find_contender(b->bulk, b->nbulk, BULK_ORDER[k]);
+      if (i >= 0) order[no++] = i;
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < no; k++) {
       int i = order[k];
-      if (i < 0) continue;
       char nn[16], name[64], reps[16], med[16], p95[16], rps[32], rt[24], ratio[16], cpu[16];
       bench_fmt_int(nn, sizeof nn, (double)x->n);
       if (k == 0) snprintf(name, sizeof name, "ceiling (%s)", b->bulk[i].name);
@@ -633,17 +778,25 @@ static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
       fmt_ms(med, sizeof med, x->median[i]);
       fmt_ms(p95, sizeof p95, x->p95[i]);
       bench_fmt_int(rps, sizeof rps, (double)x->n / (x->median[i] / 1000.0));
-      bench_fmt_int(rt, sizeof rt, x->rt[i]);
+      fmt_rt(rt, sizeof rt, x->rt[i]);
       snprintf(ratio, sizeof ratio, "%.2f", x->median[ci] / x->median[i]);
       fmt_ms(cpu, sizeof cpu, x->cpu[i]);
       table_row(t, k == 0 ? nn : "", name, reps, med, p95, rps, ratio, rt, cpu);
     }
   }
-  table_note(t, "ceiling/contender = ceiling median / contender median: 1.00 is equal, "
-                "the engine's target is > 0.85.  The ceiling is the fastest hand-written "
-                "shape at that N (next table).  round trips: client waits for the server per "
-                "call.  client CPU: this process's CPU time per call (median), the rest of "
-                "the latency is the server and the wait for it.");
+  table_note(t, "ceiling/contender = ceiling median / contender median: 1.00 is equal.  The "
+                "ceiling is the fastest hand-written shape at that N (next table).  engine-c: "
+                "cl_bulk_trigger, no hooks.  engine-lua: engine:bulk_trigger through "
+                "build/lua5.4/cairnloop.so in a Lua 5.4 state of this process (the ids list is "
+                "built before the clock, the result table inside it).  engine+policy: engine-c "
+                "with lua/cairnloop/table_auditor.lua and metrics.lua loaded by cl_load_policy "
+                "(one audit row per bulk, the metrics handler on every event, 2N+2 of them).  "
+                "cli: one `cairnloop bulk --ids-file F` process per call, its text output read "
+                "to the end: process start-up, connecting and printing included; its client "
+                "CPU is the process's own user + system time plus this one's spawning and "
+                "reading it.  round trips: client waits for the "
+                "server per call (- : not counted outside this process).  client CPU: CPU time "
+                "per call (median); the rest of the latency is the server and the wait for it.");
 
   /* Every ceiling shape, so the winner is visible. */
   char cols[256] = "N";
@@ -664,7 +817,7 @@ static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
     const char *row[MAX_COLS] = {0};
     bench_fmt_int(cell[0], sizeof cell[0], (double)sum[s].n);
     row[0] = cell[0];
-    for (int k = 0; k < ns; k++) {
+    for (int k = 0; k < ns && k + 2 < MAX_COLS; k++) {
       char a[16], p[16];
       fmt_ms(a, sizeof a, sum[s].median[shapes[k]]);
       fmt_ms(p, sizeof p, sum[s].p95[shapes[k]]);
@@ -683,6 +836,38 @@ static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
     strncat(note, line, sizeof note - strlen(note) - 1);
   }
   table_note(u, "%s", note);
+
+  /* Targets: ratios to the ceiling at every N, and the speed-up over the
+   * per-row shape at N = 1,000. */
+  static const struct {
+    const char *name, *label;
+    double min;
+  } want[] = {{"engine-c", "bulk via the C API", 0.85},
+              {"engine-lua", "bulk via the Lua module", 0.85},
+              {"engine+policy", "bulk with the ready-made policy", 0.75}};
+  for (size_t w = 0; w < sizeof want / sizeof want[0]; w++) {
+    int i = find_contender(b->bulk, b->nbulk, want[w].name);
+    if (i < 0) continue;
+    for (int s = 0; s < nsum; s++) {
+      char what[128], nn[16], got[64];
+      bench_fmt_int(nn, sizeof nn, (double)sum[s].n);
+      double ratio = sum[s].median[sum[s].ceiling_index] / sum[s].median[i];
+      snprintf(what, sizeof what, "%s, N = %s: ceiling/engine >= %.2f", want[w].label, nn,
+               want[w].min);
+      snprintf(got, sizeof got, "%.2f", ratio);
+      bench_target(what, got, ratio >= want[w].min);
+    }
+  }
+  int e = find_contender(b->bulk, b->nbulk, "engine-c");
+  int pr = find_contender(b->bulk, b->nbulk, "per-row");
+  for (int s = 0; s < nsum; s++)
+    if (sum[s].n == 1000 && e >= 0 && pr >= 0) {
+      double x = sum[s].median[pr] / sum[s].median[e];
+      double cx = sum[s].median[pr] / sum[s].median[sum[s].ceiling_index];
+      char got[64];
+      snprintf(got, sizeof got, "%.1fx (ceiling: %.1fx)", x, cx);
+      bench_target("bulk via the C API, N = 1,000: >= 8x the per-row shape", got, x >= 8);
+    }
 }
 
 static void report_trigger(const bench_ctx *b, size_t reps) {
@@ -693,9 +878,13 @@ static void report_trigger(const bench_ctx *b, size_t reps) {
   double cmed = percentile(b->trig[ci].ms, b->trig[ci].nms, 50);
   int order[MAX_CONTENDERS], no = 0;
   order[no++] = ci;
-  for (int r = ROLE_ENGINE; r >= ROLE_SHAPE; r--)
-    for (int i = 0; i < b->ntrig; i++)
-      if (i != ci && b->trig[i].role == (role)r) order[no++] = i;
+  static const char *const first[] = {"engine-c", "engine-lua", "per-row-1"};
+  for (size_t k = 0; k < sizeof first / sizeof first[0]; k++) {
+    int i = find_contender(b->trig, b->ntrig, first[k]);
+    if (i >= 0 && i != ci) order[no++] = i;
+  }
+  for (int i = 0; i < b->ntrig; i++)
+    if (i != ci && b->trig[i].role == ROLE_SHAPE) order[no++] = i;
   for (int k = 0; k < no; k++) {
     const contender *c = &b->trig[order[k]];
     double p50 = percentile(c->ms, c->nms, 50), p99 = percentile(c->ms, c->nms, 99);
@@ -708,10 +897,16 @@ static void report_trigger(const bench_ctx *b, size_t reps) {
     fmt_ms(p, sizeof p, p99);
     bench_fmt_int(o50, sizeof o50, 1000.0 / p50);
     bench_fmt_int(o99, sizeof o99, 1000.0 / p99);
-    snprintf(rt, sizeof rt, "%.0f", c->rt_per_call);
+    fmt_rt(rt, sizeof rt, c->rt_per_call);
     snprintf(ratio, sizeof ratio, "%.2f", cmed / p50);
     fmt_ms(cpu, sizeof cpu, percentile(c->cpu, c->nms, 50));
     table_row(t, name, rs, a, p, o50, o99, ratio, rt, cpu);
+    if (c->role == ROLE_ENGINE) {
+      char got[64], cm[16];
+      fmt_ms(cm, sizeof cm, cmed);
+      snprintf(got, sizeof got, "%.2f (p50 %s vs %s ms)", cmed / p50, a, cm);
+      bench_target("trigger via the C API: ceiling/engine >= 0.85 (p50)", got, cmed / p50 >= 0.85);
+    }
   }
   char note[1024] = "";
   for (size_t i = 0; i < bench_trigger_shapes_count; i++) {
@@ -720,7 +915,96 @@ static void report_trigger(const bench_ctx *b, size_t reps) {
              bench_trigger_shapes[i].what);
     strncat(note, line, sizeof note - strlen(note) - 1);
   }
-  table_note(t, "One caller, one connection: ops/s is 1000 / latency.  %s", note);
+  table_note(t, "One caller, one connection: ops/s is 1000 / latency.  engine-lua: engine:trigger "
+                "through the Lua module.  %s", note);
+}
+
+/* Triggers with policy hooks against the same engine without any. */
+static void report_hooks(const bench_ctx *b, size_t reps) {
+  table *t = table_new("trigger with policy hooks (Lua, loaded by cl_load_policy) against no hooks",
+                       "contender|reps|p50 ms|p99 ms|ops/s at p50|hooked/no hooks p50|hooked/no hooks p99|target|round trips|client CPU ms",
+                       "lrrrrrrrrr");
+  int base = find_contender(b->trig, b->ntrig, "engine-c");
+  if (base < 0) return;
+  double b50 = percentile(b->trig[base].ms, b->trig[base].nms, 50);
+  double b99 = percentile(b->trig[base].ms, b->trig[base].nms, 99);
+  static const struct {
+    const char *name, *label;
+    double max;
+  } rows[] = {{"engine-c", "no hooks (engine-c)", 0},
+              {"engine+policy", "(a) table auditor + metrics handler", 1.3},
+              {"engine+noop", "(b) no-op auditor + no-op handler", 1.05},
+              {"engine+auditor", "    table auditor alone", 0},
+              {"engine+c-auditor", "    a C auditor that accepts at once", 0}};
+  for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+    int i = find_contender(b->trig, b->ntrig, rows[k].name);
+    if (i < 0) continue;
+    const contender *c = &b->trig[i];
+    double p50 = percentile(c->ms, c->nms, 50), p99 = percentile(c->ms, c->nms, 99);
+    char rs[16], a[16], p[16], o50[24], r50[16], r99[16], tg[16], rt[16], cpu[16];
+    snprintf(rs, sizeof rs, "%zu", reps);
+    fmt_ms(a, sizeof a, p50);
+    fmt_ms(p, sizeof p, p99);
+    bench_fmt_int(o50, sizeof o50, 1000.0 / p50);
+    snprintf(r50, sizeof r50, "%.2fx", p50 / b50);
+    snprintf(r99, sizeof r99, "%.2fx", p99 / b99);
+    tg[0] = '\0';
+    if (rows[k].max > 0) snprintf(tg, sizeof tg, "<= %.2fx", rows[k].max);
+    fmt_rt(rt, sizeof rt, c->rt_per_call);
+    fmt_ms(cpu, sizeof cpu, percentile(c->cpu, c->nms, 50));
+    table_row(t, rows[k].label, rs, a, p, o50, r50, r99, tg, rt, cpu);
+    if (rows[k].max > 0) {
+      char what[128], got[64];
+      snprintf(what, sizeof what, "trigger with %s: <= %.2fx no hooks (p50)", rows[k].label + 4,
+               rows[k].max);
+      snprintf(got, sizeof got, "%.2fx (p50 %s vs %.3f ms)", p50 / b50, a, b50);
+      bench_target(what, got, p50 / b50 <= rows[k].max);
+    }
+  }
+  table_note(t, "Same run, same rounds as the trigger table (interleaved in random order).  "
+                "(a): lua/cairnloop/table_auditor.lua (one INSERT ... RETURNING through tx:exec "
+                "inside the trigger's transaction, its row returned as the audit) and "
+                "lua/cairnloop/metrics.lua (one handler on the bounded-metrics events: start and "
+                "stop per trigger).  (b): bench/noop_policy.lua, an auditor that returns nothing "
+                "and a handler that returns at once, on the same events.  With any auditor the "
+                "engine sends its statement in pipeline mode, calls the auditor while the server "
+                "runs it, then commits with the Sync that follows (the protocol's implicit "
+                "transaction); each tx:exec adds a round trip.  Without one the statement "
+                "commits on its own.  The last two rows "
+                "split the cost (no target): lua/cairnloop/table_auditor.lua without the "
+                "metrics handler, and a no-op auditor written in C (no Lua at all).");
+}
+
+/* ------------------------------------------------------------------ */
+/* Targets                                                              */
+/* ------------------------------------------------------------------ */
+
+#define MAX_TARGETS 32
+
+static struct {
+  char *what, *measured;
+  bool pass;
+} targets[MAX_TARGETS];
+static int ntargets;
+
+void bench_target(const char *what, const char *measured, bool pass) {
+  if (ntargets == MAX_TARGETS) return;
+  targets[ntargets].what = strdup(what);
+  targets[ntargets].measured = strdup(measured);
+  targets[ntargets].pass = pass;
+  ntargets++;
+}
+
+static void report_targets(void) {
+  table *t = table_new("targets (this run)", "target|measured|result", "lrl");
+  int met = 0;
+  for (int i = 0; i < ntargets; i++) {
+    table_row(t, targets[i].what, targets[i].measured, targets[i].pass ? "pass" : "MISS");
+    met += targets[i].pass;
+  }
+  table_note(t, "%d of %d targets met.  Ratios to the ceiling are its median over the "
+                "contender's, from the same interleaved rounds.",
+             met, ntargets);
 }
 
 /* ------------------------------------------------------------------ */
@@ -730,28 +1014,38 @@ static void report_trigger(const bench_ctx *b, size_t reps) {
 static void usage(void) {
   fprintf(stderr,
           "usage: cl_bench [--out FILE.md] [--explain FILE] [--quick] [--n 25|1000|10000]...\n"
-          "  --quick  few repetitions: a smoke run of the same code paths\n"
-          "  --n N    run only the bulk phase(s) named (repeatable)\n"
+          "                [--cli PATH] [--lua-cpath PATTERN] [--lua-dir DIR] [--bench-dir DIR]\n"
+          "                [--no-delivery | --delivery-only]\n"
+          "  --quick        few repetitions: a smoke run of the same code paths\n"
+          "  --n N          run only the bulk phase(s) named (repeatable)\n"
+          "  --cli          the cairnloop command (default build/cairnloop)\n"
+          "  --lua-cpath    package.cpath entry of the Lua 5.4 module (default\n"
+          "                 build/lua5.4/?.so)\n"
+          "  --lua-dir      the ready-made policies (default lua/cairnloop)\n"
+          "  --bench-dir    the bench's policy files (default bench)\n"
+          "  --no-delivery  skip the `cairnloop work` phase\n"
+          "  --delivery-only  run only the `cairnloop work` phase\n"
           "  Needs CAIRNLOOP_PG_URL_BASE (a libpq URI without a database, as\n"
-          "  bench/pg.sh run exports); creates and drops the database " DBNAME ".\n");
-}
-
-static char *conninfo_for(const char *base, const char *db) {
-  size_t n = strlen(base) + strlen(db) + 16;
-  char *s = malloc(n);
-  snprintf(s, n, "%s%sdbname=%s", base, strchr(base, '?') ? "&" : "?", db);
-  return s;
+          "  bench/pg.sh run exports); creates and drops the databases " DBNAME " and\n"
+          "  cl_bench_work.\n");
 }
 
 int main(int argc, char **argv) {
   const char *out_path = NULL, *explain_path = NULL;
-  bool quick = false;
+  bool quick = false, delivery = true, delivery_only = false;
   size_t only_n[3] = {0};
   int nonly = 0;
+  bench_paths paths = {"build/cairnloop", "build/lua5.4/?.so", "lua/cairnloop", "bench"};
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_path = argv[++i];
     else if (strcmp(argv[i], "--explain") == 0 && i + 1 < argc) explain_path = argv[++i];
     else if (strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (strcmp(argv[i], "--no-delivery") == 0) delivery = false;
+    else if (strcmp(argv[i], "--delivery-only") == 0) delivery_only = true;
+    else if (strcmp(argv[i], "--cli") == 0 && i + 1 < argc) paths.cli = argv[++i];
+    else if (strcmp(argv[i], "--lua-cpath") == 0 && i + 1 < argc) paths.lua_cpath = argv[++i];
+    else if (strcmp(argv[i], "--lua-dir") == 0 && i + 1 < argc) paths.lua_dir = argv[++i];
+    else if (strcmp(argv[i], "--bench-dir") == 0 && i + 1 < argc) paths.bench_dir = argv[++i];
     else if (strcmp(argv[i], "--n") == 0 && i + 1 < argc && nonly < 3)
       only_n[nonly++] = (size_t)strtoul(argv[++i], NULL, 10);
     else {
@@ -766,15 +1060,16 @@ int main(int argc, char **argv) {
   }
   double t_start = bench_now_ms();
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (delivery_only) {
+    /* For work on the queue: the delivery table alone, quickly. */
+    bool ok = bench_worker_report(base, &paths, quick);
+    print_text(stdout);
+    return ok ? 0 : 1;
+  }
 
   /* The database: created fresh, migrated once by the engine, seeded. */
-  char *admin_info = conninfo_for(base, "postgres");
-  PGconn *admin = connect_or_die(admin_info);
-  exec_or_die(admin, "DROP DATABASE IF EXISTS " DBNAME);
-  exec_or_die(admin, "CREATE DATABASE " DBNAME);
-  PQfinish(admin);
-  free(admin_info);
-  char *conninfo = conninfo_for(base, DBNAME);
+  bench_create_database(base, DBNAME);
+  char *conninfo = bench_conninfo(base, DBNAME);
 
   cl_config cfg;
   cl_config_init(&cfg);
@@ -794,49 +1089,7 @@ int main(int argc, char **argv) {
   bench_ctx b = {0};
   b.cap = MAX_N;
   b.admin = connect_or_die(conninfo);
-  /* Conversations, plus a history of messages and completed jobs: a
-   * production database is never empty, and the foreign-key checks each
-   * session plans (and caches) on its first insert must see tables of a
-   * realistic size, or they pick sequential scans that stay cached while
-   * the tables grow. */
-  char seed[1024];
-  snprintf(seed, sizeof seed,
-           "INSERT INTO " SCHEMA ".cairnloop_conversations (subject, customer_ref)"
-           " SELECT 'Conversation ' || g, 'customer-' || g FROM generate_series(1, %d) g",
-           CONVERSATIONS);
-  exec_or_die(b.admin, seed);
-  snprintf(seed, sizeof seed,
-           "INSERT INTO " SCHEMA ".cairnloop_messages (conversation_id, content, role, metadata)"
-           " SELECT c.id, 'History message ' || k, CASE WHEN k %% 2 = 0 THEN 'customer'"
-           "        ELSE 'agent' END, '{}'::jsonb"
-           " FROM " SCHEMA ".cairnloop_conversations c, generate_series(1, %d) k",
-           HISTORY_PER_CONVERSATION);
-  exec_or_die(b.admin, seed);
-  exec_or_die(b.admin,
-              "INSERT INTO " SCHEMA ".cairnloop_delivery_jobs (message_id, conversation_id,"
-              "       template_id, args, state, attempt, completed_at)"
-              " SELECT m.id, m.conversation_id, 'history', jsonb_build_object('message_id', m.id,"
-              "        'conversation_id', m.conversation_id, 'template_id', 'history',"
-              "        'bulk_envelope_id', NULL), 'completed', 1, now()"
-              " FROM (SELECT DISTINCT ON (conversation_id) id, conversation_id"
-              "       FROM " SCHEMA ".cairnloop_messages ORDER BY conversation_id, id) m");
-  exec_or_die(b.admin,
-              "INSERT INTO " SCHEMA ".cairnloop_outbound_bulk_envelopes (id, template_id,"
-              "       rendered_body, recipient_conversation_ids, count, effective_cap,"
-              "       requested_at, status, refused_reason, inserted_at, updated_at)"
-              " SELECT gen_random_uuid(), 'history-' || k, 'History body ' || k,"
-              "        ARRAY(SELECT (k * 25 + i) % " STR(CONVERSATIONS) " + 1"
-              "              FROM generate_series(0, 24) i), 25, 25,"
-              "        now() - make_interval(mins => k), CASE WHEN k % 10 = 0"
-              "        THEN 'refused_cap_exceeded' ELSE 'submitted' END,"
-              "        CASE WHEN k % 10 = 0 THEN 'batch_size 26 exceeds cap 25' END, now(), now()"
-              " FROM generate_series(1, " STR(HISTORY_ENVELOPES) ") k");
-  exec_or_die(b.admin, "VACUUM ANALYZE");
-  PGresult *r = PQexec(b.admin, "SELECT id FROM " SCHEMA ".cairnloop_conversations ORDER BY id");
-  b.npool = (size_t)PQntuples(r);
-  b.pool = malloc(b.npool * sizeof *b.pool);
-  for (size_t i = 0; i < b.npool; i++) b.pool[i] = strtoll(PQgetvalue(r, (int)i, 0), NULL, 10);
-  PQclear(r);
+  b.pool = bench_seed(b.admin, &b.npool);
   b.cohort = malloc(MAX_N * sizeof *b.cohort);
   b.out.message_ids = malloc(MAX_N * sizeof(int64_t));
   b.out.job_ids = malloc(MAX_N * sizeof(int64_t));
@@ -845,8 +1098,8 @@ int main(int argc, char **argv) {
   char machine[1024], server[2048];
   bench_machine(machine, sizeof machine);
   bench_server(b.admin, server, sizeof server);
-  printf("Cairnloop bench: bulk_trigger and trigger against hand-written libpq, durable "
-         "PostgreSQL\n");
+  printf("Cairnloop bench: the engine (C API, Lua module, command line, ready-made policy) "
+         "against hand-written libpq, durable PostgreSQL\n");
   para("%s\n%s\n"
        "data: one database, schema " SCHEMA " migrated by cl_migrate; %d conversations "
        "(%d history messages and one completed job each), %d past envelopes; vacuumed and "
@@ -855,18 +1108,39 @@ int main(int argc, char **argv) {
   print_text(stdout);
   int printed = nsections;
 
+  /* The engine as other users reach it. */
+  lua_host *lh = lua_host_open(&paths, conninfo, SCHEMA, MAX_N);
+  cli_host *ch = cli_host_open(&paths, conninfo, SCHEMA, MAX_N);
+  cl_engine *ready = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "ready");
+  cl_engine *noop = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "noop");
+  cl_engine *auditor = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "auditor");
+  cl_engine *c_noop = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "c-noop");
+  if (!lh || !ch || !ready || !noop || !auditor || !c_noop) return 1;
+
   /* Contenders. */
   for (size_t i = 0; i < bench_bulk_shapes_count; i++) {
     contender *c = &b.bulk[b.nbulk++];
     c->name = bench_bulk_shapes[i].name;
     c->role = strcmp(c->name, "per-row") == 0 ? ROLE_PER_ROW : ROLE_SHAPE;
+    c->cadence = c->role == ROLE_PER_ROW ? PER_ROW_CADENCE : EVERY_ROUND;
     c->sh = shape_open(conninfo, SCHEMA, c->name);
     if (!c->sh) return 1;
     c->ctx = c->sh;
     c->bulk = shape_bulk;
+    c->counts_round_trips = true;
   }
   b.bulk[b.nbulk++] = (contender){.name = "engine-c", .role = ROLE_ENGINE, .bulk = bench_engine_bulk,
-                                  .ctx = eng};
+                                  .ctx = eng, .counts_round_trips = true};
+  b.bulk[b.nbulk++] = (contender){.name = "engine-lua", .role = ROLE_VARIANT, .bulk = lua_host_bulk,
+                                  .prepare = lua_host_prepare, .finish = lua_host_finish,
+                                  .ctx = lh};
+  b.bulk[b.nbulk++] = (contender){.name = "engine+policy", .role = ROLE_VARIANT,
+                                  .bulk = bench_engine_bulk, .ctx = ready,
+                                  .counts_round_trips = true, .audits = true};
+  b.bulk[b.nbulk++] = (contender){.name = "cli", .role = ROLE_VARIANT, .cadence = CLI_CADENCE,
+                                  .bulk = cli_host_bulk, .prepare = cli_host_prepare,
+                                  .finish = cli_host_finish, .child_cpu = cli_host_child_cpu_ms,
+                                  .ctx = ch};
   for (size_t i = 0; i < bench_trigger_shapes_count; i++) {
     contender *c = &b.trig[b.ntrig++];
     c->name = bench_trigger_shapes[i].name;
@@ -875,20 +1149,39 @@ int main(int argc, char **argv) {
     if (!c->sh) return 1;
     c->ctx = c->sh;
     c->trigger = shape_trigger;
+    c->counts_round_trips = true;
   }
   b.trig[b.ntrig++] = (contender){.name = "engine-c", .role = ROLE_ENGINE,
-                                  .trigger = bench_engine_trigger, .ctx = eng};
+                                  .trigger = bench_engine_trigger, .ctx = eng,
+                                  .counts_round_trips = true};
+  b.trig[b.ntrig++] = (contender){.name = "engine-lua", .role = ROLE_VARIANT,
+                                  .trigger = lua_host_trigger, .ctx = lh};
+  b.trig[b.ntrig++] = (contender){.name = "engine+policy", .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger, .ctx = ready,
+                                  .counts_round_trips = true, .audits = true};
+  b.trig[b.ntrig++] = (contender){.name = "engine+noop", .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger, .ctx = noop,
+                                  .counts_round_trips = true};
+  /* Diagnostics that split the hooks' cost: the table auditor without the
+   * metrics handler, and an auditor in C (the transaction without Lua). */
+  b.trig[b.ntrig++] = (contender){.name = "engine+auditor", .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger, .ctx = auditor,
+                                  .counts_round_trips = true, .audits = true};
+  b.trig[b.ntrig++] = (contender){.name = "engine+c-auditor", .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger, .ctx = c_noop,
+                                  .counts_round_trips = true};
 
   verify_all(&b);
-  printf("\nverified: every contender writes the engine's rows (envelope, messages, jobs, JSON)\n");
+  printf("\nverified: every contender writes the engine's rows (envelope, messages, jobs, JSON; "
+         "audit rows where a policy audits)\n");
 
   /* Peak RSS first, while this process is still small. */
-  bench_rss_report(conninfo, SCHEMA, b.pool, b.npool, MAX_N);
+  bench_rss_report(&paths, conninfo, SCHEMA, b.pool, b.npool, MAX_N);
 
   /* Bulk phases. */
   static const struct {
-    size_t n, warmup, reps, quick_reps, per_row_every;
-  } plan[] = {{25, 40, 400, 40, 1}, {1000, 6, 80, 8, 4}, {MAX_N, 2, 20, 3, 5}};
+    size_t n, warmup, reps, quick_reps, per_row_every, cli_every;
+  } plan[] = {{25, 40, 400, 40, 1, 4}, {1000, 6, 80, 8, 4, 2}, {MAX_N, 2, 20, 3, 5, 1}};
   bulk_summary sum[3];
   int nsum = 0;
   for (int p = 0; p < 3; p++) {
@@ -898,12 +1191,21 @@ int main(int argc, char **argv) {
     size_t reps = quick ? plan[p].quick_reps : plan[p].reps;
     size_t warm = quick ? 1 : plan[p].warmup;
     double t0 = bench_now_ms();
-    bulk_phase(&b, plan[p].n, warm, reps, quick ? 1 : plan[p].per_row_every);
+    bulk_phase(&b, plan[p].n, warm, reps, quick ? 1 : plan[p].per_row_every,
+               quick ? 1 : plan[p].cli_every);
     summarize_bulk(&b, plan[p].n, &sum[nsum++]);
     printf("bulk N=%zu: %zu rounds of %d contenders in %.1f s\n", plan[p].n, reps, b.nbulk,
            (bench_now_ms() - t0) / 1000);
   }
   if (nsum) report_bulk(&b, sum, nsum);
+  double cli_start = cli_startup_ms(&paths, quick ? 5 : 30);
+  double conn = connect_ms(conninfo, quick ? 5 : 30);
+  para("cli start-up: `cairnloop --version` takes %.2f ms (median: exec and dynamic linking of "
+       "the command and libpq's dependencies, no database); a new connection (PQconnectdb, "
+       "SELECT 1, PQfinish) %.2f ms.  A `cairnloop bulk` call pays both, then prepares its "
+       "statement on a fresh server backend (cold catalog caches), runs it and prints one "
+       "line per recipient.",
+       cli_start, conn);
 
   size_t treps = quick ? 200 : 2000;
   double t0 = bench_now_ms();
@@ -911,9 +1213,10 @@ int main(int argc, char **argv) {
   printf("trigger: %zu reps x %d contenders in %.1f s\n", treps, b.ntrig,
          (bench_now_ms() - t0) / 1000);
   report_trigger(&b, treps);
+  report_hooks(&b, treps);
 
-  bench_telemetry_report(eng);
-  bench_rss_table();
+  bench_telemetry_report(eng, noop);
+  bench_rss_table(cli_host_peak_rss_kib(ch));
 
   if (explain_path) {
     shape *cte = NULL;
@@ -922,6 +1225,11 @@ int main(int argc, char **argv) {
     bench_explain(eng, cte, b.pool, b.npool, MAX_N, explain_path);
   }
 
+  /* The delivery lane last: its database is separate, its workers are
+   * processes of their own. */
+  bool delivered = !delivery || bench_worker_report(base, &paths, quick);
+
+  report_targets();
   char load[128];
   bench_loadavg(load, sizeof load);
   para("\ntotal run time %.0f s; load average at the end %s", (bench_now_ms() - t_start) / 1000,
@@ -958,6 +1266,12 @@ int main(int argc, char **argv) {
     free(b.trig[i].ms);
     free(b.trig[i].cpu);
   }
+  lua_host_close(lh);
+  cli_host_close(ch);
+  cl_close(ready);
+  cl_close(noop);
+  cl_close(auditor);
+  cl_close(c_noop);
   cl_close(eng);
   PQfinish(b.admin);
   free(conninfo);
@@ -965,10 +1279,11 @@ int main(int argc, char **argv) {
   free(b.cohort);
   free(b.out.message_ids);
   free(b.out.job_ids);
-  return 0;
+  if (!delivered) fprintf(stderr, "bench: the delivery phase failed (see above)\n");
+  return delivered ? 0 : 1;
 }
 
-/* Adds a report section from probes.c. */
+/* Adds a report section from probes.c and worker.c. */
 void bench_para(const char *text) { para("%s", text); }
 
 void *bench_table(const char *title, const char *cols, const char *align) {

@@ -92,14 +92,46 @@ local function escape(v)
   return (v:gsub("\\", "\\\\"):gsub("\n", "\\n"):gsub('"', '\\"'))
 end
 
+-- Label values are enums, so the label strings are few: each is built
+-- once and looked up after that (a handler runs for every recipient).
+local label_cache = {}
+
 local function labels_of(names, metadata)
+  local key
+  for i = 1, #names do
+    local v = metadata[names[i]]
+    if not ENUMS[names[i]][v] then v = "other" end
+    key = key and key .. "\0" .. v or v
+  end
+  local by_names = label_cache[names]
+  if not by_names then
+    by_names = {}
+    label_cache[names] = by_names
+  end
+  local s = by_names[key or ""]
+  if s then return s end
   local parts = {}
   for i, name in ipairs(names) do
     local v = metadata[name]
     if not ENUMS[name][v] then v = "other" end
     parts[i] = name .. '="' .. escape(v) .. '"'
   end
-  return table.concat(parts, ",")
+  s = table.concat(parts, ",")
+  by_names[key or ""] = s
+  return s
+end
+
+-- The rules of an event, by its name list; the engine hands the same
+-- list for the same event, so most lookups skip the concatenation.
+local rules_cache = setmetatable({}, { __mode = "k" })
+
+local function rules_of(event)
+  local rules = rules_cache[event]
+  if rules == nil then
+    rules = RULES[table.concat(event, ".")] or false
+    rules_cache[event] = rules
+  end
+  return rules
 end
 
 -- Counts print as integers, sums as floats (no math.type: LuaJIT hosts too).
@@ -115,7 +147,7 @@ function M.new()
   local c = { events = M.EVENTS }
 
   function c.handler(event, measurements, metadata)
-    local rules = RULES[table.concat(event, ".")]
+    local rules = rules_of(event)
     if not rules then return end
     for _, rule in ipairs(rules) do
       local family, kind = rule[1], rule[3]

@@ -25,6 +25,7 @@ struct cl_rows {
 static const char *stmt_names[CL__STMT__COUNT] = {
     "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing",
     "cl_bulk_tx", "cl_existing", "cl_prior", "cl_envelope_get", "cl_envelopes",
+    "cl_claim", "cl_complete", "cl_no_op", "cl_next_due",
 };
 
 /* Server notices (e.g. "relation already exists, skipping") are noise for a
@@ -36,6 +37,7 @@ static void ignore_notice(void *arg, const char *message) {
 
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err);
+static void txcache_clear(cl__db *db);
 
 static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
@@ -54,6 +56,7 @@ cl_status cl__db_connect(cl__db *db, const char *conninfo, cl_error *err) {
 void cl__db_close(cl__db *db) {
   if (db->conn) PQfinish(db->conn);
   db->conn = NULL;
+  txcache_clear(db);
   free(db->conninfo);
   db->conninfo = NULL;
   for (int i = 0; i < CL__STMT__COUNT; i++) {
@@ -111,6 +114,7 @@ static cl_status ensure_conn(cl__db *db, cl_error *err) {
   if (PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
   PQreset(db->conn);
   db->prepared = 0;
+  txcache_clear(db);
   db->in_tx = false;
   if (PQstatus(db->conn) != CONNECTION_OK) return conn_fail(db, err, "connection lost");
   PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
@@ -340,23 +344,70 @@ cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const
   return CL_OK;
 }
 
-/* Runs ad-hoc SQL inside the open transaction: one flush, one wait, no Sync. */
+static void txcache_name(char *buf, size_t size, int slot) {
+  snprintf(buf, size, "cl_tx_%d", slot);
+}
+
+/* The cache slot of `sql` on this connection, a new one, or -1 when full. */
+static int txcache_slot(cl__db *db, const char *sql, bool *known) {
+  for (int i = 0; i < db->ntxcache; i++)
+    if (strcmp(db->txcache[i].sql, sql) == 0) {
+      *known = db->txcache[i].ready;
+      return i;
+    }
+  *known = false;
+  if (db->ntxcache == (int)(sizeof db->txcache / sizeof db->txcache[0])) return -1;
+  char *copy = strdup(sql);
+  if (!copy) return -1;
+  db->txcache[db->ntxcache].sql = copy;
+  db->txcache[db->ntxcache].ready = false;
+  return db->ntxcache++;
+}
+
+/* Forgets the statements prepared on a connection that is gone. */
+static void txcache_clear(cl__db *db) {
+  for (int i = 0; i < db->ntxcache; i++) free(db->txcache[i].sql);
+  db->ntxcache = 0;
+}
+
+/*
+ * Runs ad-hoc SQL inside the open transaction: one flush, one wait, no
+ * Sync.  The statement is prepared on first use (in the same flush) and
+ * reused by its text afterwards.
+ */
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
   PGconn *c = db->conn;
-  if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) ||
-      !PQsendFlushRequest(c) || PQflush(c) != 0)
-    return conn_fail(db, err, "cannot send");
+  bool known;
+  int slot = txcache_slot(db, sql, &known);
+  char name[32] = "";
+  if (slot >= 0) txcache_name(name, sizeof name, slot);
+  int sent = 1;
+  if (slot >= 0 && !known) sent = PQsendPrepare(c, name, sql, nparams, NULL);
+  if (sent)
+    sent = slot >= 0 ? PQsendQueryPrepared(c, name, nparams, params, NULL, NULL, 0)
+                     : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+  if (!sent || !PQsendFlushRequest(c) || PQflush(c) != 0) return conn_fail(db, err, "cannot send");
   db->round_trips++;
   pipe_collect(db, db->pipe_id);
   cl_status st = CL_OK;
-  PGresult *keep = NULL, *r = PQgetResult(c);
+  PGresult *keep = NULL, *r;
+  if (slot >= 0 && !known) { /* the PREPARE's result: its error is the one to report */
+    r = PQgetResult(c);
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) db->txcache[slot].ready = true;
+    else if (r && PQresultStatus(r) != PGRES_PIPELINE_ABORTED) st = result_fail(db, r, err);
+    PQclear(r);
+    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+  }
+  r = PQgetResult(c);
   if (!r) {
-    st = result_fail(db, NULL, err);
+    if (st == CL_OK) st = result_fail(db, NULL, err);
   } else {
     ExecStatusType s = PQresultStatus(r);
     if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) keep = r;
-    else {
+    else if (st != CL_OK) {
+      PQclear(r);
+    } else {
       st = s == PGRES_PIPELINE_ABORTED
                ? cl__fail(err, CL_DB_ERROR, "transaction aborted: %s",
                           db->pipe_error[0] ? db->pipe_error : "an earlier statement failed")

@@ -28,6 +28,10 @@ typedef enum cl__stmt {
   CL__STMT_PRIOR,
   CL__STMT_ENVELOPE_GET,
   CL__STMT_ENVELOPES,
+  CL__STMT_CLAIM,
+  CL__STMT_COMPLETE,
+  CL__STMT_NO_OP,
+  CL__STMT_NEXT_DUE,
   CL__STMT__COUNT
 } cl__stmt;
 
@@ -46,6 +50,13 @@ typedef struct cl__db {
   cl_status pipe_status;            /* ... or its failure */
   char pipe_error[CL_ERROR_MESSAGE_MAX];
   char pipe_sqlstate[6];
+  /* Auditor statements (tx:exec) prepared on this connection, by SQL text:
+   * an audit INSERT runs every operation, so it is parsed and planned once. */
+  struct {
+    char *sql;
+    bool ready; /* its PREPARE succeeded */
+  } txcache[16];
+  int ntxcache;
   uint64_t round_trips;       /* client waits for the server: one per Sync */
   char sqlstate[6];           /* of the last server error, "" if none */
 } cl__db;

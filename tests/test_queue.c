@@ -782,6 +782,47 @@ static void test_wait__sleeps_until_the_next_scheduled_job(void **state) {
   assert_stats(work(w->eng, 10), 0, 0, 1, 0, 0);
 }
 
+/* Jobs being delivered stand in the same index as the waiting ones: the
+ * wait must look past them, to a due job behind them and to the expiry
+ * of their leases. */
+static void test_wait__sees_a_due_job_behind_jobs_in_flight(void **state) {
+  ct_world *w = *state;
+  int64_t busy = trigger(w->eng, 1, "t", 0), due = trigger(w->eng, 2, "t", 0);
+  ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '1 hour', "
+          "state = 'executing', attempt = 1, attempted_at = now(), lease_owner = 'busy:2:y', "
+          "lease_expires_at = now() + interval '1 hour' WHERE message_id = %" PRId64, S, busy);
+  ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '1 minute' "
+          "WHERE message_id = %" PRId64, S, due);
+  cl__wake why;
+  cl_error err;
+  int64_t t0 = mono_ms();
+  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_int_equal(why, CL__WAKE_DUE);
+  assert_true(mono_ms() - t0 < 1000);
+}
+
+static void test_wait__sleeps_until_a_lease_expires(void **state) {
+  ct_world *w = *state;
+  int64_t busy = trigger(w->eng, 1, "t", 0);
+  trigger(w->eng, 2, "t", 3600);
+  ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
+          "attempted_at = now(), lease_owner = 'gone:1:x', "
+          "lease_expires_at = now() + interval '300 ms' WHERE message_id = %" PRId64, S, busy);
+  cl__wake why;
+  cl_error err;
+  int64_t t0 = mono_ms();
+  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
+  int64_t took = mono_ms() - t0;
+  assert_int_equal(why, CL__WAKE_DUE);
+  assert_true(took >= 250 && took < 2000);
+  /* The expired lease is rescued; the job scheduled an hour ahead waits. */
+  cl__batch b;
+  ct_assert_ok(cl__work_batch(w->eng, 10, NULL, NULL, &b, &err), &err);
+  assert_int_equal(b.claimed, 1);
+  assert_int_equal(b.rescued, 1);
+  assert_job(busy, "concat_ws('|', state, attempt)", "completed|2");
+}
+
 static void test_wait__an_insert_elsewhere_wakes_the_worker(void **state) {
   ct_world *w = *state;
   cl__wake why;
@@ -870,6 +911,8 @@ int main(void) {
       T(test_wait__returns_due_at_once_when_jobs_are_due),
       T(test_wait__times_out_when_nothing_is_pending),
       T(test_wait__sleeps_until_the_next_scheduled_job),
+      T(test_wait__sees_a_due_job_behind_jobs_in_flight),
+      T(test_wait__sleeps_until_a_lease_expires),
       T(test_wait__an_insert_elsewhere_wakes_the_worker),
       T(test_wait__wake_fd_ends_the_wait),
       T(test_wait__resubscribes_after_a_reconnect),

@@ -20,6 +20,7 @@
 #ifndef CAIRNLOOP_H
 #define CAIRNLOOP_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -115,6 +116,9 @@ typedef struct cl_config {
    * claimed job stays leased to its worker before it is rescued (0: 60 s). */
   int max_attempts;
   int lease_seconds;
+  /* Retry backoff after failed attempt n: min(base * 2^n, 1 hour) plus up
+   * to 10% jitter.  0: a base of 1,000 ms (2 s, 4 s, 8 s, ...). */
+  int backoff_base_ms;
 } cl_config;
 
 /* Fills `cfg` with the defaults (all zero/NULL, log level info). */
@@ -427,6 +431,53 @@ typedef struct cl_work_stats {
  * Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
  */
 CL_API cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_error *err);
+
+/* Largest `limit` of one batch: its ids travel as one array parameter and
+ * its rows as one result, both held in memory at once. */
+#define CL_WORK_MAX_LIMIT 10000
+
+/* What one batch did beyond the cl_work_stats counts. */
+typedef struct cl_batch_info {
+  int claimed;  /* jobs claimed (due ones and rescued expired leases) */
+  int rescued;  /* of them, jobs whose previous lease had expired */
+  int released; /* claimed but handed back unstarted (stop, or half the lease spent) */
+  int lost;     /* delivered, but the lease had passed to another worker */
+} cl_batch_info;
+
+/*
+ * cl_work for a long-running worker: `stop` (may be NULL) is read before
+ * each notifier call; once it is set, the jobs of the batch not yet started
+ * are handed back (lease cleared, attempt restored) in the same completing
+ * statement, so another worker takes them at once.  The same happens, flag
+ * or not, once half the lease is spent, so a slow notifier never holds jobs
+ * past their lease.  `stats` and `batch` may be NULL.
+ * Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
+ */
+CL_API cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
+                               cl_work_stats *stats, cl_batch_info *batch, cl_error *err);
+
+/* Why cl_work_wait returned. */
+typedef enum cl_wake {
+  CL_WAKE_DUE,      /* jobs are due now (or a lease expired) */
+  CL_WAKE_NOTIFIED, /* jobs were inserted (NOTIFY) */
+  CL_WAKE_TIMEOUT,  /* max_ms passed, or the next scheduled job came due */
+  CL_WAKE_FD,       /* wake_fd became readable (the caller drains it) */
+  CL_WAKE_SIGNAL    /* a signal interrupted the wait */
+} cl_wake;
+
+/*
+ * The idle worker's sleep, instead of polling the jobs table: subscribes
+ * the session to the schema's job channel (again after any reconnect),
+ * asks when the next scheduled job or lease comes due, and sleeps until
+ * then (at most max_ms, the fallback poll), until jobs are inserted, or
+ * until `wake_fd` (-1: none) is readable.  Subscribing before asking
+ * closes the gap where an insert could be missed.  Returns CL_OK with *why
+ * set, or CL_DB_ERROR when the server is gone (call again later: it
+ * reconnects).  A worker loop is cl_work_batch, then cl_work_wait when the
+ * batch claimed nothing.
+ */
+CL_API cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why,
+                              cl_error *err);
 
 /* ------------------------------------------------------------------ */
 /* Envelope reads                                                       */

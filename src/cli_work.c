@@ -6,10 +6,9 @@
  * due, or the 5 s fallback poll; rides out a database that goes away with
  * capped exponential backoff.  Shows progress on a terminal, periodic
  * counts otherwise, and prints the totals as its result.  Uses the public
- * API plus queue.h (the stoppable batch and the idle wait).
+ * API (cl_work_batch, the stoppable batch, and cl_work_wait, the idle wait).
  */
 #include "cli_common.h"
-#include "queue.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -184,12 +183,12 @@ static void outage(cl_engine *eng, const cl_error *err, int *delay_ms) {
 
 static int run_loop(worker *w, cl_engine *eng, int limit) {
   int delay_ms = 0; /* 0: connected; else the next reconnect delay */
-  cl__wake why = CL__WAKE_TIMEOUT;
+  cl_wake why = CL_WAKE_TIMEOUT;
   cl_error err;
   while (!stop_signal) {
     cl_work_stats s;
-    cl__batch b;
-    cl_status st = cl__work_batch(eng, limit, &stop_signal, &s, &b, &err);
+    cl_batch_info b;
+    cl_status st = cl_work_batch(eng, limit, &stop_signal, &s, &b, &err);
     if (st == CL_DB_ERROR) {
       outage(eng, &err, &delay_ms);
       continue;
@@ -211,17 +210,17 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
     /* Due jobs that could not be claimed are locked by someone else (a
      * claim about to commit, or a session holding row locks): pause
      * instead of asking again in a tight loop. */
-    if (b.claimed == 0 && why == CL__WAKE_DUE) nap(SPIN_PAUSE_MS);
+    if (b.claimed == 0 && why == CL_WAKE_DUE) nap(SPIN_PAUSE_MS);
     /* Going idle: a terminal shows the counts as they now stand. */
     if (w->tty && jobs_of(&w->total) != w->last_report_jobs) progress(w, true);
 
-    st = cl__work_wait(eng, POLL_MS, wake_pipe[0], &why, &err);
+    st = cl_work_wait(eng, POLL_MS, wake_pipe[0], &why, &err);
     if (st == CL_DB_ERROR) {
       outage(eng, &err, &delay_ms);
       continue;
     }
     if (st != CL_OK) return cl__cli_fail_status(st, &err);
-    if (why == CL__WAKE_FD) drain_wake_pipe();
+    if (why == CL_WAKE_FD) drain_wake_pipe();
   }
   return 0;
 }
@@ -234,7 +233,7 @@ static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64
 
 int cl__cli_cmd_work(cli_ctx *ctx) {
   int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0;
-  int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL__WORK_MAX_LIMIT, &limit);
+  int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
   if (rc != 0) return rc;

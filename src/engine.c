@@ -101,10 +101,11 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
       cfg->hook_instruction_limit ? cfg->hook_instruction_limit : CL_DEFAULT_HOOK_INSTRUCTIONS;
   eng->hook_time_limit_ms = cfg->hook_time_limit_ms ? cfg->hook_time_limit_ms : CL_DEFAULT_HOOK_TIME_MS;
   eng->hook_memory_limit = cfg->hook_memory_limit ? cfg->hook_memory_limit : CL_DEFAULT_HOOK_MEMORY;
-  if (cfg->max_attempts < 0 || cfg->lease_seconds < 0)
+  if (cfg->max_attempts < 0 || cfg->lease_seconds < 0 || cfg->backoff_base_ms < 0)
     goto fail_config;
   eng->max_attempts = cfg->max_attempts ? cfg->max_attempts : CL_DEFAULT_MAX_ATTEMPTS;
   eng->lease_seconds = cfg->lease_seconds ? cfg->lease_seconds : CL_DEFAULT_LEASE_SECONDS;
+  eng->backoff_base_ms = cfg->backoff_base_ms ? cfg->backoff_base_ms : CL_DEFAULT_BACKOFF_BASE_MS;
   eng->log = cfg->log ? cfg->log : stderr_log;
   eng->log_ud = cfg->log_ud;
   eng->log_level = cfg->log_level;
@@ -125,7 +126,7 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
 
 fail_config:
   free(eng);
-  return cl__fail(err, CL_INVALID_ARGUMENT, "max_attempts and lease_seconds must not be negative");
+  return cl__fail(err, CL_INVALID_ARGUMENT, "max_attempts, lease_seconds and backoff_base_ms must not be negative");
 }
 
 void cl_close(cl_engine *eng) {

@@ -23,6 +23,7 @@
 #define CL_DEFAULT_MAX_BATCH_SIZE 25
 #define CL_DEFAULT_MAX_ATTEMPTS 20
 #define CL_DEFAULT_LEASE_SECONDS 60
+#define CL_DEFAULT_BACKOFF_BASE_MS 1000
 
 struct cl__policy; /* policy.c: the engine's own Lua 5.4 state */
 
@@ -61,6 +62,7 @@ struct cl_engine {
   /* Delivery settings (cl_config) and this worker's lease owner name. */
   int max_attempts;
   int lease_seconds;
+  int backoff_base_ms;
   char worker_id[96];
 
   cl__telemetry tel;

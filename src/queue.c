@@ -12,7 +12,6 @@
  * idempotency key tells the repeats apart).  Uses db.c, telemetry.c and the
  * engine's notifier.
  */
-#include "queue.h"
 #include "engine.h"
 
 #include <inttypes.h>
@@ -28,6 +27,9 @@
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
+
+/* The longest retry backoff, in seconds. */
+#define CL__BACKOFF_MAX_SECONDS 3600
 
 /*
  * Where the server's time goes: per delivered job it writes the job row
@@ -118,7 +120,7 @@ enum {
 /*
  * $1 the batch's job ids, $2 those whose delivery failed, $3 those handed
  * back unstarted, $4 the failures' reasons as a JSON object keyed by job
- * id, $5 the lease owner.  Every other job was sent: it completes and its
+ * id, $5 the lease owner, $6 the backoff base in seconds.  Every other job was sent: it completes and its
  * message is marked sent.  A failed one marks its message failed, appends
  * {attempt, at, error} to the job's errors and becomes retryable after the
  * backoff, or discarded once attempt reaches max_attempts.  A job handed
@@ -131,7 +133,7 @@ enum {
  * statistics ("no job is executing") the planner may pick a nested loop
  * that rescans the whole array per job, quadratic in the batch.
  *
- * Backoff after failed attempt n: d = min(2^n, 3600) seconds, plus uniform
+ * Backoff after failed attempt n: d = min(base * 2^n, 3600) seconds, plus uniform
  * jitter in [0, d/10): 2 s, 4 s, 8 s ... up to an hour, the jitter keeping
  * jobs that failed together from retrying in lockstep.
  *
@@ -163,7 +165,7 @@ static const char SQL_COMPLETE[] =
     "    completed_at = CASE WHEN " FAILED " OR " RELEASED " THEN NULL ELSE now() END,"
     "    discarded_at = CASE WHEN " FAILED " AND " LAST_TRY " THEN now() END,"
     "    scheduled_at = CASE WHEN " FAILED " AND NOT " LAST_TRY
-    "      THEN now() + make_interval(secs => least(power(2, j.attempt), " STR(CL__BACKOFF_MAX_SECONDS) ")"
+    "      THEN now() + make_interval(secs => least($6::float8 * power(2, j.attempt), " STR(CL__BACKOFF_MAX_SECONDS) ")"
     "                                          * (1 + 0.1 * random()))"
     "      ELSE j.scheduled_at END,"
     "    errors = CASE WHEN " FAILED " THEN j.errors || jsonb_build_array(jsonb_build_object("
@@ -400,15 +402,17 @@ static void outcomes_free(outcomes *o) {
  * (it only touches rows still leased for that attempt).
  */
 static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl_work_stats *stats,
-                          cl__batch *batch, cl_error *err) {
+                          cl_batch_info *batch, cl_error *err) {
   if (!outcomes_close(o)) return cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", o->n);
-  const char *params[] = {o->all.p, o->failed.p, o->released.p, o->reasons.p, eng->worker_id};
+  char p_base[32];
+  snprintf(p_base, sizeof p_base, "%.3f", eng->backoff_base_ms / 1000.0);
+  const char *params[] = {o->all.p, o->failed.p, o->released.p, o->reasons.p, eng->worker_id, p_base};
   int64_t window = (int64_t)eng->lease_seconds * 1000 / 2;
   if (window > 10000) window = 10000;
   int delay = 100, retries = 0;
   for (;;) {
     cl_rows *rows = NULL;
-    cl_status st = exec_q(eng, CL__STMT_COMPLETE, 5, params, &rows, err);
+    cl_status st = exec_q(eng, CL__STMT_COMPLETE, 6, params, &rows, err);
     if (st == CL_OK && retries)
       cl_log(eng, CL_LOG_INFO, "recorded %d delivered jobs after reconnecting", o->n);
     if (st == CL_OK) {
@@ -439,7 +443,7 @@ static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl
 
 /* The batch without a notifier: one statement, then the no_op events. */
 static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_max,
-                            cl_work_stats *stats, cl__batch *batch, cl_error *err) {
+                            cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
   const char *params[] = {p_limit, p_max};
   cl_rows *rows = NULL;
   cl_status st = exec_q(eng, CL__STMT_NO_OP, 2, params, &rows, err);
@@ -457,16 +461,16 @@ static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_m
   return CL_OK;
 }
 
-cl_status cl__work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
-                         cl_work_stats *stats_out, cl__batch *batch, cl_error *err) {
+cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
+                         cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
   cl_work_stats scratch;
   cl_work_stats *stats = stats_out ? stats_out : &scratch;
   memset(stats, 0, sizeof *stats);
   if (batch) memset(batch, 0, sizeof *batch);
   if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "no engine");
-  if (limit < 1 || limit > CL__WORK_MAX_LIMIT)
+  if (limit < 1 || limit > CL_WORK_MAX_LIMIT)
     return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
-                    CL__WORK_MAX_LIMIT, limit);
+                    CL_WORK_MAX_LIMIT, limit);
   if (eng->in_hook)
     return cl__fail(err, CL_INVALID_ARGUMENT, "work called from inside a hook");
   ensure_worker_id(eng);
@@ -549,15 +553,15 @@ cl_status cl__work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t 
 }
 
 cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_error *err) {
-  return cl__work_batch(eng, limit, NULL, stats, NULL, err);
+  return cl_work_batch(eng, limit, NULL, stats, NULL, err);
 }
 
 /* ------------------------------------------------------------------ */
 /* The idle worker's wait                                               */
 /* ------------------------------------------------------------------ */
 
-cl_status cl__work_wait(cl_engine *eng, int max_ms, int wake_fd, cl__wake *why, cl_error *err) {
-  *why = CL__WAKE_TIMEOUT;
+cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl_error *err) {
+  *why = CL_WAKE_TIMEOUT;
   cl__db *db = &eng->db;
   cl_status st = cl__db_ensure(db, err);
   if (st != CL_OK) return st;
@@ -586,7 +590,7 @@ cl_status cl__work_wait(cl_engine *eng, int max_ms, int wake_fd, cl__wake *why, 
     int64_t due = to_i64(v);
     if (due <= 0) {
       cl_rows_free(rows);
-      *why = CL__WAKE_DUE;
+      *why = CL_WAKE_DUE;
       cl__ok(err);
       return CL_OK;
     }
@@ -595,10 +599,10 @@ cl_status cl__work_wait(cl_engine *eng, int max_ms, int wake_fd, cl__wake *why, 
   cl_rows_free(rows);
 
   switch (cl__db_wait(db, (int)wait, wake_fd)) {
-  case CL__DB_WAKE_NOTIFY: *why = CL__WAKE_NOTIFIED; break;
-  case CL__DB_WAKE_FD: *why = CL__WAKE_FD; break;
-  case CL__DB_WAKE_SIGNAL: *why = CL__WAKE_SIGNAL; break;
-  case CL__DB_WAKE_TIMEOUT: *why = wait < max_ms ? CL__WAKE_DUE : CL__WAKE_TIMEOUT; break;
+  case CL__DB_WAKE_NOTIFY: *why = CL_WAKE_NOTIFIED; break;
+  case CL__DB_WAKE_FD: *why = CL_WAKE_FD; break;
+  case CL__DB_WAKE_SIGNAL: *why = CL_WAKE_SIGNAL; break;
+  case CL__DB_WAKE_TIMEOUT: *why = wait < max_ms ? CL_WAKE_DUE : CL_WAKE_TIMEOUT; break;
   case CL__DB_WAKE_LOST:
     return cl__fail(err, CL_DB_ERROR, "connection lost while waiting for jobs");
   }

@@ -8,7 +8,6 @@
  */
 #include "support.h"
 #include "db.h"
-#include "queue.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -439,7 +438,7 @@ static void test_work__rejects_bad_limit(void **state) {
   cl_work_stats st;
   cl_error err;
   ct_assert_error(cl_work(w->eng, 0, &st, &err), &err, CL_INVALID_ARGUMENT, "limit");
-  ct_assert_error(cl_work(w->eng, CL__WORK_MAX_LIMIT + 1, &st, &err), &err, CL_INVALID_ARGUMENT,
+  ct_assert_error(cl_work(w->eng, CL_WORK_MAX_LIMIT + 1, &st, &err), &err, CL_INVALID_ARGUMENT,
                   "limit");
   assert_job(1, "state", "available");
   /* stats and err may be NULL. */
@@ -513,9 +512,9 @@ static void test_work__completion_skips_a_job_whose_lease_was_taken_over(void **
   notifier n = {.during = steal_lease};
   install(w->eng, &n);
   cl_work_stats st;
-  cl__batch b;
+  cl_batch_info b;
   cl_error err;
-  ct_assert_ok(cl__work_batch(w->eng, 10, NULL, &st, &b, &err), &err);
+  ct_assert_ok(cl_work_batch(w->eng, 10, NULL, &st, &b, &err), &err);
   assert_stats(st, 1, 0, 0, 0, 0);
   assert_int_equal(b.claimed, 1);
   assert_int_equal(b.lost, 1);
@@ -586,9 +585,9 @@ static void test_work__stop_flag_releases_jobs_not_yet_started(void **state) {
   notifier n = {.during = set_stop, .ctx = (void *)&stop};
   install(w->eng, &n);
   cl_work_stats st;
-  cl__batch b;
+  cl_batch_info b;
   cl_error err;
-  ct_assert_ok(cl__work_batch(w->eng, 10, &stop, &st, &b, &err), &err);
+  ct_assert_ok(cl_work_batch(w->eng, 10, &stop, &st, &b, &err), &err);
   assert_stats(st, 1, 0, 0, 0, 0);
   assert_int_equal(b.claimed, 3);
   assert_int_equal(b.released, 2);
@@ -631,9 +630,9 @@ static void test_work__hands_back_the_rest_once_half_the_lease_is_spent(void **s
   notifier n = {.during = take_300_ms};
   install(w->eng, &n);
   cl_work_stats st;
-  cl__batch b;
+  cl_batch_info b;
   cl_error err;
-  ct_assert_ok(cl__work_batch(w->eng, 10, NULL, &st, &b, &err), &err);
+  ct_assert_ok(cl_work_batch(w->eng, 10, NULL, &st, &b, &err), &err);
   /* 300 ms, 600 ms: past the 500 ms half-lease, the other three go back. */
   assert_stats(st, 2, 0, 0, 0, 0);
   assert_int_equal(b.released, 3);
@@ -749,21 +748,21 @@ static void test_work__notifier_is_released_on_replace_and_close(void **state) {
 static void test_wait__returns_due_at_once_when_jobs_are_due(void **state) {
   ct_world *w = *state;
   trigger(w->eng, 1, "t", 0);
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_DUE);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_DUE);
   assert_true(mono_ms() - t0 < 1000);
 }
 
 static void test_wait__times_out_when_nothing_is_pending(void **state) {
   ct_world *w = *state;
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 200, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_TIMEOUT);
+  ct_assert_ok(cl_work_wait(w->eng, 200, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_TIMEOUT);
   assert_true(mono_ms() - t0 >= 190);
 }
 
@@ -772,12 +771,12 @@ static void test_wait__sleeps_until_the_next_scheduled_job(void **state) {
   int64_t mid = trigger(w->eng, 1, "t", 3600);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() + interval '300 ms' "
           "WHERE message_id = %" PRId64, S, mid);
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
   int64_t took = mono_ms() - t0;
-  assert_int_equal(why, CL__WAKE_DUE);
+  assert_int_equal(why, CL_WAKE_DUE);
   assert_true(took >= 250 && took < 2000);
   assert_stats(work(w->eng, 10), 0, 0, 1, 0, 0);
 }
@@ -793,11 +792,11 @@ static void test_wait__sees_a_due_job_behind_jobs_in_flight(void **state) {
           "lease_expires_at = now() + interval '1 hour' WHERE message_id = %" PRId64, S, busy);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '1 minute' "
           "WHERE message_id = %" PRId64, S, due);
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_DUE);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_DUE);
   assert_true(mono_ms() - t0 < 1000);
 }
 
@@ -808,16 +807,16 @@ static void test_wait__sleeps_until_a_lease_expires(void **state) {
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
           "attempted_at = now(), lease_owner = 'gone:1:x', "
           "lease_expires_at = now() + interval '300 ms' WHERE message_id = %" PRId64, S, busy);
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
   int64_t took = mono_ms() - t0;
-  assert_int_equal(why, CL__WAKE_DUE);
+  assert_int_equal(why, CL_WAKE_DUE);
   assert_true(took >= 250 && took < 2000);
   /* The expired lease is rescued; the job scheduled an hour ahead waits. */
-  cl__batch b;
-  ct_assert_ok(cl__work_batch(w->eng, 10, NULL, NULL, &b, &err), &err);
+  cl_batch_info b;
+  ct_assert_ok(cl_work_batch(w->eng, 10, NULL, NULL, &b, &err), &err);
   assert_int_equal(b.claimed, 1);
   assert_int_equal(b.rescued, 1);
   assert_job(busy, "concat_ws('|', state, attempt)", "completed|2");
@@ -825,18 +824,18 @@ static void test_wait__sleeps_until_a_lease_expires(void **state) {
 
 static void test_wait__an_insert_elsewhere_wakes_the_worker(void **state) {
   ct_world *w = *state;
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   /* The first wait subscribes (and times out at once). */
-  ct_assert_ok(cl__work_wait(w->eng, 0, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_TIMEOUT);
+  ct_assert_ok(cl_work_wait(w->eng, 0, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_TIMEOUT);
   /* Another process inserts a job (scheduled far ahead, so only the
    * notification can end the wait early). */
   ct_world *other = ct_world_new(10, NULL);
   trigger(other->eng, 2, "t", 3600);
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_NOTIFIED);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_NOTIFIED);
   assert_true(mono_ms() - t0 < 1000);
   /* Another schema's inserts do not wake it. */
   cl_config cfg;
@@ -844,8 +843,8 @@ static void test_wait__an_insert_elsewhere_wakes_the_worker(void **state) {
   cfg.schema = "cl_queue_other";
   ct_world *elsewhere = ct_world_new(2, &cfg);
   trigger(elsewhere->eng, 1, "t", 0);
-  ct_assert_ok(cl__work_wait(w->eng, 300, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_TIMEOUT);
+  ct_assert_ok(cl_work_wait(w->eng, 300, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_TIMEOUT);
   ct_world_free(elsewhere);
   ct_world_free(other);
 }
@@ -855,11 +854,11 @@ static void test_wait__wake_fd_ends_the_wait(void **state) {
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   assert_int_equal(write(fds[1], "x", 1), 1);
-  cl__wake why;
+  cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
-  ct_assert_ok(cl__work_wait(w->eng, 5000, fds[0], &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_FD);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, fds[0], &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_FD);
   assert_true(mono_ms() - t0 < 1000);
   close(fds[0]);
   close(fds[1]);
@@ -867,20 +866,20 @@ static void test_wait__wake_fd_ends_the_wait(void **state) {
 
 static void test_wait__resubscribes_after_a_reconnect(void **state) {
   ct_world *w = *state;
-  cl__wake why;
+  cl_wake why;
   cl_error err;
-  ct_assert_ok(cl__work_wait(w->eng, 0, -1, &why, &err), &err);
+  ct_assert_ok(cl_work_wait(w->eng, 0, -1, &why, &err), &err);
   /* Kill the engine's session from outside, as a server restart would. */
   ct_exec("SELECT pg_terminate_backend(%d)", PQbackendPID(cl__db_conn(w->eng)));
   /* The wait notices the loss (or the next statement does) ... */
-  cl_status st = cl__work_wait(w->eng, 200, -1, &why, &err);
-  if (st == CL_OK) st = cl__work_wait(w->eng, 200, -1, &why, &err);
+  cl_status st = cl_work_wait(w->eng, 200, -1, &why, &err);
+  if (st == CL_OK) st = cl_work_wait(w->eng, 200, -1, &why, &err);
   /* ... and the following one reconnects and listens again. */
-  ct_assert_ok(cl__work_wait(w->eng, 0, -1, &why, &err), &err);
+  ct_assert_ok(cl_work_wait(w->eng, 0, -1, &why, &err), &err);
   ct_world *other = ct_world_new(10, NULL);
   trigger(other->eng, 2, "t", 3600);
-  ct_assert_ok(cl__work_wait(w->eng, 5000, -1, &why, &err), &err);
-  assert_int_equal(why, CL__WAKE_NOTIFIED);
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_int_equal(why, CL_WAKE_NOTIFIED);
   ct_world_free(other);
 }
 

@@ -85,6 +85,21 @@ cl_status cl__fail(cl_error *err, cl_status code, const char *fmt, ...)
 /* Clears `err` to CL_OK with an empty message. */
 void cl__ok(cl_error *err);
 
+/*
+ * The entry guard of every public function that takes an engine: a NULL
+ * engine is CL_INVALID_ARGUMENT, and a call from inside one of the
+ * engine's own hooks (which would run in, or around, the transaction in
+ * progress) is CL_HOOK_ERROR, naming the function.  Functions a hook may
+ * call (cl_tx_exec, cl_log, cl_detach, the plain reads of the
+ * configuration) check only for NULL.
+ */
+cl_status cl__enter(const cl_engine *eng, const char *fn, cl_error *err);
+#define CL__ENTER(eng, err)                                  \
+  do {                                                       \
+    cl_status cl__entry_ = cl__enter((eng), __func__, (err)); \
+    if (cl__entry_ != CL_OK) return cl__entry_;              \
+  } while (0)
+
 void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap);
 
 /* Frees the policy state (policy.c). NULL-safe. */

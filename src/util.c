@@ -33,6 +33,13 @@ int cl_status_exit_code(cl_status status) {
   return status_exits[status];
 }
 
+cl_status cl__enter(const cl_engine *eng, const char *fn, cl_error *err) {
+  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "%s: no engine (NULL)", fn);
+  if (eng->in_hook)
+    return cl__fail(err, CL_HOOK_ERROR, "%s called from inside a hook of the same engine", fn);
+  return CL_OK;
+}
+
 cl_status cl__fail(cl_error *err, cl_status code, const char *fmt, ...) {
   if (err) {
     va_list ap;

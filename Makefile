@@ -33,15 +33,19 @@ ifneq ($(SANITIZE),)
   OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   SAN_LDFLAGS := -fsanitize=address,undefined
 endif
-CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fvisibility=hidden \
-              -Iinclude -Isrc -I$(BUILD)/gen $(PKG_CFLAGS) $(CFLAGS)
+# -MMD: each object records the headers it included (build/**/*.d, read
+# below), so an edited header rebuilds exactly what uses it.
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fvisibility=hidden -MMD -MP
+CFLAGS_ALL := $(CFLAGS_BASE) -Iinclude -Isrc -I$(BUILD)/gen $(PKG_CFLAGS) $(CFLAGS)
+# The command is a host like any other: it sees only the public header.
+CLI_CFLAGS := $(CFLAGS_BASE) -Iinclude $(shell pkg-config --cflags lua5.4 jansson 2>/dev/null) $(CFLAGS)
 LDFLAGS_ALL := $(SAN_LDFLAGS) $(LDFLAGS)
 
-# The engine library: everything in src/ but the command and the module.
-LIB_SRCS := $(filter-out src/cli%.c src/lua_module.c,$(wildcard src/*.c))
+# The engine library: everything in src/ but the host Lua module.
+LIB_SRCS := $(filter-out src/lua_module.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/migrations_gen.o
-CLI_SRCS := $(wildcard src/cli*.c)
-CLI_OBJS := $(CLI_SRCS:src/%.c=$(BUILD)/obj/%.o)
+CLI_SRCS := $(wildcard cli/*.c)
+CLI_OBJS := $(CLI_SRCS:cli/%.c=$(BUILD)/obj/cli/%.o)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
@@ -63,9 +67,13 @@ all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 deps:
 	@tools/deps.sh
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/cairnloop.h | $(BUILD)/gen/migrations_gen.c
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/gen/migrations_gen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/obj/cli/%.o: cli/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CLI_CFLAGS) -c $< -o $@
 
 # Migrations are compiled into the library, so an installed engine needs no
 # data files to migrate a database.
@@ -86,9 +94,10 @@ $(BUILD)/prefix.stamp: FORCE
 	@echo '$(PREFIX)' | cmp -s - $@ || echo '$(PREFIX)' > $@
 FORCE:
 
-$(BUILD)/obj/policy.o $(BUILD)/obj/cli_run.o: Makefile $(BUILD)/prefix.stamp
-$(BUILD)/obj/policy.o $(BUILD)/obj/cli_run.o: CFLAGS_ALL += -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' \
-    -DCL_LUA_INSTALL_DIR='"$(PREFIX)/share/lua/5.4"'
+LUA_DIRS := -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' -DCL_LUA_INSTALL_DIR='"$(PREFIX)/share/lua/5.4"'
+$(BUILD)/obj/policy.o $(BUILD)/obj/cli/run.o: Makefile $(BUILD)/prefix.stamp
+$(BUILD)/obj/policy.o: CFLAGS_ALL += $(LUA_DIRS)
+$(BUILD)/obj/cli/run.o: CLI_CFLAGS += $(LUA_DIRS)
 
 # The engine and a private Lua 5.4 in one relocatable object whose lua_*
 # symbols are local: policy scripts always run on Lua 5.4, and the
@@ -131,7 +140,7 @@ $(LUA_MOD): $(BUILD)/obj/lua_module.o $(ENGINE_OBJ) src/lua_module.map
 	$(CC) -shared -o $@ $(BUILD)/obj/lua_module.o $(ENGINE_OBJ) \
 	    -Wl,--version-script=src/lua_module.map $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
 
-$(BUILD)/obj/lua_module_jit.o: src/lua_module.c $(wildcard src/*.h) include/cairnloop.h
+$(BUILD)/obj/lua_module_jit.o: src/lua_module.c
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -I/usr/include/lua5.4,$(CFLAGS_ALL)) $(LUAJIT_CFLAGS) -c $< -o $@
 
@@ -192,3 +201,4 @@ clean:
 	rm -rf build
 
 -include $(wildcard bench/bench.mk)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

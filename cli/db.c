@@ -1,11 +1,11 @@
 /*
- * cli_db.c - the embedded default database of `cairnloop`: a private
+ * db.c - the embedded default database of `cairnloop`: a private
  * PostgreSQL cluster under ./.cairnloop (data dir, socket dir, log), reached
  * only through its Unix socket, created with initdb on first use and
  * started on demand with pg_ctl; and the `db start|stop|status|url` command.
  * Tools run through fork/exec with a time limit, never through a shell.
  */
-#include "cli_common.h"
+#include "cli.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -76,7 +76,7 @@ static int fail(const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(message, sizeof message, fmt, ap);
   va_end(ap);
-  return cl__cli_fail(CL_DB_ERROR, "%s", message);
+  return cli_fail(CL_DB_ERROR, "%s", message);
 }
 
 static bool path_join(char *out, const char *dir, const char *name) {
@@ -614,7 +614,7 @@ static int ensure_running(cluster *c, bool *started, long *pid) {
   return rc;
 }
 
-int cl__cli_db_ensure(char **url) {
+int cli_db_ensure(char **url) {
   cluster c;
   bool started;
   long pid;
@@ -637,7 +637,7 @@ static int print_state(const cli_ctx *ctx, const cluster *c, long pid, const cha
                        const char *verb) {
   bool init = initialised(c);
   if (ctx->json)
-    return cl__cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s}",
+    return cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s}",
                                         "running", pid > 0,
                                         "pid", pid > 0 ? json_integer(pid) : json_null(),
                                         "initialised", init,
@@ -685,7 +685,7 @@ static int db_stop(const cli_ctx *ctx) {
       return rc;
   }
   if (ctx->json)
-    return cl__cli_json_print(json_pack("{s:b, s:b}", "stopped", 1, "was_running", was_running));
+    return cli_json_print(json_pack("{s:b, s:b}", "stopped", 1, "was_running", was_running));
   printf("%s\n", was_running ? "stopped" : "not running");
   return 0;
 }
@@ -715,14 +715,14 @@ static int db_url(const cli_ctx *ctx) {
   if (!url)
     return fail("out of memory");
   if (ctx->json)
-    rc = cl__cli_json_print(json_pack("{s:s}", "url", url));
+    rc = cli_json_print(json_pack("{s:s}", "url", url));
   else
     printf("%s\n", url);
   free(url);
   return rc;
 }
 
-int cl__cli_cmd_db(cli_ctx *ctx) {
+int cli_cmd_db(cli_ctx *ctx) {
   static const struct {
     const char *name;
     int (*run)(const cli_ctx *ctx);
@@ -730,6 +730,6 @@ int cl__cli_cmd_db(cli_ctx *ctx) {
   for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
     if (strcmp(ctx->args[0], actions[i].name) == 0)
       return actions[i].run(ctx);
-  return cl__cli_fail(CL_INVALID_ARGUMENT, "db: unknown action '%s' (start, stop, status, url)",
+  return cli_fail(CL_INVALID_ARGUMENT, "db: unknown action '%s' (start, stop, status, url)",
                       ctx->args[0]);
 }

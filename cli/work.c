@@ -1,5 +1,5 @@
 /*
- * cli_work.c - `cairnloop work`: the delivery worker process.
+ * work.c - `cairnloop work`: the delivery worker process.
  *
  * Delivers batches until SIGINT/SIGTERM, sleeping between them until jobs
  * are inserted (LISTEN/NOTIFY), the next scheduled job or expired lease is
@@ -8,7 +8,7 @@
  * counts otherwise, and prints the totals as its result.  Uses the public
  * API (cl_work_batch, the stoppable batch, and cl_work_wait, the idle wait).
  */
-#include "cli_common.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,7 +57,7 @@ static void on_signal(int sig) {
 
 static int setup_signals(void) {
   if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-    return cl__cli_fail(CL_DB_ERROR, "work: cannot create a pipe: %s", strerror(errno));
+    return cli_fail(CL_DB_ERROR, "work: cannot create a pipe: %s", strerror(errno));
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
@@ -157,8 +157,8 @@ static int print_result(const worker *w, const cl_work_stats *s) {
   if (w->ctx->json) {
     json_t *o = json_pack("{s:i, s:i, s:i, s:i, s:i}", "sent", s->sent, "failed", s->failed,
                           "no_op", s->no_op, "retried", s->retried, "discarded", s->discarded);
-    if (!o) return cl__cli_fail(CL_DB_ERROR, "work: out of memory");
-    return cl__cli_json_print(o);
+    if (!o) return cli_fail(CL_DB_ERROR, "work: out of memory");
+    return cli_json_print(o);
   }
   char counts[160];
   format_counts(counts, sizeof counts, s);
@@ -193,7 +193,7 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
       outage(eng, &err, &delay_ms);
       continue;
     }
-    if (st != CL_OK) return cl__cli_fail_status(st, &err);
+    if (st != CL_OK) return cli_fail_status(st, &err);
     if (delay_ms) {
       cl_log(eng, CL_LOG_INFO, "work: database reachable again");
       delay_ms = 0;
@@ -219,7 +219,7 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
       outage(eng, &err, &delay_ms);
       continue;
     }
-    if (st != CL_OK) return cl__cli_fail_status(st, &err);
+    if (st != CL_OK) return cli_fail_status(st, &err);
     if (why == CL_WAKE_FD) drain_wake_pipe();
   }
   return 0;
@@ -228,10 +228,10 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
 static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min,
                     int64_t max, int64_t *out) {
   const char *text = cli_opt(ctx, id);
-  return text ? cl__cli_parse_i64(name, text, min, max, out) : 0;
+  return text ? cli_parse_i64(name, text, min, max, out) : 0;
 }
 
-int cl__cli_cmd_work(cli_ctx *ctx) {
+int cli_cmd_work(cli_ctx *ctx) {
   int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
@@ -249,13 +249,13 @@ int cl__cli_cmd_work(cli_ctx *ctx) {
   if (!once && (rc = setup_signals()) != 0) return rc;
 
   cl_engine *eng;
-  if ((rc = cl__cli_open_config(ctx, &cfg, &eng)) != 0) return rc;
+  if ((rc = cli_open_config(ctx, &cfg, &eng)) != 0) return rc;
 
   if (once) {
     cl_work_stats s;
     cl_error err;
     cl_status st = cl_work(eng, (int)limit, &s, &err);
-    rc = st == CL_OK ? print_result(&w, &s) : cl__cli_fail_status(st, &err);
+    rc = st == CL_OK ? print_result(&w, &s) : cli_fail_status(st, &err);
     cl_close(eng);
     return rc;
   }

@@ -1,12 +1,12 @@
 /*
- * cli.c - main() of the `cairnloop` command: the command table, option
+ * main.c - main() of the `cairnloop` command: the command table, option
  * parsing (getopt_long, common options before or after the command), help,
  * the one-line error channel and opening an engine on the right database.
- * The commands themselves live in cli_commands.c and cli_db.c; the JSON
- * shapes in cli_json.c.  Uses only the public API of libcairnloop.
+ * The commands themselves live in commands.c and db.c; the JSON
+ * shapes in json.c.  Uses only the public API of libcairnloop.
  */
-#include "cli_common.h"
-#include "cli_run.h"
+#include "cli.h"
+#include "run.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -75,12 +75,12 @@ static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTE
 static const int no_options[] = {0};
 
 static const cli_command commands[] = {
-    {"migrate", cl__cli_cmd_migrate, CLI_ENGINE, no_options, 0, 0,
+    {"migrate", cli_cmd_migrate, CLI_ENGINE, no_options, 0, 0,
      "apply the database migrations (idempotent)",
      "Usage: cairnloop migrate [COMMON OPTIONS]\n"
      "\n"
      "Creates or updates the tables in the schema.  Running it again is a no-op.\n"},
-    {"trigger", cl__cli_cmd_trigger, CLI_ENGINE, trigger_options, 1, 1,
+    {"trigger", cli_cmd_trigger, CLI_ENGINE, trigger_options, 1, 1,
      "trigger one outbound message to a conversation",
      "Usage: cairnloop trigger CONVERSATION_ID --template ID [OPTIONS]\n"
      "\n"
@@ -95,7 +95,7 @@ static const cli_command commands[] = {
      "  --schedule-in S          deliver no sooner than S seconds from now (default 0)\n"
      "  --actor A                who asks; passed through the actor resolver\n"
      "  --bulk-envelope-id UUID  correlate the message with a bulk envelope\n"},
-    {"bulk", cl__cli_cmd_bulk, CLI_ENGINE, bulk_options, 0, 0,
+    {"bulk", cli_cmd_bulk, CLI_ENGINE, bulk_options, 0, 0,
      "send one body to a cohort under an audited envelope",
      "Usage: cairnloop bulk --template ID (--body TEXT | --body-file F)\n"
      "                      (--ids 1,2,3 | --ids-file F|-) [OPTIONS]\n"
@@ -118,7 +118,7 @@ static const cli_command commands[] = {
      "  --max-batch-size N       the cap for this call (default: 25, or\n"
      "                           $CAIRNLOOP_MAX_BATCH_SIZE)\n"
      "  --schedule-in S          deliver no sooner than S seconds from now\n"},
-    {"envelopes", cl__cli_cmd_envelopes, CLI_ENGINE, envelopes_options, 0, 0,
+    {"envelopes", cli_cmd_envelopes, CLI_ENGINE, envelopes_options, 0, 0,
      "list bulk envelopes, submitted and refused, newest first",
      "Usage: cairnloop envelopes [--template ID] [--status S] [--limit N]\n"
      "\n"
@@ -129,7 +129,7 @@ static const cli_command commands[] = {
      "  --template ID            only envelopes of this template\n"
      "  --status S               only this status (submitted, refused_cap_exceeded)\n"
      "  --limit N                at most N envelopes (default 50)\n"},
-    {"run", cl__cli_cmd_run, CLI_ENGINE | CLI_ARGS_RAW, no_options, 1, CLI_RUN_MAX_ARGS,
+    {"run", cli_cmd_run, CLI_ENGINE | CLI_ARGS_RAW, no_options, 1, CLI_RUN_MAX_ARGS,
      "run a Lua script with the cairnloop module and an open engine",
      "Usage: cairnloop run SCRIPT.lua [ARGS...]\n"
      "\n"
@@ -155,7 +155,7 @@ static const cli_command commands[] = {
      "code of the exit status table prints `cairnloop: <code>: <message>` and\n"
      "exits with that status, e.g. error({ code = code, message = msg }) after\n"
      "an engine method returned nil, code, msg.\n"},
-    {"work", cl__cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
+    {"work", cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
      "\n"
@@ -174,7 +174,7 @@ static const cli_command commands[] = {
      "                           (default 20)\n"
      "  --lease-seconds S        how long a claimed job stays leased before another\n"
      "                           worker may rescue it (default 60)\n"},
-    {"db", cl__cli_cmd_db, 0, no_options, 1, 1,
+    {"db", cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"
      "\n"
@@ -191,7 +191,7 @@ static const cli_command commands[] = {
      "PostgreSQL's initdb, pg_ctl and createdb are taken from $CAIRNLOOP_PG_BINDIR,\n"
      "else the PATH, else /usr/lib/postgresql/<newest>/bin.  As root, the server\n"
      "runs as the postgres user.\n"},
-    {"demo", cl__cli_cmd_demo, 0, no_options, 0, 0,
+    {"demo", cli_cmd_demo, 0, no_options, 0, 0,
      "the whole outbound lane end to end on the embedded cluster",
      "Usage: cairnloop demo\n"
      "\n"
@@ -265,7 +265,7 @@ static void print_error_line(const char *code, const char *message) {
   fprintf(stderr, "cairnloop: %s: %s\n", code, n ? line : "(no message)");
 }
 
-int cl__cli_fail(cl_status code, const char *fmt, ...) {
+int cli_fail(cl_status code, const char *fmt, ...) {
   char message[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -275,12 +275,12 @@ int cl__cli_fail(cl_status code, const char *fmt, ...) {
   return cl_status_exit_code(code);
 }
 
-int cl__cli_fail_status(cl_status status, const cl_error *err) {
+int cli_fail_status(cl_status status, const cl_error *err) {
   print_error_line(cl_status_name(status), err ? err->message : "");
   return cl_status_exit_code(status);
 }
 
-bool cl__cli_to_i64(const char *text, int64_t *out) {
+bool cli_to_i64(const char *text, int64_t *out) {
   const char *p = text + (*text == '-');
   /* Digits only: strtoll alone would accept " 7", "+7" and "7abc". */
   if (!*p || strspn(p, "0123456789") != strlen(p))
@@ -293,13 +293,13 @@ bool cl__cli_to_i64(const char *text, int64_t *out) {
   return true;
 }
 
-int cl__cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
+int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
                       int64_t *out) {
   int64_t v;
-  if (!cl__cli_to_i64(text, &v))
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: '%s' is not an integer", what, text);
+  if (!cli_to_i64(text, &v))
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: '%s' is not an integer", what, text);
   if (v < min || v > max)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %lld is out of range %lld..%lld", what,
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: %lld is out of range %lld..%lld", what,
                         (long long)v, (long long)min, (long long)max);
   *out = v;
   return 0;
@@ -343,18 +343,18 @@ static int log_level(cl_log_level *out) {
       *out = (cl_log_level)i;
       return 0;
     }
-  return v ? cl__cli_fail(CL_INVALID_ARGUMENT,
+  return v ? cli_fail(CL_INVALID_ARGUMENT,
                           "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v)
            : 0;
 }
 
-int cl__cli_open(const cli_ctx *ctx, cl_engine **out) {
+int cli_open(const cli_ctx *ctx, cl_engine **out) {
   cl_config cfg;
   cl_config_init(&cfg);
-  return cl__cli_open_config(ctx, &cfg, out);
+  return cli_open_config(ctx, &cfg, out);
 }
 
-int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
+int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_config cfg = *cfgp;
   int rc = log_level(&cfg.log_level);
   if (rc != 0)
@@ -365,7 +365,7 @@ int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   const char *url = ctx->database ? ctx->database : nonempty_env("CAIRNLOOP_DATABASE_URL");
   char *embedded = NULL;
   if (!url && !pg_env_set()) {
-    if ((rc = cl__cli_db_ensure(&embedded)) != 0)
+    if ((rc = cli_db_ensure(&embedded)) != 0)
       return rc;
     url = embedded;
   }
@@ -376,13 +376,13 @@ int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_status st = cl_open(&eng, &cfg, &err);
   free(embedded);
   if (st != CL_OK)
-    return cl__cli_fail_status(st, &err);
+    return cli_fail_status(st, &err);
 
   for (int i = 0; i < ctx->npolicies; i++) {
     st = cl_load_policy(eng, ctx->policies[i], &err);
     if (st != CL_OK) {
       cl_close(eng);
-      return cl__cli_fail_status(st, &err);
+      return cli_fail_status(st, &err);
     }
   }
   *out = eng;
@@ -431,7 +431,7 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
     return CLI_CONTINUE;
   case CLI_OPT_POLICY:
     if (ctx->npolicies == CLI_MAX_POLICIES)
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "--policy: at most %d policy files",
+      return cli_fail(CL_INVALID_ARGUMENT, "--policy: at most %d policy files",
                           CLI_MAX_POLICIES);
     ctx->policies[ctx->npolicies++] = value;
     return CLI_CONTINUE;
@@ -439,13 +439,13 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
   case CLI_OPT_SCHEMA: {
     const char **slot = id == CLI_OPT_DATABASE ? &ctx->database : &ctx->schema;
     if (*slot)
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
+      return cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
     *slot = value;
     return CLI_CONTINUE;
   }
   default:
     if (ctx->opt[id - CLI_OPT_FIRST_LONG])
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
+      return cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
     /* A flag (no value) is stored as "" so that presence reads as non-NULL. */
     ctx->opt[id - CLI_OPT_FIRST_LONG] = value ? value : "";
     return CLI_CONTINUE;
@@ -481,11 +481,11 @@ static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **
     if (c == -1)
       return CLI_CONTINUE;
     if (c == ':')
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "%soption '%s' needs a value", where,
+      return cli_fail(CL_INVALID_ARGUMENT, "%soption '%s' needs a value", where,
                           argv[optind - 1]);
     if (c == '?') {
       const char *bad = optopt ? (const char[]){'-', (char)optopt, '\0'} : argv[optind - 1];
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "%sunknown option '%s' (see `cairnloop%s%s --help`)",
+      return cli_fail(CL_INVALID_ARGUMENT, "%sunknown option '%s' (see `cairnloop%s%s --help`)",
                           where, bad, cmd ? " " : "", cmd ? cmd->name : "");
     }
     int rc = store_option(ctx, cmd, c, optarg);
@@ -501,12 +501,12 @@ int main(int argc, char **argv) {
   if (rc != CLI_CONTINUE)
     return rc;
   if (optind >= argc)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "missing command (see `cairnloop --help`)");
+    return cli_fail(CL_INVALID_ARGUMENT, "missing command (see `cairnloop --help`)");
 
   int at = optind;
   const cli_command *cmd = find_command(argv[at]);
   if (!cmd)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
+    return cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
   ctx.command = cmd->name;
 
   /* The command's own pass sees argv[at] as its argv[0]. */
@@ -516,7 +516,7 @@ int main(int argc, char **argv) {
   if (rc != CLI_CONTINUE)
     return rc;
   if (!(cmd->flags & CLI_ENGINE) && (ctx.database || ctx.schema || ctx.npolicies))
-    return cl__cli_fail(CL_INVALID_ARGUMENT,
+    return cli_fail(CL_INVALID_ARGUMENT,
                         "%s: --database, --schema and --policy do not apply", cmd->name);
 
   ctx.args = cargv + optind;
@@ -525,9 +525,9 @@ int main(int argc, char **argv) {
     const char *synopsis = cmd->help + strlen("Usage: ");
     int len = (int)strcspn(synopsis, "\n");
     if (ctx.nargs < cmd->min_args)
-      return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name,
+      return cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name,
                           len, synopsis);
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)",
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)",
                         cmd->name, ctx.args[cmd->max_args], len, synopsis);
   }
   rc = cmd->run(&ctx);

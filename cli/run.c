@@ -1,5 +1,5 @@
 /*
- * cli_run.c - `cairnloop run SCRIPT.lua [ARGS...]` and `cairnloop demo`.
+ * run.c - `cairnloop run SCRIPT.lua [ARGS...]` and `cairnloop demo`.
  *
  * A host Lua 5.4 state, as the `lua` interpreter makes one (the system's
  * liblua5.4, every standard library), in which `require "cairnloop"` is the
@@ -8,10 +8,10 @@
  * lua.c sets it, and an engine opened on the command's database waits in
  * the global `engine`.  `demo` runs lua/examples/campaign.lua with its
  * policy the same way, on the embedded cluster.  This is the command's one
- * Lua host, so it includes the Lua headers; it uses cli.c's error channel,
- * cli_db.c's embedded cluster and the module's luaopen_cairnloop.
+ * Lua host, so it includes the Lua headers; it uses main.c's error channel,
+ * db.c's embedded cluster and the module's luaopen_cairnloop.
  */
-#include "cli_run.h"
+#include "run.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -43,7 +43,7 @@ typedef struct run_job {
   const char *const *policies;
   int npolicies;
   const char *log_level;        /* "debug" .. "error" */
-  char *embedded_url;           /* malloc'd by cl__cli_db_ensure; freed by run_job_now */
+  char *embedded_url;           /* malloc'd by cli_db_ensure; freed by run_job_now */
   int status;                   /* the exit status */
 } run_job;
 
@@ -248,7 +248,7 @@ static int report_error(lua_State *L) {
     lua_getfield(L, -2, "message");
     cl_status st = status_named(lua_tostring(L, -2));
     const char *message = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    int rc = cl__cli_fail(st, "%s", message);
+    int rc = cli_fail(st, "%s", message);
     lua_pop(L, 2);
     return rc;
   }
@@ -265,7 +265,7 @@ static int report_error(lua_State *L) {
  */
 static bool open_engine(lua_State *L, run_job *job, int module) {
   if (job->embedded) {
-    int rc = cl__cli_db_ensure(&job->embedded_url);
+    int rc = cli_db_ensure(&job->embedded_url);
     if (rc != 0) {
       job->status = rc;
       return false;
@@ -295,7 +295,7 @@ static bool open_engine(lua_State *L, run_job *job, int module) {
   lua_call(L, 1, 3); /* engine | nil code msg */
   if (lua_isnil(L, -3)) {
     cl_status st = status_named(lua_tostring(L, -2));
-    job->status = cl__cli_fail(st != CL_OK ? st : CL_DB_ERROR, "%s",
+    job->status = cli_fail(st != CL_OK ? st : CL_DB_ERROR, "%s",
                                lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
     return false;
   }
@@ -322,7 +322,7 @@ static int run_frame(lua_State *L) {
   if (rc != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (rc == LUA_ERRFILE)
-      job->status = cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %s", job->command, msg);
+      job->status = cli_fail(CL_INVALID_ARGUMENT, "%s: %s", job->command, msg);
     else
       job->status = report_error(L);
     return 0;
@@ -372,7 +372,7 @@ static int run_job_now(run_job *job) {
 /* The commands                                                         */
 /* ------------------------------------------------------------------ */
 
-/* $CAIRNLOOP_LOG_LEVEL, checked as cli.c checks it for the other commands. */
+/* $CAIRNLOOP_LOG_LEVEL, checked as main.c checks it for the other commands. */
 static int log_level(const char **out) {
   static const char *const levels[] = {"debug", "info", "warn", "error"};
   const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
@@ -383,12 +383,12 @@ static int log_level(const char **out) {
       *out = levels[i];
       return 0;
     }
-  return cl__cli_fail(CL_INVALID_ARGUMENT,
+  return cli_fail(CL_INVALID_ARGUMENT,
                       "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v);
 }
 
 /* libpq's connection variables: any of them means "the user picked a
- * server" (the same rule as cl__cli_open in cli.c). */
+ * server" (the same rule as cli_open in main.c). */
 static bool pg_env_set(void) {
   static const char *const names[] = {"PGHOST",     "PGHOSTADDR", "PGPORT",
                                       "PGDATABASE", "PGUSER",     "PGSERVICE"};
@@ -397,7 +397,7 @@ static bool pg_env_set(void) {
   return false;
 }
 
-int cl__cli_cmd_run(cli_ctx *ctx) {
+int cli_cmd_run(cli_ctx *ctx) {
   run_job job = {0};
   int rc = log_level(&job.log_level);
   if (rc != 0) return rc;
@@ -426,14 +426,14 @@ static char *examples_dir(void) {
   return beside_exe("../share/cairnloop/examples");
 }
 
-int cl__cli_cmd_demo(cli_ctx *ctx) {
+int cli_cmd_demo(cli_ctx *ctx) {
   (void)ctx;
   run_job job = {0};
   int rc = log_level(&job.log_level);
   if (rc != 0) return rc;
   char *dir = examples_dir();
   if (!dir)
-    return cl__cli_fail(CL_INVALID_ARGUMENT,
+    return cli_fail(CL_INVALID_ARGUMENT,
                         "demo: the example scripts were not found (lua/examples of the "
                         "source tree, or share/cairnloop/examples of the install)");
   char script[PATH_MAX + 32], policy[PATH_MAX + 32];

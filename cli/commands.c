@@ -1,11 +1,11 @@
 /*
- * cli_commands.c - the engine commands of `cairnloop`: migrate, trigger,
+ * commands.c - the engine commands of `cairnloop`: migrate, trigger,
  * bulk and envelopes.  Each validates its own options before it opens an
  * engine (a usage error never touches the database), calls the public API
  * once and prints the result for people or, with --json, through
- * cli_json.c.
+ * json.c.
  */
-#include "cli_common.h"
+#include "cli.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -50,7 +50,7 @@ static char *trim(char *s) {
 static int ids_from_list(const char *text, id_list *out) {
   char *copy = strdup(text);
   if (!copy)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
+    return cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
   int rc = 0;
   size_t position = 0;
   /* strtok_r would skip empty fields; "1,,2" is a mistake worth naming. */
@@ -63,15 +63,15 @@ static int ids_from_list(const char *text, id_list *out) {
     char *t = trim(field);
     int64_t id;
     if (!*t) {
-      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: empty id at position %zu", position);
+      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: empty id at position %zu", position);
       break;
     }
-    if (!cl__cli_to_i64(t, &id)) {
-      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: '%s' is not a conversation id", t);
+    if (!cli_to_i64(t, &id)) {
+      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: '%s' is not a conversation id", t);
       break;
     }
     if (!id_push(out, id)) {
-      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
+      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
       break;
     }
     if (!comma)
@@ -88,7 +88,7 @@ static int ids_from_file(const char *path, id_list *out) {
   const char *name = is_stdin ? "standard input" : path;
   FILE *f = is_stdin ? stdin : fopen(path, "r");
   if (!f)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path,
+    return cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path,
                         strerror(errno));
   char *line = NULL;
   size_t size = 0;
@@ -100,18 +100,18 @@ static int ids_from_file(const char *path, id_list *out) {
     int64_t id;
     if (!*t)
       continue;
-    if (!cl__cli_to_i64(t, &id)) {
-      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: %s line %zu: '%.40s' is not a conversation id",
+    if (!cli_to_i64(t, &id)) {
+      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: %s line %zu: '%.40s' is not a conversation id",
                         name, lineno, t);
       break;
     }
     if (!id_push(out, id)) {
-      rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: out of memory");
+      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: out of memory");
       break;
     }
   }
   if (rc == 0 && ferror(f))
-    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot read %s: %s", name,
+    rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot read %s: %s", name,
                       strerror(errno));
   free(line);
   if (!is_stdin)
@@ -125,7 +125,7 @@ static int read_body_file(const char *path, char **out) {
   const char *name = is_stdin ? "standard input" : path;
   FILE *f = is_stdin ? stdin : fopen(path, "rb");
   if (!f)
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path,
+    return cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path,
                         strerror(errno));
   char *buf = NULL;
   size_t len = 0, cap = 0;
@@ -135,7 +135,7 @@ static int read_body_file(const char *path, char **out) {
       cap = cap ? cap * 2 : 8192;
       char *grown = realloc(buf, cap + 1);
       if (!grown) {
-        rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: out of memory");
+        rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: out of memory");
         break;
       }
       buf = grown;
@@ -146,12 +146,12 @@ static int read_body_file(const char *path, char **out) {
       break;
   }
   if (rc == 0 && ferror(f))
-    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot read %s: %s", name,
+    rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot read %s: %s", name,
                       strerror(errno));
   /* The C API takes a NUL-terminated body, so an embedded NUL would
    * silently cut it short. */
   if (rc == 0 && memchr(buf, '\0', len))
-    rc = cl__cli_fail(CL_INVALID_ARGUMENT, "--body-file: %s contains a NUL byte", name);
+    rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: %s contains a NUL byte", name);
   if (!is_stdin)
     fclose(f);
   if (rc != 0) {
@@ -166,7 +166,7 @@ static int read_body_file(const char *path, char **out) {
 static int require_option(const cli_ctx *ctx, enum cli_opt id, const char *name) {
   if (cli_opt(ctx, id))
     return 0;
-  return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %s is required (see `cairnloop %s --help`)",
+  return cli_fail(CL_INVALID_ARGUMENT, "%s: %s is required (see `cairnloop %s --help`)",
                       ctx->command, name, ctx->command);
 }
 
@@ -174,10 +174,10 @@ static int require_option(const cli_ctx *ctx, enum cli_opt id, const char *name)
 static int require_one_of(const cli_ctx *ctx, enum cli_opt a, const char *an, enum cli_opt b,
                           const char *bn) {
   if (cli_opt(ctx, a) && cli_opt(ctx, b))
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: give %s or %s, not both", ctx->command, an,
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: give %s or %s, not both", ctx->command, an,
                         bn);
   if (!cli_opt(ctx, a) && !cli_opt(ctx, b))
-    return cl__cli_fail(CL_INVALID_ARGUMENT, "%s: %s or %s is required", ctx->command, an,
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: %s or %s is required", ctx->command, an,
                         bn);
   return 0;
 }
@@ -186,7 +186,7 @@ static int require_one_of(const cli_ctx *ctx, enum cli_opt a, const char *an, en
 static int int_option(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min,
                       int64_t max, int64_t *out) {
   const char *text = cli_opt(ctx, id);
-  return text ? cl__cli_parse_i64(name, text, min, max, out) : 0;
+  return text ? cli_parse_i64(name, text, min, max, out) : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -217,17 +217,17 @@ static void print_cell(const char *s, int width) {
 /* The commands                                                         */
 /* ------------------------------------------------------------------ */
 
-int cl__cli_cmd_migrate(cli_ctx *ctx) {
+int cli_cmd_migrate(cli_ctx *ctx) {
   cl_engine *eng;
-  int rc = cl__cli_open(ctx, &eng);
+  int rc = cli_open(ctx, &eng);
   if (rc != 0)
     return rc;
   cl_error err;
   cl_status st = cl_migrate(eng, &err);
   if (st != CL_OK) {
-    rc = cl__cli_fail_status(st, &err);
+    rc = cli_fail_status(st, &err);
   } else if (ctx->json) {
-    rc = cl__cli_json_print(json_pack("{s:b, s:s}", "migrated", 1, "schema", cl_schema(eng)));
+    rc = cli_json_print(json_pack("{s:b, s:s}", "migrated", 1, "schema", cl_schema(eng)));
   } else {
     printf("schema %s is up to date\n", cl_schema(eng));
   }
@@ -235,10 +235,10 @@ int cl__cli_cmd_migrate(cli_ctx *ctx) {
   return rc;
 }
 
-int cl__cli_cmd_trigger(cli_ctx *ctx) {
+int cli_cmd_trigger(cli_ctx *ctx) {
   int64_t conversation_id;
   cl_trigger_opts opts = {0};
-  int rc = cl__cli_parse_i64("conversation id", ctx->args[0], INT64_MIN, INT64_MAX,
+  int rc = cli_parse_i64("conversation id", ctx->args[0], INT64_MIN, INT64_MAX,
                              &conversation_id);
   if (rc == 0)
     rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
@@ -253,15 +253,15 @@ int cl__cli_cmd_trigger(cli_ctx *ctx) {
   opts.bulk_envelope_id = cli_opt(ctx, CLI_OPT_BULK_ENVELOPE_ID);
 
   cl_engine *eng;
-  if ((rc = cl__cli_open(ctx, &eng)) != 0)
+  if ((rc = cli_open(ctx, &eng)) != 0)
     return rc;
   cl_trigger_result res = {0};
   cl_error err;
   cl_status st = cl_trigger(eng, conversation_id, &opts, &res, &err);
   if (st != CL_OK) {
-    rc = cl__cli_fail_status(st, &err);
+    rc = cli_fail_status(st, &err);
   } else if (ctx->json) {
-    rc = cl__cli_json_print(cl__cli_json_trigger(&res));
+    rc = cli_json_print(cli_json_trigger(&res));
   } else {
     const cl_message *m = &res.message;
     const cl_delivery_job *j = &res.delivery_job;
@@ -323,7 +323,7 @@ static int bulk_read(const cli_ctx *ctx, bulk_input *in) {
   if (rc == 0)
     rc = require_one_of(ctx, CLI_OPT_IDS, "--ids", CLI_OPT_IDS_FILE, "--ids-file");
   if (rc == 0 && both_stdin(ctx))
-    rc = cl__cli_fail(CL_INVALID_ARGUMENT,
+    rc = cli_fail(CL_INVALID_ARGUMENT,
                       "bulk: --body-file and --ids-file cannot both read standard input");
   if (rc == 0)
     rc = int_option(ctx, CLI_OPT_MAX_BATCH_SIZE, "--max-batch-size", INT_MIN, INT_MAX,
@@ -345,7 +345,7 @@ static int bulk_read(const cli_ctx *ctx, bulk_input *in) {
 
 static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
   cl_engine *eng;
-  int rc = cl__cli_open(ctx, &eng);
+  int rc = cli_open(ctx, &eng);
   if (rc != 0)
     return rc;
   cl_error err;
@@ -356,9 +356,9 @@ static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
   if (st == CL_OK)
     st = cl_bulk_trigger(eng, in->ids.items, in->ids.count, &in->opts, &res, &err);
   if (st != CL_OK)
-    rc = cl__cli_fail_status(st, &err);
+    rc = cli_fail_status(st, &err);
   else if (ctx->json)
-    rc = cl__cli_json_print(cl__cli_json_bulk(&res));
+    rc = cli_json_print(cli_json_bulk(&res));
   else
     print_bulk(&res);
   cl_bulk_result_clear(&res);
@@ -366,7 +366,7 @@ static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
   return rc;
 }
 
-int cl__cli_cmd_bulk(cli_ctx *ctx) {
+int cli_cmd_bulk(cli_ctx *ctx) {
   bulk_input in = {0};
   int rc = bulk_read(ctx, &in);
   if (rc == 0)
@@ -429,7 +429,7 @@ static void print_envelope_table(const cl_envelope_list *list) {
   }
 }
 
-int cl__cli_cmd_envelopes(cli_ctx *ctx) {
+int cli_cmd_envelopes(cli_ctx *ctx) {
   cl_envelope_query query = {0};
   int64_t limit = 50;
   int rc = int_option(ctx, CLI_OPT_LIMIT, "--limit", 1, INT_MAX, &limit);
@@ -440,16 +440,16 @@ int cl__cli_cmd_envelopes(cli_ctx *ctx) {
   query.limit = (int)limit;
 
   cl_engine *eng;
-  if ((rc = cl__cli_open(ctx, &eng)) != 0)
+  if ((rc = cli_open(ctx, &eng)) != 0)
     return rc;
   cl_envelope_list list = {0};
   cl_error err;
   cl_status st = cl_envelopes_list(eng, &query, &list, &err);
   if (st != CL_OK) {
-    rc = cl__cli_fail_status(st, &err);
+    rc = cli_fail_status(st, &err);
   } else if (ctx->json) {
     for (size_t i = 0; i < list.count && rc == 0; i++)
-      rc = cl__cli_json_print(cl__cli_json_envelope(&list.items[i]));
+      rc = cli_json_print(cli_json_envelope(&list.items[i]));
   } else {
     print_envelope_table(&list);
   }

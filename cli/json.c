@@ -1,10 +1,10 @@
 /*
- * cli_json.c - the `--json` shapes of the `cairnloop` command, built with
+ * json.c - the `--json` shapes of the `cairnloop` command, built with
  * jansson.  They mirror the Lua result tables of API.md key for key; ids are
  * JSON integers (jansson's json_int_t is 64-bit, so they stay exact) and the
  * auditor's audit_json is embedded as parsed JSON.
  */
-#include "cli_common.h"
+#include "cli.h"
 
 #include <stdlib.h>
 
@@ -47,7 +47,7 @@ static json_t *job_json(const cl_delivery_job *j) {
                      "bulk_envelope_id", str_or_null(j->bulk_envelope_id));
 }
 
-json_t *cl__cli_json_envelope(const cl_envelope *env) {
+json_t *cli_json_envelope(const cl_envelope *env) {
   json_t *ids = json_array();
   for (size_t i = 0; i < env->count && env->recipient_conversation_ids; i++)
     json_array_append_new(ids, json_integer((json_int_t)env->recipient_conversation_ids[i]));
@@ -64,7 +64,7 @@ json_t *cl__cli_json_envelope(const cl_envelope *env) {
                    "refused_reason", str_or_null(env->refused_reason));
 }
 
-json_t *cl__cli_json_trigger(const cl_trigger_result *res) {
+json_t *cli_json_trigger(const cl_trigger_result *res) {
   return json_pack("{s:o, s:o, s:b, s:o}",
                    "message", message_json(&res->message),
                    "delivery_job", job_json(&res->delivery_job),
@@ -72,7 +72,7 @@ json_t *cl__cli_json_trigger(const cl_trigger_result *res) {
                    "audit", audit_value(res->audit_json));
 }
 
-json_t *cl__cli_json_bulk(const cl_bulk_result *res) {
+json_t *cli_json_bulk(const cl_bulk_result *res) {
   json_t *messages = json_array();
   json_t *jobs = json_array();
   for (size_t i = 0; i < res->count; i++) {
@@ -80,18 +80,18 @@ json_t *cl__cli_json_bulk(const cl_bulk_result *res) {
     json_array_append_new(jobs, job_json(&res->delivery_jobs[i]));
   }
   return json_pack("{s:o, s:o, s:o, s:b, s:o}",
-                   "envelope", cl__cli_json_envelope(&res->envelope),
+                   "envelope", cli_json_envelope(&res->envelope),
                    "messages", messages,
                    "delivery_jobs", jobs,
                    "replayed", res->replayed,
                    "audit", audit_value(res->audit_json));
 }
 
-int cl__cli_json_print(json_t *value) {
+int cli_json_print(json_t *value) {
   char *text = value ? json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
   json_decref(value);
   if (!text)
-    return cl__cli_fail(CL_DB_ERROR, "out of memory while encoding JSON");
+    return cli_fail(CL_DB_ERROR, "out of memory while encoding JSON");
   puts(text);
   free(text);
   return 0;

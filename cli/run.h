@@ -1,5 +1,5 @@
 /*
- * cli_run.h - the `run` and `demo` commands of `cairnloop` (cli_run.c): a
+ * run.h - the `run` and `demo` commands of `cairnloop` (run.c): a
  * host Lua 5.4 state with the `cairnloop` module registered in-process and
  * an open engine, running a script (`run`) or the example campaign on the
  * embedded cluster (`demo`).
@@ -7,14 +7,14 @@
 #ifndef CL_CLI_RUN_H
 #define CL_CLI_RUN_H
 
-#include "cli_common.h"
+#include "cli.h"
 
 #include <limits.h>
 
 /* `run` takes the script and any number of arguments for it. */
 #define CLI_RUN_MAX_ARGS INT_MAX
 
-int cl__cli_cmd_run(cli_ctx *ctx);
-int cl__cli_cmd_demo(cli_ctx *ctx);
+int cli_cmd_run(cli_ctx *ctx);
+int cli_cmd_demo(cli_ctx *ctx);
 
 #endif

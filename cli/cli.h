@@ -1,12 +1,12 @@
 /*
- * cli_common.h - what the units of the `cairnloop` command share.
+ * cli.h - what the units of the `cairnloop` command share.
  *
- * cli.c owns main(), the command table, option parsing, error reporting and
- * opening the engine; cli_commands.c, cli_db.c and cli_json.c implement the
+ * main.c owns main(), the command table, option parsing, error reporting and
+ * opening the engine; commands.c, db.c and json.c implement the
  * commands and their output.  Nothing here is part of libcairnloop.
  */
-#ifndef CL_CLI_COMMON_H
-#define CL_CLI_COMMON_H
+#ifndef CL_CLI_H
+#define CL_CLI_H
 
 #include "cairnloop.h"
 
@@ -75,50 +75,50 @@ static inline const char *cli_opt(const cli_ctx *ctx, enum cli_opt id) {
  * become spaces, so the error is always one line) and returns the exit
  * status of `code`.
  */
-int cl__cli_fail(cl_status code, const char *fmt, ...)
+int cli_fail(cl_status code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
 /* The same for an engine call that returned `status` and filled `err`. */
-int cl__cli_fail_status(cl_status status, const cl_error *err);
+int cli_fail_status(cl_status status, const cl_error *err);
 
 /* Opens an engine on the configured database (starting the embedded cluster
  * when none is configured) and loads the --policy files.  On failure the
  * error is reported and the exit status returned; 0 means *out is open. */
-int cl__cli_open(const cli_ctx *ctx, cl_engine **out);
-/* As cl__cli_open, starting from a config the caller filled (delivery
+int cli_open(const cli_ctx *ctx, cl_engine **out);
+/* As cli_open, starting from a config the caller filled (delivery
  * settings, a log sink); database, schema and the log level are set here,
  * and the log sink only when the caller left it NULL. */
-int cl__cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
+int cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
 
 /* Strict decimal int64 ("-7" yes; " 7", "+7", "7x", overflow no). */
-bool cl__cli_to_i64(const char *text, int64_t *out);
+bool cli_to_i64(const char *text, int64_t *out);
 
 /* Strict integer parsing for option values; on failure the error is
  * reported (naming `what`) and the exit status is returned, else 0. */
-int cl__cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
+int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
                       int64_t *out);
 
-/* Prints one JSON value as a line on stdout and releases it (cli_json.c). */
-int cl__cli_json_print(json_t *value);
+/* Prints one JSON value as a line on stdout and releases it (json.c). */
+int cli_json_print(json_t *value);
 
-/* JSON shapes of API.md's Lua result tables (cli_json.c).  Each returns a
+/* JSON shapes of API.md's Lua result tables (json.c).  Each returns a
  * new reference. */
-json_t *cl__cli_json_trigger(const cl_trigger_result *res);
-json_t *cl__cli_json_bulk(const cl_bulk_result *res);
-json_t *cl__cli_json_envelope(const cl_envelope *env);
+json_t *cli_json_trigger(const cl_trigger_result *res);
+json_t *cli_json_bulk(const cl_bulk_result *res);
+json_t *cli_json_envelope(const cl_envelope *env);
 
 /* The commands (one function each). */
-int cl__cli_cmd_migrate(cli_ctx *ctx);
-int cl__cli_cmd_trigger(cli_ctx *ctx);
-int cl__cli_cmd_bulk(cli_ctx *ctx);
-int cl__cli_cmd_envelopes(cli_ctx *ctx);
-int cl__cli_cmd_db(cli_ctx *ctx);
-int cl__cli_cmd_work(cli_ctx *ctx); /* cli_work.c */
+int cli_cmd_migrate(cli_ctx *ctx);
+int cli_cmd_trigger(cli_ctx *ctx);
+int cli_cmd_bulk(cli_ctx *ctx);
+int cli_cmd_envelopes(cli_ctx *ctx);
+int cli_cmd_db(cli_ctx *ctx);
+int cli_cmd_work(cli_ctx *ctx); /* work.c */
 
-/* The embedded cluster (cli_db.c): starts it if needed and writes its
+/* The embedded cluster (db.c): starts it if needed and writes its
  * connection URL (malloc'd) to *url.  Returns 0 or a reported exit status. */
-int cl__cli_db_ensure(char **url);
+int cli_db_ensure(char **url);
 
 #endif

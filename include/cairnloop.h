@@ -84,12 +84,25 @@ typedef struct cl_error {
 
 typedef struct cl_engine cl_engine;
 
+/* The log levels: enum suffix and the name used by Lua (`cl.log`), the
+ * command ($CAIRNLOOP_LOG_LEVEL) and log lines. */
+#define CL_LOG_LEVEL_MAP(XX) \
+  XX(DEBUG, "debug")         \
+  XX(INFO, "info")           \
+  XX(WARN, "warn")           \
+  XX(ERROR, "error")
+
 typedef enum cl_log_level {
-  CL_LOG_DEBUG,
-  CL_LOG_INFO,
-  CL_LOG_WARN,
-  CL_LOG_ERROR
+#define CL__LOG_LEVEL_ENUM(name, str) CL_LOG_##name,
+  CL_LOG_LEVEL_MAP(CL__LOG_LEVEL_ENUM)
+#undef CL__LOG_LEVEL_ENUM
+  CL_LOG__COUNT
 } cl_log_level;
+
+/* "debug", "info", "warn", "error"; NULL if out of range. */
+CL_API const char *cl_log_level_name(cl_log_level level);
+/* Parses a level name; CL_INVALID_ARGUMENT (naming the accepted ones) if unknown. */
+CL_API cl_status cl_log_level_parse(const char *name, cl_log_level *level, cl_error *err);
 
 /* A log sink.  `line` is one line without a newline, valid for the call. */
 typedef void (*cl_log_fn)(void *ud, cl_log_level level, const char *line);

@@ -19,7 +19,27 @@ void cl_config_init(cl_config *cfg) {
   cfg->log_level = CL_LOG_INFO;
 }
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static const char *const level_names[] = {
+#define XX(name, str) str,
+    CL_LOG_LEVEL_MAP(XX)
+#undef XX
+};
+
+const char *cl_log_level_name(cl_log_level level) {
+  return (unsigned)level < CL_LOG__COUNT ? level_names[level] : NULL;
+}
+
+cl_status cl_log_level_parse(const char *name, cl_log_level *level, cl_error *err) {
+  for (int i = 0; name && i < CL_LOG__COUNT; i++)
+    if (strcmp(name, level_names[i]) == 0) {
+      *level = (cl_log_level)i;
+      cl__ok(err);
+      return CL_OK;
+    }
+  return cl__fail(err, CL_INVALID_ARGUMENT,
+                  "log level '%.32s' is unknown: use debug, info, warn or error",
+                  name ? name : "(null)");
+}
 
 static void stderr_log(void *ud, cl_log_level level, const char *line) {
   (void)ud;

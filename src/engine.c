@@ -4,7 +4,7 @@
  * Resolves the configuration (explicit value, then environment, then the
  * documented default), validates the schema name, connects and registers
  * the hot-path statements.  The cap lives on the engine and is read fresh
- * by every bulk call.  Uses db.c, telemetry.c, outbound.c, envelope.c.
+ * by every bulk call.  Uses db.c and telemetry.c.
  */
 #include "engine.h"
 #include "outbound.h"
@@ -151,6 +151,12 @@ fail_config:
 
 void cl_close(cl_engine *eng) {
   if (!eng) return;
+  if (eng->in_hook) {
+    /* Freeing the engine under the hook that runs would leave its caller
+     * with freed memory: refuse loudly, the host closes it afterwards. */
+    cl_log(eng, CL_LOG_ERROR, "cl_close called from inside a hook of the same engine: ignored");
+    return;
+  }
   if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
   if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
   if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
@@ -164,6 +170,7 @@ void cl_close(cl_engine *eng) {
 }
 
 cl_status cl_set_max_batch_size(cl_engine *eng, int n, cl_error *err) {
+  CL__ENTER(eng, err);
   if (n < 1 || n > CL_MAX_COHORT)
     return cl__fail(err, CL_INVALID_ARGUMENT, "max_batch_size must be from 1 to %d, got %d",
                     CL_MAX_COHORT, n);
@@ -172,64 +179,6 @@ cl_status cl_set_max_batch_size(cl_engine *eng, int n, cl_error *err) {
   return CL_OK;
 }
 
-int cl_max_batch_size(const cl_engine *eng) { return eng->max_batch_size; }
+int cl_max_batch_size(const cl_engine *eng) { return eng ? eng->max_batch_size : 0; }
 
-const char *cl_schema(const cl_engine *eng) { return eng->schema; }
-
-cl_status cl_set_auditor(cl_engine *eng, const cl_auditor *auditor, cl_error *err) {
-  if (auditor && !auditor->audit)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "auditor has no audit function");
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the auditor from inside a hook");
-  if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
-  eng->has_auditor = auditor != NULL;
-  if (auditor) eng->auditor = *auditor;
-  else memset(&eng->auditor, 0, sizeof eng->auditor);
-  cl__ok(err);
-  return CL_OK;
-}
-
-cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolver, cl_error *err) {
-  if (resolver && !resolver->resolve)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "actor resolver has no resolve function");
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the actor resolver from inside a hook");
-  if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
-  eng->has_resolver = resolver != NULL;
-  if (resolver) eng->resolver = *resolver;
-  else memset(&eng->resolver, 0, sizeof eng->resolver);
-  cl__ok(err);
-  return CL_OK;
-}
-
-cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err) {
-  if (notifier && !notifier->deliver)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "notifier has no deliver function");
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "cannot replace the notifier from inside a hook");
-  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
-  eng->has_notifier = notifier != NULL;
-  if (notifier) eng->notifier = *notifier;
-  else memset(&eng->notifier, 0, sizeof eng->notifier);
-  cl__ok(err);
-  return CL_OK;
-}
-
-cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json, cl_error *err) {
-  *events_json = NULL;
-  if (!eng->has_auditor || !eng->auditor.list_events) {
-    *events_json = strdup("[]");
-    if (!*events_json) return cl__fail(err, CL_DB_ERROR, "out of memory");
-    cl__ok(err);
-    return CL_OK;
-  }
-  if (eng->in_hook)
-    return cl__fail(err, CL_HOOK_ERROR, "audit_events called from inside a hook");
-  eng->in_hook = true;
-  cl_status st = eng->auditor.list_events(eng->auditor.ud, opts_json ? opts_json : "{}",
-                                          events_json, err);
-  eng->in_hook = false;
-  if (st == CL_OK && !*events_json) *events_json = strdup("[]");
-  if (st == CL_OK) cl__ok(err);
-  return st;
-}
+const char *cl_schema(const cl_engine *eng) { return eng ? eng->schema : NULL; }

@@ -107,6 +107,10 @@ void cl__policy_free(struct cl__policy *policy);
 
 /* Validation helpers shared by outbound.c, envelope.c and the bindings. */
 bool cl__utf8_valid(const char *s, size_t len);
+/* A text field: NULL allowed unless `required`, at most `max` bytes, UTF-8
+ * without NUL; CL_INVALID_ARGUMENT naming `field` otherwise. */
+cl_status cl__check_text(const char *field, const char *s, size_t max, bool required,
+                         cl_error *err);
 bool cl__uuid_valid(const char *s);
 /* Canonical lowercase copy of a valid UUID into out[CL_UUID_LEN + 1]. */
 void cl__uuid_lower(const char *s, char *out);

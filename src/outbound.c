@@ -11,6 +11,7 @@
  * Uses db.c, telemetry.c, arena.c.
  */
 #include "outbound.h"
+#include "hooks.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -210,21 +211,6 @@ cl_status cl__outbound_register(cl_engine *eng, cl_error *err) {
 /* Validation                                                           */
 /* ------------------------------------------------------------------ */
 
-static cl_status check_text(const char *field, const char *s, size_t max, bool required,
-                            cl_error *err) {
-  if (!s) {
-    if (required) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is required", field);
-    return CL_OK;
-  }
-  size_t n = strlen(s);
-  if (required && n == 0) return cl__fail(err, CL_INVALID_ARGUMENT, "%s must not be empty", field);
-  if (n > max)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is too large: %zu bytes, at most %zu", field,
-                    n, max);
-  if (!cl__utf8_valid(s, n)) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is not valid UTF-8", field);
-  return CL_OK;
-}
-
 static cl_status check_schedule(int64_t s, cl_error *err) {
   if (s < 0 || s > CL_MAX_SCHEDULE_IN)
     return cl__fail(err, CL_INVALID_ARGUMENT,
@@ -273,111 +259,6 @@ static cl_status check_ids(const int64_t *ids, size_t n, cl_error *err) {
       break;
     }
   free(sorted);
-  return st;
-}
-
-/* ------------------------------------------------------------------ */
-/* Hooks                                                                */
-/* ------------------------------------------------------------------ */
-
-/* Returns the actor to record (malloc'd, or NULL for none). */
-static cl_status resolve_actor(cl_engine *eng, const char *actor, const char *action,
-                               char **resolved, cl_error *err) {
-  *resolved = NULL;
-  if (!eng->has_resolver) {
-    if (actor && !(*resolved = strdup(actor))) return cl__fail(err, CL_DB_ERROR, "out of memory");
-    return CL_OK;
-  }
-  eng->in_hook = true;
-  cl_status st = eng->resolver.resolve(eng->resolver.ud, actor, action, resolved, err);
-  eng->in_hook = false;
-  if (st != CL_OK && (!err || err->code != st || !err->message[0]))
-    cl__fail(err, st == CL_ACTOR_REJECTED ? st : CL_HOOK_ERROR, "actor_resolver: %s",
-             st == CL_ACTOR_REJECTED ? "refused" : "failed");
-  if (st == CL_OK && *resolved &&
-      check_text("resolved actor", *resolved, CL_MAX_ACTOR_BYTES, false, err) != CL_OK) {
-    char why[CL_ERROR_MESSAGE_MAX];
-    snprintf(why, sizeof why, "%s", err ? err->message : "");
-    st = cl__fail(err, CL_HOOK_ERROR, "actor_resolver: %s", why);
-  } else if (st != CL_OK && st != CL_ACTOR_REJECTED && st != CL_HOOK_ERROR) {
-    st = CL_HOOK_ERROR;
-    if (err) err->code = st;
-  }
-  if (st != CL_OK) {
-    free(*resolved);
-    *resolved = NULL;
-  }
-  return st;
-}
-
-static cl_status call_auditor(cl_engine *eng, const char *action, const char *actor,
-                              const cl_kv *md, size_t nmd, char **audit_json, cl_error *err) {
-  cl_map map = {md, nmd};
-  struct cl_tx *tx = &eng->tx;
-  tx->eng = eng;
-  tx->active = true;
-  tx->failed = false;
-  eng->in_hook = true;
-  cl_status st = eng->auditor.audit(eng->auditor.ud, tx, action, actor, &map, audit_json, err);
-  eng->in_hook = false;
-  tx->active = false;
-  if (st != CL_OK && !tx->failed && (!err || err->code != st || !err->message[0]))
-    cl__fail(err, st, "auditor.audit: %s", st == CL_AUDIT_REJECTED ? "refused" : "failed");
-  if (st == CL_OK && tx->failed)
-    st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: a statement failed and aborted the transaction: %s",
-                  tx->failure);
-  else if (st != CL_OK && st != CL_AUDIT_REJECTED && st != CL_HOOK_ERROR && st != CL_DB_ERROR) {
-    st = CL_HOOK_ERROR;
-    if (err) err->code = st;
-  }
-  if (st != CL_OK) {
-    free(*audit_json);
-    *audit_json = NULL;
-  }
-  return st;
-}
-
-cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const *params,
-                     cl_rows **rows, cl_error *err) {
-  if (rows) *rows = NULL;
-  if (!tx || !tx->active)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "transaction handle used outside its audit call");
-  if (!sql) return cl__fail(err, CL_INVALID_ARGUMENT, "tx exec: sql is required");
-  if (tx->failed)
-    return cl__fail(err, CL_DB_ERROR, "transaction is aborted: %s", tx->failure);
-  cl_status st = cl__db_exec_sql(&tx->eng->db, sql, nparams, params, rows, err);
-  if (st != CL_OK) {
-    tx->failed = true;
-    snprintf(tx->failure, sizeof tx->failure, "%s", err ? err->message : "statement failed");
-  }
-  return st;
-}
-
-/*
- * Runs the auditor's transaction: the opening statement `id` and the audit
- * call share the pipeline, COMMIT follows when the auditor accepts.  A
- * failure of the statement itself (unknown conversation, duplicate) wins
- * over what the auditor said, since the auditor then saw an aborted
- * transaction; its sqlstate stays readable for the caller.
- */
-static cl_status audited(cl_engine *eng, cl__stmt id, int nparams, const char *const *params,
-                         const char *action, const char *actor, const cl_kv *md, size_t nmd,
-                         char **audit_json, cl_rows **rows, cl_error *err) {
-  *rows = NULL;
-  cl_status st = cl__db_tx_open(&eng->db, id, nparams, params, err);
-  if (st != CL_OK) return st;
-  cl_error aerr;
-  cl__ok(&aerr);
-  cl_status ast = call_auditor(eng, action, actor, md, nmd, audit_json, &aerr);
-  st = cl__db_tx_close(&eng->db, ast == CL_OK, rows, err);
-  if (st == CL_OK && ast != CL_OK) {
-    if (err) *err = aerr;
-    st = ast;
-  }
-  if (st != CL_OK) {
-    free(*audit_json);
-    *audit_json = NULL;
-  }
   return st;
 }
 
@@ -536,9 +417,9 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   if (conversation_id <= 0)
     return cl__fail(err, CL_INVALID_ARGUMENT, "conversation id %" PRId64 " is not positive",
                     conversation_id);
-  if ((st = check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
-      (st = check_text("content", opts->content, CL_MAX_BODY_BYTES, false, err)) ||
-      (st = check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
+  if ((st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+      (st = cl__check_text("content", opts->content, CL_MAX_BODY_BYTES, false, err)) ||
+      (st = cl__check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
       (st = check_schedule(opts->schedule_in, err)) ||
       (st = check_uuid("bulk_envelope_id", opts->bulk_envelope_id, envelope_id, err)))
     return st;
@@ -546,7 +427,7 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   int64_t t0 = cl__monotonic_ns();
   char *actor = NULL;
   trace_ctx trace = {envelope_id, conversation_id, opts->template_id, NULL};
-  st = resolve_actor(eng, opts->actor, "outbound_trigger", &actor, err);
+  st = cl__resolve_actor(eng, opts->actor, "outbound_trigger", &actor, err);
   if (st == CL_ACTOR_REJECTED) return st;
   if (st != CL_OK) { /* the resolver failed: an exception, with nothing written */
     emit_exception(eng, CL__EV_TRIGGER_EXCEPTION, t0, st, 0, false);
@@ -589,7 +470,7 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   } else {
     cl_kv md[] = {KV_INT("conversation_id", conversation_id),
                   KV_STR("template_id", opts->template_id)};
-    st = audited(eng, CL__STMT_TRIGGER, 5, params, "outbound_trigger", actor, md, NKV(md),
+    st = cl__audited(eng, CL__STMT_TRIGGER, 5, params, "outbound_trigger", actor, md, NKV(md),
                  &res->audit_json, &rows, err);
   }
   if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
@@ -865,9 +746,9 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
   if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "bulk_trigger called from inside a hook");
   if ((st = check_ids(ids, n, err)) ||
-      (st = check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
-      (st = check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||
-      (st = check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
+      (st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+      (st = cl__check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||
+      (st = cl__check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
       (st = check_schedule(opts->schedule_in, err)) ||
       (st = check_uuid("envelope_id", opts->envelope_id, envelope_id, err)))
     return st;
@@ -877,7 +758,7 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   int64_t t0 = cl__monotonic_ns();
   char *actor = NULL;
   trace_ctx trace = {envelope_id, 0, opts->template_id, NULL};
-  st = resolve_actor(eng, opts->actor, "bulk_outbound_trigger", &actor, err);
+  st = cl__resolve_actor(eng, opts->actor, "bulk_outbound_trigger", &actor, err);
   if (st == CL_ACTOR_REJECTED) return st;
   if (st != CL_OK) {
     emit_exception(eng, CL__EV_BULK_EXCEPTION, t0, st, (int64_t)n, true);
@@ -921,7 +802,7 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   } else {
     cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
                   KV_STR("template_id", opts->template_id)};
-    st = audited(eng, CL__STMT_BULK_TX, 7, params, "bulk_outbound_trigger", actor, md, NKV(md),
+    st = cl__audited(eng, CL__STMT_BULK_TX, 7, params, "bulk_outbound_trigger", actor, md, NKV(md),
                  &res->audit_json, &rows, err);
     if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
       /* The envelope id is taken: read the stored envelope (nothing was

@@ -13,6 +13,7 @@
  * engine's notifier.
  */
 #include "engine.h"
+#include "hooks.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -529,10 +530,7 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
     char key[48];
     snprintf(key, sizeof key, "%" PRId64 ":%d", msg.id, attempt);
     cl_error nerr;
-    cl__ok(&nerr);
-    eng->in_hook = true;
-    cl_status ns = eng->notifier.deliver(eng->notifier.ud, &msg, &conv, key, attempt, &nerr);
-    eng->in_hook = false;
+    cl_status ns = cl__deliver(eng, &msg, &conv, key, attempt, &nerr);
     char kind = ns == CL_OK ? 's' : 'f';
     const char *error = NULL;
     if (kind == 's') {

@@ -116,3 +116,18 @@ void cl__uuid_v4(char *out) {
   uuid_generate_random(u);
   uuid_unparse_lower(u, out);
 }
+
+cl_status cl__check_text(const char *field, const char *s, size_t max, bool required,
+                         cl_error *err) {
+  if (!s) {
+    if (required) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is required", field);
+    return CL_OK;
+  }
+  size_t n = strlen(s);
+  if (required && n == 0) return cl__fail(err, CL_INVALID_ARGUMENT, "%s must not be empty", field);
+  if (n > max)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is too large: %zu bytes, at most %zu", field,
+                    n, max);
+  if (!cl__utf8_valid(s, n)) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is not valid UTF-8", field);
+  return CL_OK;
+}

@@ -1,0 +1,181 @@
+/*
+ * hooks.c - the engine's hooks: where C calls into host policy.
+ *
+ * Provides the three call points of the operations (the actor resolver,
+ * the audited transaction with its cl_tx handle, the notifier), the
+ * cl_set_* setters and cl_audit_events.  Each call point sets in_hook for
+ * the duration of the call, so that the entry guard (cl__enter) refuses a
+ * hook that calls back into its own engine.  Uses db.c (the auditor's
+ * transaction) and nothing of the operations that call it.
+ */
+#include "hooks.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Call points                                                          */
+/* ------------------------------------------------------------------ */
+
+cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *action,
+                               char **resolved, cl_error *err) {
+  *resolved = NULL;
+  if (!eng->has_resolver) {
+    if (actor && !(*resolved = strdup(actor))) return cl__fail(err, CL_DB_ERROR, "out of memory");
+    return CL_OK;
+  }
+  eng->in_hook = true;
+  cl_status st = eng->resolver.resolve(eng->resolver.ud, actor, action, resolved, err);
+  eng->in_hook = false;
+  if (st != CL_OK && (!err || err->code != st || !err->message[0]))
+    cl__fail(err, st == CL_ACTOR_REJECTED ? st : CL_HOOK_ERROR, "actor_resolver: %s",
+             st == CL_ACTOR_REJECTED ? "refused" : "failed");
+  if (st == CL_OK && *resolved &&
+      cl__check_text("resolved actor", *resolved, CL_MAX_ACTOR_BYTES, false, err) != CL_OK) {
+    char why[CL_ERROR_MESSAGE_MAX];
+    snprintf(why, sizeof why, "%s", err ? err->message : "");
+    st = cl__fail(err, CL_HOOK_ERROR, "actor_resolver: %s", why);
+  } else if (st != CL_OK && st != CL_ACTOR_REJECTED && st != CL_HOOK_ERROR) {
+    st = CL_HOOK_ERROR;
+    if (err) err->code = st;
+  }
+  if (st != CL_OK) {
+    free(*resolved);
+    *resolved = NULL;
+  }
+  return st;
+}
+
+static cl_status call_auditor(cl_engine *eng, const char *action, const char *actor,
+                              const cl_kv *md, size_t nmd, char **audit_json, cl_error *err) {
+  cl_map map = {md, nmd};
+  struct cl_tx *tx = &eng->tx;
+  tx->eng = eng;
+  tx->active = true;
+  tx->failed = false;
+  eng->in_hook = true;
+  cl_status st = eng->auditor.audit(eng->auditor.ud, tx, action, actor, &map, audit_json, err);
+  eng->in_hook = false;
+  tx->active = false;
+  if (st != CL_OK && !tx->failed && (!err || err->code != st || !err->message[0]))
+    cl__fail(err, st, "auditor.audit: %s", st == CL_AUDIT_REJECTED ? "refused" : "failed");
+  if (st == CL_OK && tx->failed)
+    st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: a statement failed and aborted the transaction: %s",
+                  tx->failure);
+  else if (st != CL_OK && st != CL_AUDIT_REJECTED && st != CL_HOOK_ERROR && st != CL_DB_ERROR) {
+    st = CL_HOOK_ERROR;
+    if (err) err->code = st;
+  }
+  if (st != CL_OK) {
+    free(*audit_json);
+    *audit_json = NULL;
+  }
+  return st;
+}
+
+cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const *params,
+                     cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
+  if (!tx || !tx->active)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "transaction handle used outside its audit call");
+  if (!sql) return cl__fail(err, CL_INVALID_ARGUMENT, "tx exec: sql is required");
+  if (tx->failed)
+    return cl__fail(err, CL_DB_ERROR, "transaction is aborted: %s", tx->failure);
+  cl_status st = cl__db_exec_sql(&tx->eng->db, sql, nparams, params, rows, err);
+  if (st != CL_OK) {
+    tx->failed = true;
+    snprintf(tx->failure, sizeof tx->failure, "%s", err ? err->message : "statement failed");
+  }
+  return st;
+}
+
+cl_status cl__audited(cl_engine *eng, cl__stmt id, int nparams, const char *const *params,
+                         const char *action, const char *actor, const cl_kv *md, size_t nmd,
+                         char **audit_json, cl_rows **rows, cl_error *err) {
+  *rows = NULL;
+  cl_status st = cl__db_tx_open(&eng->db, id, nparams, params, err);
+  if (st != CL_OK) return st;
+  cl_error aerr;
+  cl__ok(&aerr);
+  cl_status ast = call_auditor(eng, action, actor, md, nmd, audit_json, &aerr);
+  st = cl__db_tx_close(&eng->db, ast == CL_OK, rows, err);
+  if (st == CL_OK && ast != CL_OK) {
+    if (err) *err = aerr;
+    st = ast;
+  }
+  if (st != CL_OK) {
+    free(*audit_json);
+    *audit_json = NULL;
+  }
+  return st;
+}
+
+
+cl_status cl__deliver(cl_engine *eng, const cl_message *msg, const cl_conversation *conv,
+                      const char *idempotency_key, int attempt, cl_error *err) {
+  cl__ok(err);
+  eng->in_hook = true;
+  cl_status st = eng->notifier.deliver(eng->notifier.ud, msg, conv, idempotency_key, attempt, err);
+  eng->in_hook = false;
+  return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Installing hooks                                                     */
+/* ------------------------------------------------------------------ */
+
+cl_status cl_set_auditor(cl_engine *eng, const cl_auditor *auditor, cl_error *err) {
+  CL__ENTER(eng, err);
+  if (auditor && !auditor->audit)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "auditor has no audit function");
+  if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
+  eng->has_auditor = auditor != NULL;
+  if (auditor) eng->auditor = *auditor;
+  else memset(&eng->auditor, 0, sizeof eng->auditor);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolver, cl_error *err) {
+  CL__ENTER(eng, err);
+  if (resolver && !resolver->resolve)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "actor resolver has no resolve function");
+  if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
+  eng->has_resolver = resolver != NULL;
+  if (resolver) eng->resolver = *resolver;
+  else memset(&eng->resolver, 0, sizeof eng->resolver);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err) {
+  CL__ENTER(eng, err);
+  if (notifier && !notifier->deliver)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "notifier has no deliver function");
+  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  eng->has_notifier = notifier != NULL;
+  if (notifier) eng->notifier = *notifier;
+  else memset(&eng->notifier, 0, sizeof eng->notifier);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json, cl_error *err) {
+  if (events_json) *events_json = NULL;
+  CL__ENTER(eng, err);
+  if (!events_json) return cl__fail(err, CL_INVALID_ARGUMENT, "audit_events: no place for the result");
+  if (!eng->has_auditor || !eng->auditor.list_events) {
+    *events_json = strdup("[]");
+    if (!*events_json) return cl__fail(err, CL_DB_ERROR, "out of memory");
+    cl__ok(err);
+    return CL_OK;
+  }
+  eng->in_hook = true;
+  cl_status st = eng->auditor.list_events(eng->auditor.ud, opts_json ? opts_json : "{}",
+                                          events_json, err);
+  eng->in_hook = false;
+  if (st == CL_OK && !*events_json) *events_json = strdup("[]");
+  if (st == CL_OK) cl__ok(err);
+  return st;
+}

@@ -112,10 +112,13 @@ $(BUILD)/obj/lua54.o: $(LUA54_A)
 	    --redefine-sym stderr=cl__lua_stderr $@.tmp $@
 	@rm -f $@.tmp
 
+# Only cl_* (the API, and the cl__* internals the Lua module binds to)
+# stay global: every symbol of the private Lua 5.4 (lua_*, luaL_*, and the
+# interpreter's own luaE_*, luaV_*, ...) is local, so a host that links its
+# own static Lua into the same program never meets a duplicate.
 $(ENGINE_OBJ): $(LIB_OBJS) $(BUILD)/obj/lua54.o
 	$(LD) -r -o $@.tmp $^
-	objcopy -w --localize-symbol='lua_*' --localize-symbol='luaL_*' \
-	    --localize-symbol='luaopen_*' $@.tmp $@
+	objcopy -w --keep-global-symbol='cl_*' $@.tmp $@
 	@rm -f $@.tmp
 
 $(STATIC_LIB): $(ENGINE_OBJ)

@@ -60,7 +60,7 @@ PC_FILE := $(BUILD)/cairnloop.pc
 # The engine with its own Lua 5.4 linked in, see below.
 ENGINE_OBJ := $(BUILD)/obj/engine_lua54.o
 
-.PHONY: all deps check test-c demo install uninstall clean bench luajit FORCE
+.PHONY: all deps check test-c demo install uninstall ldconfig clean bench luajit FORCE
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 
 # Installs the Debian packages the build and the tests need (as root).
@@ -192,6 +192,16 @@ install: all
 	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop/
 	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop/
 	cp lua/examples/*.lua $(DESTDIR)$(PREFIX)/share/cairnloop/examples/
+	@$(MAKE) --no-print-directory ldconfig
+
+# Installing into the running system (no DESTDIR) refreshes the dynamic
+# linker's cache, so a program linked with -lcairnloop runs at once.
+ldconfig:
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ] && command -v ldconfig >/dev/null; then \
+	  ldconfig; echo "ldconfig: linker cache refreshed for $(PREFIX)/lib"; \
+	elif [ -z "$(DESTDIR)" ]; then \
+	  echo "note: run ldconfig as root (or set LD_LIBRARY_PATH=$(PREFIX)/lib) before linking against libcairnloop.so"; \
+	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/cairnloop.h $(DESTDIR)$(PREFIX)/lib/libcairnloop.* \
@@ -199,6 +209,11 @@ uninstall:
 	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so $(DESTDIR)$(PREFIX)/lib/lua/5.1/cairnloop.so
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop \
 	    $(DESTDIR)$(PREFIX)/share/cairnloop
+	@# The directories install created, where nothing else lives in them now.
+	-@for d in lib/pkgconfig lib/lua/5.4 lib/lua/5.1 lib/lua share/lua/5.4 share/lua/5.1 \
+	    share/lua share/man/man1 share/man include lib bin share; do \
+	  rmdir $(DESTDIR)$(PREFIX)/$$d 2>/dev/null || true; done
+	@$(MAKE) --no-print-directory ldconfig
 
 clean:
 	rm -rf build

@@ -56,6 +56,7 @@ typedef struct cluster {
   uid_t pg_uid;
   gid_t pg_gid;
   char bindir[PATH_MAX];
+  const char *bindir_from; /* how bindir was found, said by `db start|status` */
 } cluster;
 
 /* The output a tool printed, its last part kept (where errors are). */
@@ -191,7 +192,16 @@ static int run_tool(const cluster *c, bool server, const char *const argv[], int
       dprintf(2, "cannot become the %s user: %s\n", DB_USER, strerror(errno));
       _exit(127);
     }
-    execv(path, (char *const *)argv);
+    /* argv[0] absolute too: initdb looks for `postgres` next to its own
+     * argv[0], and a bare name would be searched on a PATH that, on a
+     * stock Debian machine, does not hold the server binaries. */
+    const char *args[32];
+    size_t n = 0;
+    args[n++] = path;
+    for (size_t i = 1; argv[i] && n < sizeof args / sizeof args[0] - 1; i++)
+      args[n++] = argv[i];
+    args[n] = NULL;
+    execv(path, (char *const *)args);
     dprintf(2, "cannot run %s: %s\n", path, strerror(errno));
     _exit(127);
   }
@@ -256,52 +266,111 @@ static bool has_tools(const char *dir) {
   return true;
 }
 
-/* $CAIRNLOOP_PG_BINDIR, else $PATH, else Debian's /usr/lib/postgresql/N/bin
- * (where they usually are, off the PATH), newest N first. */
+/* `pg_config --bindir`, as Debian's own tools ask (libpq-dev's pg_config
+ * names the server's directory, which is off the PATH); false when there
+ * is no pg_config or it names no directory with our tools. */
+static bool bindir_from_pg_config(char *out, size_t size) {
+  FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
+  if (!p)
+    return false;
+  char line[PATH_MAX];
+  bool got = fgets(line, sizeof line, p) != NULL;
+  pclose(p);
+  if (!got)
+    return false;
+  line[strcspn(line, "\n")] = '\0';
+  if (line[0] != '/' || !has_tools(line))
+    return false;
+  snprintf(out, size, "%s", line);
+  return true;
+}
+
+/* The newest /usr/lib/postgresql/N/bin holding our tools. */
+static bool bindir_from_debian(char *out, size_t size) {
+  DIR *d = opendir("/usr/lib/postgresql");
+  long best = -1;
+  if (!d)
+    return false;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char *end;
+    long v = strtol(e->d_name, &end, 10);
+    char dir[PATH_MAX];
+    if (*end || end == e->d_name || v <= best)
+      continue;
+    snprintf(dir, sizeof dir, "/usr/lib/postgresql/%s/bin", e->d_name);
+    if (has_tools(dir)) {
+      best = v;
+      snprintf(out, size, "%s", dir);
+    }
+  }
+  closedir(d);
+  return best >= 0;
+}
+
+/* The first absolute $PATH entry holding our tools. */
+static bool bindir_from_path(char *out, size_t size) {
+  const char *path = getenv("PATH");
+  char *copy = path ? strdup(path) : NULL;
+  char *save = NULL;
+  bool found = false;
+  for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir && !found;
+       dir = strtok_r(NULL, ":", &save)) {
+    if (*dir == '/' && has_tools(dir)) {
+      snprintf(out, size, "%s", dir);
+      found = true;
+    }
+  }
+  free(copy);
+  return found;
+}
+
+/* $CAIRNLOOP_PG_BINDIR, else `pg_config --bindir`, else Debian's newest
+ * /usr/lib/postgresql/N/bin, else the PATH.  The tools then always run by
+ * absolute path (run_tool). */
 static int find_bindir(cluster *c) {
   const char *env = getenv("CAIRNLOOP_PG_BINDIR");
   if (env && *env) {
-    if (!has_tools(env))
-      return fail("CAIRNLOOP_PG_BINDIR=%s lacks initdb, pg_ctl or createdb", env);
+    if (*env != '/' || !has_tools(env))
+      return fail("CAIRNLOOP_PG_BINDIR=%s is not an absolute directory holding initdb, pg_ctl "
+                  "and createdb", env);
     snprintf(c->bindir, sizeof c->bindir, "%s", env);
-    return 0;
-  }
-  const char *path = getenv("PATH");
-  if (path) {
-    char *copy = strdup(path);
-    char *save = NULL;
-    for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir;
-         dir = strtok_r(NULL, ":", &save)) {
-      if (*dir == '/' && has_tools(dir)) {
-        snprintf(c->bindir, sizeof c->bindir, "%s", dir);
-        free(copy);
-        return 0;
-      }
-    }
-    free(copy);
-  }
-  DIR *d = opendir("/usr/lib/postgresql");
-  long best = -1;
-  if (d) {
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-      char *end;
-      long v = strtol(e->d_name, &end, 10);
-      char dir[PATH_MAX];
-      if (*end || end == e->d_name || v <= best)
-        continue;
-      snprintf(dir, sizeof dir, "/usr/lib/postgresql/%s/bin", e->d_name);
-      if (has_tools(dir)) {
-        best = v;
-        snprintf(c->bindir, sizeof c->bindir, "%s", dir);
-      }
-    }
-    closedir(d);
-  }
-  if (best < 0)
+    c->bindir_from = "CAIRNLOOP_PG_BINDIR";
+  } else if (bindir_from_pg_config(c->bindir, sizeof c->bindir)) {
+    c->bindir_from = "pg_config --bindir";
+  } else if (bindir_from_debian(c->bindir, sizeof c->bindir)) {
+    c->bindir_from = "the newest /usr/lib/postgresql/*/bin";
+  } else if (bindir_from_path(c->bindir, sizeof c->bindir)) {
+    c->bindir_from = "PATH";
+  } else {
     return fail("PostgreSQL's initdb, pg_ctl and createdb were not found (install the postgresql "
                 "package, or set CAIRNLOOP_PG_BINDIR)");
+  }
   return 0;
+}
+
+/*
+ * The project directory: the nearest of the current directory and its
+ * parents that holds a .cairnloop (as git finds .git), else the current
+ * directory itself, where the cluster will be created.
+ */
+static int find_project(cluster *c) {
+  if (!getcwd(c->cwd, sizeof c->cwd))
+    return fail("cannot read the current directory: %s", strerror(errno));
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", c->cwd);
+  for (;;) {
+    char link[PATH_MAX];
+    struct stat st;
+    if (path_join(link, dir, LINK_NAME) && lstat(link, &st) == 0) {
+      snprintf(c->cwd, sizeof c->cwd, "%s", dir);
+      return 0;
+    }
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+      return 0; /* reached "/" without finding one */
+    *slash = '\0';
+  }
 }
 
 /* ------------------------------------------------------------------ */
@@ -362,14 +431,15 @@ static int make_dir(const cluster *c, const char *path, mode_t mode) {
 }
 
 /*
- * Fills `c` for the cluster of the current directory.  With `create`, makes
+ * Fills `c` for the cluster of the project (find_project).  With `create`, makes
  * the directories (and, when ./.cairnloop cannot hold the cluster, a
  * private directory linked from ./.cairnloop, saying so once).
  */
 static int locate(cluster *c, bool create) {
   memset(c, 0, sizeof *c);
-  if (!getcwd(c->cwd, sizeof c->cwd))
-    return fail("cannot read the current directory: %s", strerror(errno));
+  int found = find_project(c);
+  if (found != 0)
+    return found;
   if (!path_join(c->link, c->cwd, LINK_NAME))
     return fail("the current directory's path is too long");
   if (geteuid() == 0) {
@@ -622,7 +692,8 @@ int cli_db_ensure(char **url) {
   if (rc != 0)
     return rc;
   if (started)
-    fprintf(stderr, "cairnloop: started the embedded PostgreSQL in %s\n", c.root);
+    fprintf(stderr, "cairnloop: started the embedded PostgreSQL in %s (binaries: %s, from %s)\n",
+            c.root, c.bindir, c.bindir_from);
   *url = cluster_url(&c);
   return *url ? 0 : fail("out of memory");
 }
@@ -637,21 +708,24 @@ static int print_state(const cli_ctx *ctx, const cluster *c, long pid, const cha
                        const char *verb) {
   bool init = initialised(c);
   if (ctx->json)
-    return cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s}",
+    return cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s, s:s, s:s}",
                                         "running", pid > 0,
                                         "pid", pid > 0 ? json_integer(pid) : json_null(),
                                         "initialised", init,
                                         "data_dir", c->data,
                                         "socket_dir", c->sock,
                                         "log", c->log,
-                                        "url", url));
+                                        "url", url,
+                                        "bindir", c->bindir,
+                                        "bindir_from", c->bindir_from));
   if (pid > 0)
     printf("%s (pid %ld)\n", verb, pid);
   else if (init)
     printf("not running\n");
   else
     printf("not running (not created yet: `cairnloop db start` creates it)\n");
-  printf("data:   %s\nsocket: %s\nlog:    %s\nurl:    %s\n", c->data, c->sock, c->log, url);
+  printf("data:   %s\nsocket: %s\nlog:    %s\nurl:    %s\nserver: %s (from %s)\n", c->data,
+         c->sock, c->log, url, c->bindir, c->bindir_from);
   return 0;
 }
 

@@ -60,7 +60,7 @@ PC_FILE := $(BUILD)/cairnloop.pc
 # The engine with its own Lua 5.4 linked in, see below.
 ENGINE_OBJ := $(BUILD)/obj/engine_lua54.o
 
-.PHONY: all deps check test-c demo install uninstall ldconfig clean bench luajit FORCE
+.PHONY: all deps check test-c demo install uninstall ldconfig clean bench luajit rock rock-install FORCE
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 
 # Installs the Debian packages the build and the tests need (as root).
@@ -91,10 +91,12 @@ $(BUILD)/obj/migrations_gen.o: $(BUILD)/gen/migrations_gen.c
 # rebuilt for another (the compiled-in Lua path, the pkg-config file).
 $(BUILD)/prefix.stamp: FORCE
 	@mkdir -p $(BUILD)
-	@echo '$(PREFIX)' | cmp -s - $@ || echo '$(PREFIX)' > $@
+	@echo '$(PREFIX) $(LUA_INSTALL_DIR)' | cmp -s - $@ || echo '$(PREFIX) $(LUA_INSTALL_DIR)' > $@
 FORCE:
 
-LUA_DIRS := -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' -DCL_LUA_INSTALL_DIR='"$(PREFIX)/share/lua/5.4"'
+# Where an installed engine's policy state finds the pure-Lua modules.
+LUA_INSTALL_DIR ?= $(PREFIX)/share/lua/5.4
+LUA_DIRS := -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' -DCL_LUA_INSTALL_DIR='"$(LUA_INSTALL_DIR)"'
 $(BUILD)/obj/policy.o $(BUILD)/obj/cli/run.o: Makefile $(BUILD)/prefix.stamp
 $(BUILD)/obj/policy.o: CFLAGS_ALL += $(LUA_DIRS)
 $(BUILD)/obj/cli/run.o: CLI_CFLAGS += $(LUA_DIRS)
@@ -153,6 +155,20 @@ $(LUAJIT_MOD): $(BUILD)/obj/lua_module_jit.o $(ENGINE_OBJ) src/lua_module.map
 	    -Wl,--version-script=src/lua_module.map $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
 
 luajit: $(LUAJIT_MOD)
+
+# `luarocks make` (cairnloop-*.rockspec): the Lua 5.4 module, built in a
+# tree of its own so that it never disturbs build/.  Installed, the
+# module's policy state finds the pure-Lua modules beside it, in the rock
+# tree's share/lua/5.4 (see policy.c).
+ROCK_LIBDIR ?=
+ROCK_LUADIR ?=
+rock:
+	@$(MAKE) --no-print-directory BUILD=build/rock build/rock/lua5.4/cairnloop.so
+rock-install:
+	@test -n "$(ROCK_LIBDIR)" && test -n "$(ROCK_LUADIR)" || { echo "rock-install: ROCK_LIBDIR and ROCK_LUADIR are required" >&2; exit 2; }
+	install -d '$(ROCK_LIBDIR)' '$(ROCK_LUADIR)/cairnloop'
+	install -m 755 build/rock/lua5.4/cairnloop.so '$(ROCK_LIBDIR)/'
+	cp -R lua/cairnloop/. '$(ROCK_LUADIR)/cairnloop/'
 
 $(PC_FILE): cairnloop.pc.in Makefile $(BUILD)/prefix.stamp
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@

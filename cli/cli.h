@@ -93,7 +93,6 @@ int cli_open(const cli_ctx *ctx, cl_engine **out);
 int cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
 
 /* Strict decimal int64 ("-7" yes; " 7", "+7", "7x", overflow no). */
-bool cli_to_i64(const char *text, int64_t *out);
 
 /* Strict integer parsing for option values; on failure the error is
  * reported (naming `what`) and the exit status is returned, else 0. */

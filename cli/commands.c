@@ -6,6 +6,7 @@
  * json.c.
  */
 #include "cli.h"
+#include "parse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -17,105 +18,60 @@
 /* Input helpers                                                        */
 /* ------------------------------------------------------------------ */
 
-typedef struct id_list {
-  int64_t *items;
-  size_t count, cap;
-} id_list;
-
-static bool id_push(id_list *l, int64_t id) {
-  if (l->count == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    int64_t *items = realloc(l->items, cap * sizeof *items);
-    if (!items)
-      return false;
-    l->items = items;
-    l->cap = cap;
-  }
-  l->items[l->count++] = id;
-  return true;
-}
-
-/* Strips leading and trailing blanks (spaces, tabs, CR, LF) in place. */
-static char *trim(char *s) {
-  while (isspace((unsigned char)*s))
-    s++;
-  size_t n = strlen(s);
-  while (n > 0 && isspace((unsigned char)s[n - 1]))
-    s[--n] = '\0';
-  return s;
-}
-
-/* --ids 1,2,3.  Ids are only parsed here: "0" and "-7" pass, because the
- * engine owns the rules (positive, distinct) and words them itself. */
+/* --ids 1,2,3 (parse.c). */
 static int ids_from_list(const char *text, id_list *out) {
-  char *copy = strdup(text);
-  if (!copy)
-    return cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
-  int rc = 0;
-  size_t position = 0;
-  /* strtok_r would skip empty fields; "1,,2" is a mistake worth naming. */
-  char *field = copy;
-  for (;;) {
-    char *comma = strchr(field, ',');
-    if (comma)
-      *comma = '\0';
-    position++;
-    char *t = trim(field);
-    int64_t id;
-    if (!*t) {
-      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: empty id at position %zu", position);
-      break;
-    }
-    if (!cli_to_i64(t, &id)) {
-      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: '%s' is not a conversation id", t);
-      break;
-    }
-    if (!id_push(out, id)) {
-      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids: out of memory");
-      break;
-    }
-    if (!comma)
-      break;
-    field = comma + 1;
-  }
-  free(copy);
-  return rc;
+  char why[CL_ERROR_MESSAGE_MAX];
+  if (!cli_parse_id_list(text, out, why, sizeof why))
+    return cli_fail(CL_INVALID_ARGUMENT, "%s", why);
+  return 0;
 }
 
-/* --ids-file F|-: one id per line, blank lines ignored. */
+/* The whole of `f` into a malloc'd buffer, *len bytes. */
+static int slurp(FILE *f, const char *what, const char *name, char **out, size_t *len) {
+  char *buf = NULL;
+  size_t cap = 0;
+  *len = 0;
+  for (;;) {
+    if (cap - *len < 4096) {
+      cap = cap ? cap * 2 : 8192;
+      char *grown = realloc(buf, cap + 1);
+      if (!grown) {
+        free(buf);
+        return cli_fail(CL_INVALID_ARGUMENT, "%s: out of memory", what);
+      }
+      buf = grown;
+    }
+    size_t n = fread(buf + *len, 1, cap - *len, f);
+    *len += n;
+    if (n == 0)
+      break;
+  }
+  if (ferror(f)) {
+    free(buf);
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: cannot read %s: %s", what, name, strerror(errno));
+  }
+  buf[*len] = '\0';
+  *out = buf;
+  return 0;
+}
+
+/* --ids-file F|-: one id per line, blank lines ignored (parse.c). */
 static int ids_from_file(const char *path, id_list *out) {
   bool is_stdin = strcmp(path, "-") == 0;
   const char *name = is_stdin ? "standard input" : path;
-  FILE *f = is_stdin ? stdin : fopen(path, "r");
+  FILE *f = is_stdin ? stdin : fopen(path, "rb");
   if (!f)
     return cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path,
-                        strerror(errno));
-  char *line = NULL;
-  size_t size = 0;
-  size_t lineno = 0;
-  int rc = 0;
-  while (getline(&line, &size, f) != -1) {
-    lineno++;
-    char *t = trim(line);
-    int64_t id;
-    if (!*t)
-      continue;
-    if (!cli_to_i64(t, &id)) {
-      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: %s line %zu: '%.40s' is not a conversation id",
-                        name, lineno, t);
-      break;
-    }
-    if (!id_push(out, id)) {
-      rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: out of memory");
-      break;
-    }
-  }
-  if (rc == 0 && ferror(f))
-    rc = cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot read %s: %s", name,
-                      strerror(errno));
-  free(line);
+                    strerror(errno));
+  char *buf = NULL;
+  size_t len = 0;
+  int rc = slurp(f, "--ids-file", name, &buf, &len);
   if (!is_stdin)
     fclose(f);
+  char why[CL_ERROR_MESSAGE_MAX];
+  if (rc == 0 && !cli_parse_id_lines(buf, len, name, out, why, sizeof why))
+    rc = cli_fail(CL_INVALID_ARGUMENT, "%s", why);
+  free(buf);
   return rc;
 }
 
@@ -126,28 +82,10 @@ static int read_body_file(const char *path, char **out) {
   FILE *f = is_stdin ? stdin : fopen(path, "rb");
   if (!f)
     return cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path,
-                        strerror(errno));
+                    strerror(errno));
   char *buf = NULL;
-  size_t len = 0, cap = 0;
-  int rc = 0;
-  for (;;) {
-    if (cap - len < 4096) {
-      cap = cap ? cap * 2 : 8192;
-      char *grown = realloc(buf, cap + 1);
-      if (!grown) {
-        rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: out of memory");
-        break;
-      }
-      buf = grown;
-    }
-    size_t n = fread(buf + len, 1, cap - len, f);
-    len += n;
-    if (n == 0)
-      break;
-  }
-  if (rc == 0 && ferror(f))
-    rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot read %s: %s", name,
-                      strerror(errno));
+  size_t len = 0;
+  int rc = slurp(f, "--body-file", name, &buf, &len);
   /* The C API takes a NUL-terminated body, so an embedded NUL would
    * silently cut it short. */
   if (rc == 0 && memchr(buf, '\0', len))
@@ -372,7 +310,7 @@ int cli_cmd_bulk(cli_ctx *ctx) {
   if (rc == 0)
     rc = bulk_send(ctx, &in);
   free(in.body_file);
-  free(in.ids.items);
+  id_list_free(&in.ids);
   return rc;
 }
 

@@ -6,6 +6,7 @@
  * shapes in json.c.  Uses only the public API of libcairnloop.
  */
 #include "cli.h"
+#include "parse.h"
 #include "run.h"
 
 #include <errno.h>
@@ -278,19 +279,6 @@ int cli_fail(cl_status code, const char *fmt, ...) {
 int cli_fail_status(cl_status status, const cl_error *err) {
   print_error_line(cl_status_name(status), err ? err->message : "");
   return cl_status_exit_code(status);
-}
-
-bool cli_to_i64(const char *text, int64_t *out) {
-  const char *p = text + (*text == '-');
-  /* Digits only: strtoll alone would accept " 7", "+7" and "7abc". */
-  if (!*p || strspn(p, "0123456789") != strlen(p))
-    return false;
-  errno = 0;
-  long long v = strtoll(text, NULL, 10);
-  if (errno == ERANGE)
-    return false;
-  *out = v;
-  return true;
 }
 
 int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,

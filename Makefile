@@ -60,7 +60,7 @@ PC_FILE := $(BUILD)/cairnloop.pc
 # The engine with its own Lua 5.4 linked in, see below.
 ENGINE_OBJ := $(BUILD)/obj/engine_lua54.o
 
-.PHONY: all deps check test-c demo install uninstall ldconfig clean bench luajit rock rock-install FORCE
+.PHONY: all deps check test-c demo install uninstall ldconfig clean bench luajit rock rock-install fuzz FORCE
 all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 
 # Installs the Debian packages the build and the tests need (as root).
@@ -155,6 +155,18 @@ $(LUAJIT_MOD): $(BUILD)/obj/lua_module_jit.o $(ENGINE_OBJ) src/lua_module.map
 	    -Wl,--version-script=src/lua_module.map $(LDFLAGS_ALL) $(PKG_LIBS) -lm -ldl
 
 luajit: $(LUAJIT_MOD)
+
+# Fuzz targets (libFuzzer, clang): tests/fuzz/fuzz_<name>.c over the
+# parsers of outside input, with ASan and UBSan; tests/integration/fuzz.sh
+# runs each for a bounded time on its seed corpus tests/fuzz/corpus/<name>.
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=all
+FUZZ_BINS := $(patsubst tests/fuzz/fuzz_%.c,build/fuzz/fuzz_%,$(wildcard tests/fuzz/fuzz_*.c))
+fuzz: $(FUZZ_BINS)
+build/fuzz/fuzz_ids: tests/fuzz/fuzz_ids.c cli/parse.c cli/parse.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -Icli -o $@ tests/fuzz/fuzz_ids.c cli/parse.c
 
 # `luarocks make` (cairnloop-*.rockspec): the Lua 5.4 module, built in a
 # tree of its own so that it never disturbs build/.  Installed, the

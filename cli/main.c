@@ -209,7 +209,9 @@ static const cli_command commands[] = {
      "\n"
      "With --json, stdout is the report alone, as one JSON object on one line\n"
      "(its keys are listed at the top of lua/examples/campaign.lua); there are\n"
-     "no steps and no progress bars.\n"},
+     "no steps and no progress bars.  When TERM is dumb or unset, or NO_COLOR\n"
+     "is set, no escape sequence is written: no colours, and the progress bars\n"
+     "redraw with a plain carriage return.\n"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -20,7 +20,9 @@
 -- with psql, as any host uses its own database access.
 --
 -- Output.  For people, the steps and the report go to stdout, with bold
--- titles and progress bars (on stderr) when they are terminals.
+-- titles and progress bars (on stderr) when they are terminals; no escape
+-- sequence is written when TERM is dumb or unset or NO_COLOR is set
+-- (cairnloop.campaign's ansi(): the bars then redraw with a plain "\r").
 -- With --json (cairnloop.json_output()), stdout is the report alone: one
 -- JSON object on one line, written at the end, with no steps and no bars.
 -- Its keys (every count an integer; a "by status" object has one key per
@@ -107,7 +109,7 @@ end
 ---------------------------------------------------------------------------
 
 local BOLD, DIM, OFF = "", "", ""
-if not JSON and campaign.isatty(io.stdout) then BOLD, DIM, OFF = "\27[1m", "\27[2m", "\27[0m" end
+if not JSON and campaign.ansi(io.stdout) then BOLD, DIM, OFF = "\27[1m", "\27[2m", "\27[0m" end
 local step_no = 0
 
 -- The text for people: nothing of it under --json, whose stdout is the

@@ -3,6 +3,11 @@
 # - `cairnloop demo --json` printed the text report: --json now means what it
 #   means for every command (stdout is one JSON object per result line), and
 #   `cairnloop run --json` tells the script through cairnloop.json_output().
+# - TERM=dumb (or unset) and NO_COLOR still got escape sequences from the
+#   campaign script (bold titles), cairnloop.campaign's progress bars
+#   ("\e[K") and tools/demo.sh: now none, and the bars redraw with a plain
+#   carriage return.  A pseudo-terminal (script(1)) makes them take their
+#   terminal path; TERM=xterm is the control that the path was taken.
 # Runs in a project directory of its own (the checkout's entries linked in,
 # as tests/integration/stock_path.sh does), on an embedded cluster there,
 # stopped at exit.  Needs no test database.
@@ -75,3 +80,53 @@ exits 0 "run --json: default_config() still opens an engine"
 is "$out" "true" "run --json: cairnloop.json_output() is true"
 cl run "$cl_tmp/json_flag.lua"
 is "$out" "false" "run: cairnloop.json_output() is false"
+
+# ---------------------------------------------------------------- terminals
+# in_tty OUTFILE SHELL-COMMAND: runs the command on a pseudo-terminal (stdin,
+# stdout and stderr), its whole output in OUTFILE; sets $rc.
+in_tty() {
+  rc=0
+  script -qec "$2" /dev/null </dev/null >"$1" 2>&1 || rc=$?
+}
+has_esc() { LC_ALL=C grep -q $'\x1b' "$1"; }
+
+TERM=xterm in_tty "$cl_tmp/xterm.out" "cairnloop demo"
+if [ "$rc" -eq 0 ] && has_esc "$cl_tmp/xterm.out"; then
+  tap 0 "control: on a pseudo-terminal with TERM=xterm the demo uses escape sequences"
+else
+  tap 1 "control: on a pseudo-terminal with TERM=xterm the demo uses escape sequences" \
+    "exit status $rc" "$(head -c 2000 "$cl_tmp/xterm.out")"
+fi
+
+for case in "TERM=dumb" "NO_COLOR=1 TERM=xterm" "unset TERM;"; do
+  in_tty "$cl_tmp/tty.out" "$case cairnloop demo"
+  if [ "$rc" -eq 0 ] && ! has_esc "$cl_tmp/tty.out"; then
+    tap 0 "${case%;}: the demo on a terminal writes no escape sequence"
+  else
+    tap 1 "${case%;}: the demo on a terminal writes no escape sequence" "exit status $rc" \
+      "$(LC_ALL=C grep -n -a $'\x1b' "$cl_tmp/tty.out" | head -n 5 | cat -v)"
+  fi
+done
+if LC_ALL=C grep -q -a $'\renvelopes \\[##############################\\] 5/5' "$cl_tmp/tty.out"; then
+  tap 0 "without escape sequences the progress bar still redraws with a carriage return"
+else
+  tap 1 "without escape sequences the progress bar still redraws with a carriage return" \
+    "$(cat -v "$cl_tmp/tty.out" | head -n 40)"
+fi
+
+TERM=xterm in_tty "$cl_tmp/demo_sh_xterm.out" "bash tools/demo.sh"
+if [ "$rc" -eq 0 ] && has_esc "$cl_tmp/demo_sh_xterm.out"; then
+  tap 0 "control: tools/demo.sh with TERM=xterm uses escape sequences"
+else
+  tap 1 "control: tools/demo.sh with TERM=xterm uses escape sequences" "exit status $rc" \
+    "$(head -c 2000 "$cl_tmp/demo_sh_xterm.out")"
+fi
+for case in "TERM=dumb" "NO_COLOR=1 TERM=xterm"; do
+  in_tty "$cl_tmp/demo_sh.out" "$case bash tools/demo.sh"
+  if [ "$rc" -eq 0 ] && ! has_esc "$cl_tmp/demo_sh.out"; then
+    tap 0 "$case: tools/demo.sh on a terminal writes no escape sequence"
+  else
+    tap 1 "$case: tools/demo.sh on a terminal writes no escape sequence" "exit status $rc" \
+      "$(LC_ALL=C grep -n -a $'\x1b' "$cl_tmp/demo_sh.out" | head -n 5 | cat -v)"
+  fi
+done

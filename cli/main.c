@@ -142,7 +142,9 @@ static const cli_command commands[] = {
      "  require \"cairnloop\"       the module, registered in-process;\n"
      "                            .default_engine() returns `engine` and\n"
      "                            .default_config() the options it was opened with\n"
-     "                            ({database, schema, policy}, for cairnloop.open)\n"
+     "                            ({database, schema, policy}, for cairnloop.open);\n"
+     "                            .json_output() is true under --json: the script\n"
+     "                            should then print only JSON objects, one a line\n"
      "  require \"cairnloop.campaign\" and the other modules of lua/ (or of\n"
      "                            $CAIRNLOOP_LUA_PATH), then Lua's own package.path\n"
      "  arg, ...                  the script's arguments, as lua sets them\n"
@@ -194,7 +196,7 @@ static const cli_command commands[] = {
      "runs as the postgres user.\n"},
     {"demo", cli_cmd_demo, 0, no_options, 0, 0,
      "the whole outbound lane end to end on the embedded cluster",
-     "Usage: cairnloop demo\n"
+     "Usage: cairnloop demo [--json]\n"
      "\n"
      "Runs the example campaign (lua/examples/campaign.lua with the policy\n"
      "lua/examples/demo_policy.lua) on the embedded cluster under ./.cairnloop,\n"
@@ -204,7 +206,13 @@ static const cli_command commands[] = {
      "delivers every message through the policy's notifier and prints a report:\n"
      "envelopes and messages by status, audit events and Prometheus metrics.\n"
      "Running it again sends nothing twice: the campaign's envelope ids derive\n"
-     "from its key, so every envelope replays.\n"},
+     "from its key, so every envelope replays.\n"
+     "\n"
+     "With --json, stdout is the report alone, as one JSON object on one line\n"
+     "(its keys are listed at the top of lua/examples/campaign.lua); there are\n"
+     "no steps and no progress bars.  When TERM is dumb or unset, or NO_COLOR\n"
+     "is set, no escape sequence is written: no colours, and the progress bars\n"
+     "redraw with a plain carriage return.\n"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -21,7 +21,14 @@ CL=${CAIRNLOOP_BIN:-build/cairnloop}
 unset CAIRNLOOP_DATABASE_URL PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGSERVICE \
   CAIRNLOOP_MAX_BATCH_SIZE
 
-if [ -t 1 ]; then bold=$'\e[1m' dim=$'\e[2m' off=$'\e[0m'; else bold= dim= off=; fi
+# Bold and dim only on a terminal that understands them: none when TERM is
+# dumb or unset, nor under NO_COLOR (no-color.org), as the campaign script
+# decides for its own output.
+if [ -t 1 ] && [ -n "${TERM:-}" ] && [ "$TERM" != dumb ] && [ -z "${NO_COLOR:-}" ]; then
+  bold=$'\e[1m' dim=$'\e[2m' off=$'\e[0m'
+else
+  bold= dim= off=
+fi
 step() {
   printf '\n%s== %s%s\n' "$bold" "$1" "$off"
   [ $# -lt 2 ] || printf '%s   %s%s\n' "$dim" "$2" "$off"

@@ -226,23 +226,50 @@ function M.isatty(stream)
   return r == true or r == 0
 end
 
+--- Whether escape sequences (colours, erasing a line) may be written to
+-- `stream`: it is a terminal, $TERM names one that is not "dumb", and
+-- $NO_COLOR is unset or empty (the no-color.org convention).  A terminal
+-- without a TERM (a bare pty, a service manager's console) is taken as
+-- dumb, as ncurses takes it.
+function M.ansi(stream)
+  local getenv = os ~= nil and os.getenv or nil
+  if getenv == nil then return false end
+  local term = getenv("TERM")
+  if term == nil or term == "" or term == "dumb" then return false end
+  local no_color = getenv("NO_COLOR")
+  if no_color ~= nil and no_color ~= "" then return false end
+  return M.isatty(stream)
+end
+
 local BAR_WIDTH = 30
 
 --- A progress bar on `opts.stream` (default io.stderr), drawn only when
 -- it is a terminal, or always with opts.force, or never with opts.enabled
 -- = false: bar:update(done, note), bar:finish(note).  Each update redraws
--- the line in place; finish ends it with a newline.
+-- the line in place (a carriage return, then the bar); finish ends it with
+-- a newline.  Leftovers of a longer earlier line are erased with "\27[K"
+-- where M.ansi(stream) allows escape sequences (or with opts.force, which
+-- draws as on a capable terminal), else with trailing spaces: a dumb
+-- terminal, or one under NO_COLOR, sees no escape sequence.
 function M.progress(label, total, opts)
   opts = opts or {}
   local stream = opts.stream or (io and io.stderr)
   local on = opts.enabled ~= false and stream ~= nil and (opts.force or M.isatty(stream))
   local bar = { enabled = on and true or false }
   local drawn = false
+  local ansi = on and (opts.force or M.ansi(stream))
+  local last = 0 -- the length of the line drawn last, for the plain redraw
 
   local function draw(done, note)
     local filled = total > 0 and math.floor(BAR_WIDTH * math.min(done, total) / total) or BAR_WIDTH
-    stream:write(string.format("\r%s [%s%s] %d/%d%s\27[K", label, string.rep("#", filled),
-      string.rep("-", BAR_WIDTH - filled), done, total, note and ("  " .. note) or ""))
+    local line = string.format("%s [%s%s] %d/%d%s", label, string.rep("#", filled),
+      string.rep("-", BAR_WIDTH - filled), done, total, note and ("  " .. note) or "")
+    if ansi then
+      stream:write("\r", line, "\27[K")
+    else
+      stream:write("\r", line, string.rep(" ", last - #line))
+      last = #line
+    end
     if stream.flush then stream:flush() end
     drawn = true
   end

@@ -18,6 +18,37 @@
 -- has a fixed id too and stays one record.  Conversations (and the message
 -- counts of the report) are the host's tables: this script reaches them
 -- with psql, as any host uses its own database access.
+--
+-- Output.  For people, the steps and the report go to stdout, with bold
+-- titles and progress bars (on stderr) when they are terminals; no escape
+-- sequence is written when TERM is dumb or unset or NO_COLOR is set
+-- (cairnloop.campaign's ansi(): the bars then redraw with a plain "\r").
+-- With --json (cairnloop.json_output()), stdout is the report alone: one
+-- JSON object on one line, written at the end, with no steps and no bars.
+-- Its keys (every count an integer; a "by status" object has one key per
+-- status present, so an empty one is {}):
+--   conversations  the demo conversations 1..CONVERSATIONS by status
+--                  ({ open =, closed = })
+--   cohort         the number of recipients (the open conversations)
+--   cap            the engine's cap (max_batch_size) during the run
+--   refusals       the refusals the demo shows, each { code, message }:
+--                    over_cap: the bulk send of cap + 1 recipients, with the
+--                      recorded envelope's envelope_id, status, effective_cap;
+--                    max_recipients: the campaign's own guard, with its limit
+--                  (a refusal is absent when the cohort is too small for it)
+--   campaign       the campaign's summary (cairnloop.campaign): key,
+--                  campaign_id, template_id, chunk_size, chunks,
+--                  envelopes { submitted, replayed, refused },
+--                  recipients { total, submitted, replayed }
+--   delivery       this run's engine:work totals: sent, failed, retried,
+--                  discarded, no_op
+--   outbox         { path, appended }: the notifier's file, and the lines
+--                  this run appended to it
+--   envelopes      the template's envelopes in the database, by status
+--   messages       the template's messages in the database, by status
+--   audit_events   the audit events in the database, by action
+-- So a first run on a fresh cluster reports campaign.recipients.submitted =
+-- delivery.sent = 108, and a second one 0 for both.
 local cairnloop = require "cairnloop"
 local campaign = require "cairnloop.campaign"
 
@@ -35,6 +66,9 @@ if not n_conversations or n_conversations < 1 or n_conversations > 100000 then
 end
 
 local config = cairnloop.default_config()
+local JSON = cairnloop.json_output ~= nil and cairnloop.json_output()
+-- The report, built along the way; printed as JSON at the end under --json.
+local report = { refusals = {} }
 local SCHEMA = '"' .. (config.schema or "cairnloop") .. '"' -- the engine checked the name
 
 --- Raises an engine failure as a coded error: `cairnloop run` reports it
@@ -74,12 +108,14 @@ end
 -- Output
 ---------------------------------------------------------------------------
 
-local tty = campaign.isatty(io.stdout)
 local BOLD, DIM, OFF = "", "", ""
-if tty then BOLD, DIM, OFF = "\27[1m", "\27[2m", "\27[0m" end
+if not JSON and campaign.ansi(io.stdout) then BOLD, DIM, OFF = "\27[1m", "\27[2m", "\27[0m" end
 local step_no = 0
 
+-- The text for people: nothing of it under --json, whose stdout is the
+-- report's one JSON line.
 local function step(title, note)
+  if JSON then return end
   step_no = step_no + 1
   io.write(string.format("\n%s%d. %s%s\n", BOLD, step_no, title, OFF))
   if note then io.write(string.format("%s   %s%s\n", DIM, note, OFF)) end
@@ -87,8 +123,43 @@ local function step(title, note)
 end
 
 local function say(fmt, ...)
+  if JSON then return end
   io.write(string.format(fmt, ...), "\n")
   io.flush()
+end
+
+-- A JSON string (for the outbox lines and the report).
+local function json_string(v)
+  return '"' .. tostring(v):gsub('[%c"\\]', function(c)
+    return ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[c]
+      or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+-- A JSON text of `v`: tables are objects with string keys, written in
+-- sorted order so that two runs' reports compare line for line.  The
+-- report holds no lists, so there is no array case.
+local function json_encode(v)
+  local t = type(v)
+  if t == "table" then
+    local keys, parts = {}, {}
+    for k in pairs(v) do
+      assert(type(k) == "string", "JSON object keys must be strings")
+      keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    for i, k in ipairs(keys) do parts[i] = json_string(k) .. ":" .. json_encode(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" then
+    return json_string(v)
+  elseif t == "number" then
+    if math.type(v) == "integer" then return string.format("%d", v) end
+    assert(v == v and v ~= math.huge and v ~= -math.huge, "JSON has no NaN or infinity")
+    return string.format("%.17g", v)
+  elseif t == "boolean" then
+    return tostring(v)
+  end
+  error("cannot write a " .. t .. " as JSON")
 end
 
 -- "3 submitted, 1 refused_cap_exceeded" from { submitted = 3, ... }, sorted.
@@ -133,6 +204,7 @@ for _, row in ipairs(check(engine:query(string.format(
   by_status[row.status] = row.n
 end
 say("demo conversations: %s", tally(by_status))
+report.conversations = by_status
 
 step("Select the cohort", "A read-only query over the host's conversations: the open ones.")
 -- The campaign runs this itself (engine:query); it is read here only to
@@ -146,6 +218,7 @@ local cohort = {}
 for i, row in ipairs(check(engine:query(COHORT.sql, n_conversations))) do cohort[i] = row.id end
 local body = check(campaign.render(TEMPLATE, VARS))
 local cap = engine:max_batch_size()
+report.cohort, report.cap = #cohort, cap
 say("%d recipients; the body, rendered once from template %s:", #cohort, TEMPLATE_ID)
 say("  %q", body)
 
@@ -163,6 +236,8 @@ if #cohort > cap then
     error(string.format("expected batch_too_large, got %s: %s", tostring(code), tostring(msg)))
   end
   local env = check(engine:envelope(refused_id))
+  report.refusals.over_cap = { code = code, message = msg, envelope_id = env.id,
+    status = env.status, effective_cap = env.effective_cap }
   say("refused: %s", msg)
   say("recorded: envelope %s, status %s, effective cap %d", env.id, env.status, env.effective_cap)
 else
@@ -178,6 +253,8 @@ local spec = {
   max_recipients = 500,
   actor = ACTOR,
 }
+-- No bar under --json (left nil, there is one on stderr when it is a terminal).
+if JSON then spec.progress = false end
 
 step("The campaign's own guard",
   "max_recipients is the campaign's explicit limit: a larger cohort is refused before"
@@ -188,6 +265,8 @@ if #cohort >= 2 then
   guarded.max_recipients = #cohort // 2
   local ok, code, msg = campaign.run(engine, guarded)
   assert(ok == nil and code == "batch_too_large", "the guard did not refuse")
+  report.refusals.max_recipients = { code = code, message = msg,
+    limit = guarded.max_recipients }
   say("refused (%s): %s; nothing written", code, msg)
 else
   say("(skipped: the cohort is too small)")
@@ -198,19 +277,17 @@ step("Send the campaign",
     .. " so a rerun or a resumed crash replays them instead of sending twice.", cap, KEY))
 local summary = check(campaign.run(engine, spec))
 say("%s", campaign.format(summary))
+report.campaign = {
+  key = summary.key, campaign_id = summary.campaign_id, template_id = summary.template_id,
+  chunk_size = summary.chunk_size, chunks = summary.chunks, envelopes = summary.envelopes,
+  recipients = summary.recipients,
+}
 
 -- The notifier "sends" by appending one JSON line per delivery to an outbox
 -- file: a real one would call a mail or chat API with the same fields.  It
 -- is registered from this host script (engine:notifier), because a policy
 -- script has no files; it runs in this script's Lua state.
 local OUTBOX = os.getenv("CAIRNLOOP_OUTBOX") or ".cairnloop/outbox.jsonl"
-
-local function json_string(v)
-  return '"' .. tostring(v):gsub('[%c"\\]', function(c)
-    return ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[c]
-      or string.format("\\u%04x", c:byte())
-  end) .. '"'
-end
 
 local outbox = io.open(OUTBOX, "a")
 if not outbox then -- no ./.cairnloop (a --database run): beside it instead
@@ -233,7 +310,7 @@ local due = check(engine:query(string.format(
   "SELECT count(*) AS n FROM %s.cairnloop_delivery_jobs"
     .. " WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()",
   SCHEMA)))[1].n
-local bar = campaign.progress("delivered", due)
+local bar = campaign.progress("delivered", due, { enabled = not JSON })
 local done = { sent = 0, failed = 0, no_op = 0, retried = 0, discarded = 0 }
 local handled = 0
 while true do
@@ -250,6 +327,8 @@ end
 bar:finish()
 outbox:close()
 say("%d lines appended to %s", written, OUTBOX)
+report.delivery = done
+report.outbox = { path = OUTBOX, appended = written }
 say("%d sent, %d failed (%d to retry, %d discarded), %d without a notifier", done.sent,
   done.failed, done.retried, done.discarded, done.no_op)
 
@@ -258,6 +337,7 @@ local envelopes = check(engine:envelopes { template_id = TEMPLATE_ID, limit = 10
 local env_counts = {}
 for _, e in ipairs(envelopes) do env_counts[e.status] = (env_counts[e.status] or 0) + 1 end
 say("envelopes (template %s): %s", TEMPLATE_ID, tally(env_counts))
+report.envelopes = env_counts
 
 local msg_counts = {}
 for _, row in ipairs(check(engine:query(string.format(
@@ -267,15 +347,23 @@ for _, row in ipairs(check(engine:query(string.format(
   msg_counts[row.status] = row.n
 end
 say("messages  (template %s): %s", TEMPLATE_ID, tally(msg_counts))
+report.messages = msg_counts
 
 local events = check(engine:audit_events { limit = 1000 })
 local ev_counts = {}
 for _, ev in ipairs(events) do ev_counts[ev.action] = (ev_counts[ev.action] or 0) + 1 end
 say("audit events: %s; the newest:", tally(ev_counts))
+report.audit_events = ev_counts
 for i = 1, math.min(3, #events) do
   local ev = events[i]
   say("  #%d %s by %s: envelope %s, %s recipients, %s", ev.id, ev.action, ev.actor or "system",
     ev.bulk_envelope_id or "-", tostring(ev.count or 1), ev.inserted_at)
+end
+
+if JSON then
+  io.write(json_encode(report), "\n")
+  io.flush()
+  return
 end
 
 say("\nmetrics of this run (Prometheus text format):")

@@ -97,8 +97,9 @@ cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *q, cl_envel
   if (!eng || !out) return cl__fail(err, CL_INVALID_ARGUMENT, "engine and result are required");
   cl_envelope_query none = {0};
   if (!q) q = &none;
-  if (q->limit < 0 || q->limit > 10000)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to 10000, got %d", q->limit);
+  if (q->limit < 0 || q->limit > CL_ENVELOPES_MAX_LIMIT)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
+                    CL_ENVELOPES_MAX_LIMIT, q->limit);
   if (q->status && strcmp(q->status, "submitted") != 0 &&
       strcmp(q->status, "refused_cap_exceeded") != 0)
     return cl__fail(err, CL_INVALID_ARGUMENT,
@@ -107,7 +108,7 @@ cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *q, cl_envel
                          !cl__utf8_valid(q->template_id, strlen(q->template_id))))
     return cl__fail(err, CL_INVALID_ARGUMENT, "template_id is not a valid template id");
   char limit[16];
-  snprintf(limit, sizeof limit, "%d", q->limit ? q->limit : 50);
+  snprintf(limit, sizeof limit, "%d", q->limit ? q->limit : CL_ENVELOPES_DEFAULT_LIMIT);
   const char *params[] = {q->template_id, q->status, limit};
   cl_rows *rows = NULL;
   cl_status st =

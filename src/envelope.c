@@ -78,7 +78,8 @@ cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id, cl_envelope_l
                           cl_error *err) {
   char id[CL_UUID_LEN + 1];
   if (out) memset(out, 0, sizeof *out);
-  if (!eng || !out) return cl__fail(err, CL_INVALID_ARGUMENT, "engine and result are required");
+  CL__ENTER(eng, err);
+  if (!out) return cl__fail(err, CL_INVALID_ARGUMENT, "envelope_get: no place for the result");
   if (!cl__uuid_valid(envelope_id))
     return cl__fail(err, CL_INVALID_ARGUMENT, "envelope id '%.40s' is not a UUID",
                     envelope_id ? envelope_id : "(null)");
@@ -94,7 +95,8 @@ cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id, cl_envelope_l
 cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *q, cl_envelope_list *out,
                             cl_error *err) {
   if (out) memset(out, 0, sizeof *out);
-  if (!eng || !out) return cl__fail(err, CL_INVALID_ARGUMENT, "engine and result are required");
+  CL__ENTER(eng, err);
+  if (!out) return cl__fail(err, CL_INVALID_ARGUMENT, "envelopes: no place for the result");
   cl_envelope_query none = {0};
   if (!q) q = &none;
   if (q->limit < 0 || q->limit > CL_ENVELOPES_MAX_LIMIT)
@@ -126,9 +128,9 @@ void cl_envelope_list_clear(cl_envelope_list *list) {
 cl_status cl_query(cl_engine *eng, const char *sql, int nparams, const char *const *params,
                    cl_rows **rows, cl_error *err) {
   if (rows) *rows = NULL;
-  if (!eng || !sql || !rows || nparams < 0 || (nparams > 0 && !params))
-    return cl__fail(err, CL_INVALID_ARGUMENT, "query: engine, sql and rows are required");
-  if (eng->in_hook) return cl__fail(err, CL_INVALID_ARGUMENT, "query called from inside a hook");
+  CL__ENTER(eng, err);
+  if (!sql || !rows || nparams < 0 || (nparams > 0 && !params))
+    return cl__fail(err, CL_INVALID_ARGUMENT, "query: sql and rows are required");
   cl_status st = cl__db_query_readonly(&eng->db, sql, nparams, params, rows, err);
   if (st == CL_OK) cl__ok(err);
   return st;

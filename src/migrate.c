@@ -17,6 +17,7 @@
 #include <string.h>
 
 cl_status cl_migrate(cl_engine *eng, cl_error *err) {
+  CL__ENTER(eng, err);
   cl__db *db = &eng->db;
   cl_status st;
   cl_rows *applied = NULL;

@@ -208,9 +208,8 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   char envelope_id[CL_UUID_LEN + 1];
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
-  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  CL__ENTER(eng, err);
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
-  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "trigger called from inside a hook");
   if (conversation_id <= 0)
     return cl__fail(err, CL_INVALID_ARGUMENT, "conversation id %" PRId64 " is not positive",
                     conversation_id);
@@ -547,9 +546,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   char envelope_id[CL_UUID_LEN + 1];
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
-  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  CL__ENTER(eng, err);
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
-  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "bulk_trigger called from inside a hook");
   if ((st = check_ids(ids, n, err)) ||
       (st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
       (st = cl__check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||

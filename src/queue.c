@@ -275,12 +275,10 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
   cl_work_stats *stats = stats_out ? stats_out : &scratch;
   memset(stats, 0, sizeof *stats);
   if (batch) memset(batch, 0, sizeof *batch);
-  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "no engine");
+  CL__ENTER(eng, err);
   if (limit < 1 || limit > CL_WORK_MAX_LIMIT)
     return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
                     CL_WORK_MAX_LIMIT, limit);
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "work called from inside a hook");
   ensure_worker_id(eng);
 
   char p_limit[16], p_lease[16], p_max[16];
@@ -359,6 +357,8 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
 }
 
 cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_error *err) {
+  if (stats) memset(stats, 0, sizeof *stats);
+  CL__ENTER(eng, err);
   return cl_work_batch(eng, limit, NULL, stats, NULL, err);
 }
 
@@ -367,7 +367,9 @@ cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_error *err
 /* ------------------------------------------------------------------ */
 
 cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl_error *err) {
-  *why = CL_WAKE_TIMEOUT;
+  if (why) *why = CL_WAKE_TIMEOUT;
+  CL__ENTER(eng, err);
+  if (!why) return cl__fail(err, CL_INVALID_ARGUMENT, "work_wait: no place for the reason");
   cl__db *db = &eng->db;
   cl_status st = cl__db_ensure(db, err);
   if (st != CL_OK) return st;

@@ -124,6 +124,23 @@ char *cl__db_with_schema(const char *tmpl, const char *schema) {
   return out;
 }
 
+/*
+ * The database layer's own guard: see db.h.  Refuses `what` while the
+ * auditor's transaction is open and dooms that transaction (the first
+ * failure is the one cl__db_tx_close reports).
+ */
+static cl_status refuse_in_audit(cl__db *db, const char *what, cl_error *err) {
+  if (!db->pipe_open) return CL_OK;
+  char msg[CL_ERROR_MESSAGE_MAX];
+  snprintf(msg, sizeof msg, "%s refused: the audited transaction is open", what);
+  if (db->pipe_status == CL_OK) {
+    db->pipe_status = CL_HOOK_ERROR;
+    snprintf(db->pipe_error, sizeof db->pipe_error, "%s", msg);
+    db->pipe_sqlstate[0] = '\0';
+  }
+  return cl__fail(err, CL_HOOK_ERROR, "%s", msg);
+}
+
 /* A parameter count other than the table's is a caller's bug: refuse it
  * before the server sees a half-bound statement. */
 static cl_status check_nparams(cl__stmt id, int nparams, cl_error *err) {
@@ -282,7 +299,8 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
 cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
                       const char *const *params, cl_rows **rows, cl_error *err) {
   if (rows) *rows = NULL;
-  cl_status st = check_nparams(id, nparams, err);
+  cl_status st = refuse_in_audit(db, stmts[id].name, err);
+  if (st == CL_OK) st = check_nparams(id, nparams, err);
   if (st != CL_OK) return st;
   return run(db, begin ? "BEGIN" : NULL, id, NULL, nparams, params, rows, err);
 }
@@ -295,8 +313,10 @@ cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *
 
 cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
                                 const char *const *params, cl_rows **rows, cl_error *err) {
+  cl_status st = refuse_in_audit(db, "query", err);
+  if (st != CL_OK) return st;
   if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
-  cl_status st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
+  st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
   if (st != CL_OK) return st;
   st = cl__db_commit(db, err);
   if (st != CL_OK) {
@@ -307,7 +327,8 @@ cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
 }
 
 cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {
-  cl_status st = ensure_conn(db, err);
+  cl_status st = refuse_in_audit(db, "script", err);
+  if (st == CL_OK) st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   db->round_trips++;
   PGresult *r = PQexec(db->conn, sql);
@@ -375,7 +396,8 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
  */
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err) {
-  cl_status st = check_nparams(id, nparams, err);
+  cl_status st = refuse_in_audit(db, stmts[id].name, err);
+  if (st == CL_OK) st = check_nparams(id, nparams, err);
   if (st == CL_OK) st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   PGconn *c = db->conn;
@@ -436,6 +458,11 @@ static void txcache_clear(cl__db *db) {
  */
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
+  /* Doomed by refuse_in_audit: the server's transaction is still good, so
+   * nothing more is sent into what will be rolled back.  (A server-side
+   * failure is CL_DB_ERROR, and the server itself skips what follows.) */
+  if (db->pipe_status == CL_HOOK_ERROR)
+    return cl__fail(err, CL_DB_ERROR, "transaction aborted: %s", db->pipe_error);
   PGconn *c = db->conn;
   bool known;
   int slot = txcache_slot(db, sql, &known);
@@ -494,6 +521,9 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
   *rows = NULL;
   db->pipe_open = false;
   db->in_tx = false;
+  /* A transaction doomed on the client side (refuse_in_audit) is still good
+   * on the server, where a bare Sync would commit it. */
+  if (db->pipe_status != CL_OK) commit = false;
   int sent = commit || PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
   if (!sent || !PQpipelineSync(c)) {
     st = conn_fail(db, err, "cannot send");
@@ -548,10 +578,11 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
 }
 
 cl_status cl__db_commit(cl__db *db, cl_error *err) {
+  cl_status st = refuse_in_audit(db, "COMMIT", err);
+  if (st != CL_OK) return st;
   db->in_tx = false;
   db->round_trips++;
   PGresult *r = PQexec(db->conn, "COMMIT");
-  cl_status st = CL_OK;
   if (PQresultStatus(r) != PGRES_COMMAND_OK) {
     st = result_fail(db, r, err);
   } else if (strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
@@ -563,6 +594,8 @@ cl_status cl__db_commit(cl__db *db, cl_error *err) {
 }
 
 void cl__db_rollback(cl__db *db) {
+  cl_error ignore;
+  if (refuse_in_audit(db, "ROLLBACK", &ignore) != CL_OK) return; /* tx_close rolls back */
   db->in_tx = false;
   if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return;
   db->round_trips++;
@@ -608,7 +641,11 @@ void cl_rows_free(cl_rows *rows) {
 /* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */
 /* ------------------------------------------------------------------ */
 
-cl_status cl__db_ensure(cl__db *db, cl_error *err) { return ensure_conn(db, err); }
+cl_status cl__db_ensure(cl__db *db, cl_error *err) {
+  /* A reset would drop the pipeline, and the transaction with it. */
+  cl_status st = refuse_in_audit(db, "reconnect", err);
+  return st != CL_OK ? st : ensure_conn(db, err);
+}
 
 int cl__db_session(const cl__db *db) {
   return db->conn && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;

@@ -5,7 +5,8 @@
  * (stmt.h: registered at connect, each prepared lazily per connection, the
  * prepare riding in the same round trip as the first execution),
  * transactions whose BEGIN is pipelined with the first statement, the
- * auditor's transaction and the cl_rows result wrapper.  db.c is the only unit that includes libpq;
+ * auditor's transaction (nothing else may be sent while it is open) and
+ * the cl_rows result wrapper.  db.c is the only unit that includes libpq;
  * it counts round trips so tests can prove they are constant.
  */
 #ifndef CL_DB_H
@@ -77,6 +78,15 @@ cl_status cl__db_commit(cl__db *db, cl_error *err);
 void cl__db_rollback(cl__db *db);
 
 /*
+ * While the auditor's transaction (below) is open, only the auditor's own
+ * statements (cl__db_exec_sql, through cl_tx_exec) may reach the server:
+ * anything else would be sent into the middle of the pipeline, where a
+ * Sync commits the operation's writes before the auditor has decided.
+ * Every other function here that sends refuses with CL_HOOK_ERROR and
+ * dooms the transaction, so cl__db_tx_close rolls it back and reports the
+ * refusal.  The entry guard (cl__enter) refuses public calls from a hook
+ * earlier; this is the layer that holds if a path ever misses it.
+ *
  * A transaction whose round trips the auditor decides.  cl__db_tx_open
  * sends a registered statement without waiting, opening the protocol's
  * implicit transaction; statements the auditor runs meanwhile
@@ -90,7 +100,8 @@ void cl__db_rollback(cl__db *db);
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err);
 cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err);
-/* True inside such a transaction once its opening statement has failed. */
+/* True inside such a transaction once its opening statement has failed,
+ * or once something was refused while it was open. */
 static inline bool cl__db_tx_doomed(const cl__db *db) {
   return db->pipe_open && db->pipe_status != CL_OK;
 }

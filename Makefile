@@ -43,10 +43,12 @@ LDFLAGS_ALL := $(SAN_LDFLAGS) $(LDFLAGS)
 
 # The engine library: everything in src/ but the host Lua module.
 LIB_SRCS := $(filter-out src/lua_module.c,$(wildcard src/*.c))
-LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/migrations_gen.o
+LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/migrations_gen.o \
+    $(BUILD)/obj/sql_gen.o
 CLI_SRCS := $(wildcard cli/*.c)
 CLI_OBJS := $(CLI_SRCS:cli/%.c=$(BUILD)/obj/cli/%.o)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+STATEMENTS := $(sort $(wildcard src/sql/*.sql))
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_SUPPORT := $(wildcard tests/support/*.c)
@@ -77,11 +79,22 @@ $(BUILD)/obj/cli/%.o: cli/%.c
 
 # Migrations are compiled into the library, so an installed engine needs no
 # data files to migrate a database.
-$(BUILD)/gen/migrations_gen.c: $(MIGRATIONS) tools/embed-migrations.sh
+$(BUILD)/gen/migrations_gen.c: $(MIGRATIONS) tools/embed-sql.sh
 	@mkdir -p $(dir $@)
-	tools/embed-migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+	tools/embed-sql.sh migrations $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/migrations_gen.o: $(BUILD)/gen/migrations_gen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# So are the engine's statements (src/sql/, one file per row of the
+# statement table in src/stmt.h): SQL stays readable as SQL, and the
+# library carries its texts.
+$(BUILD)/gen/sql_gen.c: $(STATEMENTS) tools/embed-sql.sh
+	@mkdir -p $(dir $@)
+	tools/embed-sql.sh statements $(STATEMENTS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/sql_gen.o: $(BUILD)/gen/sql_gen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 

@@ -502,10 +502,17 @@ typedef struct cl_envelope_list {
   void *priv_;
 } cl_envelope_list;
 
+/* Envelopes one cl_envelopes_list call returns when the query's limit is
+ * 0, and the largest limit it accepts (the rows are held in memory at
+ * once).  Public so that every host (the command, the Lua binding) can
+ * use the same values. */
+#define CL_ENVELOPES_DEFAULT_LIMIT 50
+#define CL_ENVELOPES_MAX_LIMIT 10000
+
 typedef struct cl_envelope_query {
   const char *template_id; /* NULL: any */
   const char *status;      /* NULL: any */
-  int limit;               /* 0: 50 */
+  int limit;               /* 0: CL_ENVELOPES_DEFAULT_LIMIT; at most CL_ENVELOPES_MAX_LIMIT */
 } cl_envelope_query;
 
 /* Reads one envelope: out->count is 1 and out->items[0] filled, or 0 when

@@ -6,7 +6,8 @@
  * trip.  A lost connection is reset before the next operation (and its
  * statements prepared again); the operation that saw it fails with
  * CL_DB_ERROR and writes nothing.  Provides cl_rows and cl_tx-independent
- * execution to the rest of the engine.
+ * execution to the rest of the engine.  The statements are the rows of the
+ * statement table (stmt.h), their texts embedded from src/sql/.
  */
 #include "db.h"
 #include "engine.h"
@@ -22,11 +23,26 @@ struct cl_rows {
   PGresult *res;
 };
 
-static const char *stmt_names[CL__STMT__COUNT] = {
-    "cl_trigger", "cl_bulk", "cl_refuse", "cl_bulk_rows", "cl_missing",
-    "cl_bulk_tx", "cl_existing", "cl_prior", "cl_envelope_get", "cl_envelopes",
-    "cl_claim", "cl_complete", "cl_no_op", "cl_next_due",
+/* Each statement's result column names, as its SQL aliases them. */
+#define CL__STMT_COLS(id, name, file, nparams, cols) \
+  static const char *const cols_##id[] = {cols(CL__COL_NAME) NULL};
+CL__STMT_MAP(CL__STMT_COLS)
+#undef CL__STMT_COLS
+
+/* The statement table, indexed by cl__stmt. */
+static const struct stmt_def {
+  const char *name;         /* of the prepared statement */
+  const char *sql;          /* @S for the quoted schema */
+  int nparams;
+  const char *const *cols;  /* NULL-terminated */
+} stmts[CL__STMT__COUNT] = {
+#define CL__STMT_DEF(id, name, file, nparams, cols) {name, cl__sql_##file, nparams, cols_##id},
+    CL__STMT_MAP(CL__STMT_DEF)
+#undef CL__STMT_DEF
 };
+
+/* cl__db.prepared holds one bit per statement. */
+_Static_assert(CL__STMT__COUNT <= 32, "the prepared mask has 32 bits");
 
 /* Server notices (e.g. "relation already exists, skipping") are noise for a
  * library: drop them instead of letting libpq print to stderr. */
@@ -44,7 +60,12 @@ static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   return cl__fail(err, CL_DB_ERROR, "%s: %s", what, msg && *msg ? msg : "unknown error");
 }
 
-cl_status cl__db_connect(cl__db *db, const char *conninfo, cl_error *err) {
+cl_status cl__db_connect(cl__db *db, const char *conninfo, const char *schema, cl_error *err) {
+  /* The texts first: the schema is the engine's for its lifetime, so they
+   * are built once and survive reconnects. */
+  for (int i = 0; i < CL__STMT__COUNT; i++)
+    if (!(db->sql[i] = cl__db_with_schema(stmts[i].sql, schema)))
+      return cl__fail(err, CL_DB_ERROR, "out of memory");
   db->conninfo = strdup(conninfo ? conninfo : "");
   if (!db->conninfo) return cl__fail(err, CL_DB_ERROR, "out of memory");
   db->conn = PQconnectdb(db->conninfo);
@@ -79,16 +100,15 @@ char *cl__db_quote_ident(const char *s) {
   return out;
 }
 
-cl_status cl__db_register(cl__db *db, cl__stmt id, const char *tmpl, const char *schema,
-                          cl_error *err) {
+char *cl__db_with_schema(const char *tmpl, const char *schema) {
   char *q = cl__db_quote_ident(schema);
-  if (!q) return cl__fail(err, CL_DB_ERROR, "out of memory");
+  if (!q) return NULL;
   size_t qn = strlen(q), n = 1;
   for (const char *p = tmpl; *p; p++) n += (p[0] == '@' && p[1] == 'S') ? qn : 1;
   char *out = malloc(n), *o = out;
   if (!out) {
     free(q);
-    return cl__fail(err, CL_DB_ERROR, "out of memory");
+    return NULL;
   }
   for (const char *p = tmpl; *p; p++) {
     if (p[0] == '@' && p[1] == 'S') {
@@ -101,9 +121,51 @@ cl_status cl__db_register(cl__db *db, cl__stmt id, const char *tmpl, const char 
   }
   *o = '\0';
   free(q);
-  free(db->sql[id]);
-  db->sql[id] = out;
-  db->prepared &= ~(1u << id);
+  return out;
+}
+
+/*
+ * The database layer's own guard: see db.h.  Refuses `what` while the
+ * auditor's transaction is open and dooms that transaction (the first
+ * failure is the one cl__db_tx_close reports).
+ */
+static cl_status refuse_in_audit(cl__db *db, const char *what, cl_error *err) {
+  if (!db->pipe_open) return CL_OK;
+  char msg[CL_ERROR_MESSAGE_MAX];
+  snprintf(msg, sizeof msg, "%s refused: the audited transaction is open", what);
+  if (db->pipe_status == CL_OK) {
+    db->pipe_status = CL_HOOK_ERROR;
+    snprintf(db->pipe_error, sizeof db->pipe_error, "%s", msg);
+    db->pipe_sqlstate[0] = '\0';
+  }
+  return cl__fail(err, CL_HOOK_ERROR, "%s", msg);
+}
+
+/* A parameter count other than the table's is a caller's bug: refuse it
+ * before the server sees a half-bound statement. */
+static cl_status check_nparams(cl__stmt id, int nparams, cl_error *err) {
+  if (nparams == stmts[id].nparams) return CL_OK;
+  return cl__fail(err, CL_DB_ERROR, "%s takes %d parameters, got %d", stmts[id].name,
+                  stmts[id].nparams, nparams);
+}
+
+/*
+ * The result columns against the table, when a statement has just been
+ * prepared on this connection (once per connection, not per call): the
+ * callers read columns through the table's enums, so SQL and table must
+ * agree on every position.  A mismatch is a defect of the build, which the
+ * first test run shows; it is reported after the statement ran.
+ */
+static cl_status check_columns(cl__stmt id, const PGresult *res, cl_error *err) {
+  const char *const *want = stmts[id].cols;
+  int n = PQnfields(res), i = 0;
+  for (; want[i]; i++)
+    if (i >= n || strcmp(PQfname(res, i), want[i]) != 0)
+      return cl__fail(err, CL_DB_ERROR, "%s: result column %d is '%s', the table says '%s'",
+                      stmts[id].name, i, i < n ? PQfname(res, i) : "(none)", want[i]);
+  if (i != n)
+    return cl__fail(err, CL_DB_ERROR, "%s returns %d columns, the statement table lists %d",
+                    stmts[id].name, n, i);
   return CL_OK;
 }
 
@@ -170,10 +232,10 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
   int sent = 1;
   if (begin) sent = PQsendQueryParams(c, begin, 0, NULL, NULL, NULL, NULL, 0);
-  if (sent && prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
+  if (sent && prepare) sent = PQsendPrepare(c, stmts[id].name, db->sql[id], 0, NULL);
   if (sent) {
     sent = sql ? PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
-               : PQsendQueryPrepared(c, stmt_names[id], nparams, params, NULL, NULL, 0);
+               : PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
   }
   if (sent) sent = PQpipelineSync(c);
   if (!sent) {
@@ -211,6 +273,7 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   PQexitPipelineMode(c);
 
   if (prepared_now) db->prepared |= 1u << id;
+  if (prepared_now && st == CL_OK) st = check_columns(id, keep, err);
   if (st != CL_OK) {
     PQclear(keep);
     /* A transaction this call opened is closed again; one the caller opened
@@ -235,6 +298,10 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
 
 cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
                       const char *const *params, cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
+  cl_status st = refuse_in_audit(db, stmts[id].name, err);
+  if (st == CL_OK) st = check_nparams(id, nparams, err);
+  if (st != CL_OK) return st;
   return run(db, begin ? "BEGIN" : NULL, id, NULL, nparams, params, rows, err);
 }
 
@@ -246,8 +313,10 @@ cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *
 
 cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
                                 const char *const *params, cl_rows **rows, cl_error *err) {
+  cl_status st = refuse_in_audit(db, "query", err);
+  if (st != CL_OK) return st;
   if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
-  cl_status st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
+  st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
   if (st != CL_OK) return st;
   st = cl__db_commit(db, err);
   if (st != CL_OK) {
@@ -258,7 +327,8 @@ cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
 }
 
 cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err) {
-  cl_status st = ensure_conn(db, err);
+  cl_status st = refuse_in_audit(db, "script", err);
+  if (st == CL_OK) st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   db->round_trips++;
   PGresult *r = PQexec(db->conn, sql);
@@ -279,6 +349,7 @@ enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
  * keeping the statement's result or its error.  Call only after a Sync or
  * a flush request. */
 static void pipe_collect(cl__db *db, cl__stmt id) {
+  bool prepared_now = false;
   for (int i = 0; i < db->pipe_npending; i++) {
     PGresult *r = PQgetResult(db->conn);
     if (!r) {
@@ -292,7 +363,15 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
     }
     ExecStatusType s = PQresultStatus(r);
     bool good = s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
-    if (db->pipe_pending[i] == PIPE_PREPARE && good) db->prepared |= 1u << id;
+    if (db->pipe_pending[i] == PIPE_PREPARE && good) {
+      db->prepared |= 1u << id;
+      prepared_now = true;
+    }
+    if (db->pipe_pending[i] == PIPE_KEEP && good && prepared_now && db->pipe_status == CL_OK) {
+      cl_error e;
+      if ((db->pipe_status = check_columns(id, r, &e)) != CL_OK)
+        snprintf(db->pipe_error, sizeof db->pipe_error, "%s", e.message);
+    }
     if (!good && db->pipe_status == CL_OK && s != PGRES_PIPELINE_ABORTED) {
       cl_error e;
       db->pipe_status = result_fail(db, r, &e);
@@ -317,14 +396,16 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
  */
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err) {
-  cl_status st = ensure_conn(db, err);
+  cl_status st = refuse_in_audit(db, stmts[id].name, err);
+  if (st == CL_OK) st = check_nparams(id, nparams, err);
+  if (st == CL_OK) st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   PGconn *c = db->conn;
   bool prepare = !(db->prepared & (1u << id));
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
   int sent = 1;
-  if (prepare) sent = PQsendPrepare(c, stmt_names[id], db->sql[id], 0, NULL);
-  if (sent) sent = PQsendQueryPrepared(c, stmt_names[id], nparams, params, NULL, NULL, 0);
+  if (prepare) sent = PQsendPrepare(c, stmts[id].name, db->sql[id], 0, NULL);
+  if (sent) sent = PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
   /* Push the statement out now, so the server works while the auditor runs. */
   if (sent) sent = PQsendFlushRequest(c) && PQflush(c) == 0;
   if (!sent) {
@@ -377,6 +458,11 @@ static void txcache_clear(cl__db *db) {
  */
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
+  /* Doomed by refuse_in_audit: the server's transaction is still good, so
+   * nothing more is sent into what will be rolled back.  (A server-side
+   * failure is CL_DB_ERROR, and the server itself skips what follows.) */
+  if (db->pipe_status == CL_HOOK_ERROR)
+    return cl__fail(err, CL_DB_ERROR, "transaction aborted: %s", db->pipe_error);
   PGconn *c = db->conn;
   bool known;
   int slot = txcache_slot(db, sql, &known);
@@ -435,6 +521,9 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
   *rows = NULL;
   db->pipe_open = false;
   db->in_tx = false;
+  /* A transaction doomed on the client side (refuse_in_audit) is still good
+   * on the server, where a bare Sync would commit it. */
+  if (db->pipe_status != CL_OK) commit = false;
   int sent = commit || PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
   if (!sent || !PQpipelineSync(c)) {
     st = conn_fail(db, err, "cannot send");
@@ -489,10 +578,11 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
 }
 
 cl_status cl__db_commit(cl__db *db, cl_error *err) {
+  cl_status st = refuse_in_audit(db, "COMMIT", err);
+  if (st != CL_OK) return st;
   db->in_tx = false;
   db->round_trips++;
   PGresult *r = PQexec(db->conn, "COMMIT");
-  cl_status st = CL_OK;
   if (PQresultStatus(r) != PGRES_COMMAND_OK) {
     st = result_fail(db, r, err);
   } else if (strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
@@ -504,6 +594,8 @@ cl_status cl__db_commit(cl__db *db, cl_error *err) {
 }
 
 void cl__db_rollback(cl__db *db) {
+  cl_error ignore;
+  if (refuse_in_audit(db, "ROLLBACK", &ignore) != CL_OK) return; /* tx_close rolls back */
   db->in_tx = false;
   if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return;
   db->round_trips++;
@@ -549,7 +641,11 @@ void cl_rows_free(cl_rows *rows) {
 /* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */
 /* ------------------------------------------------------------------ */
 
-cl_status cl__db_ensure(cl__db *db, cl_error *err) { return ensure_conn(db, err); }
+cl_status cl__db_ensure(cl__db *db, cl_error *err) {
+  /* A reset would drop the pipeline, and the transaction with it. */
+  cl_status st = refuse_in_audit(db, "reconnect", err);
+  return st != CL_OK ? st : ensure_conn(db, err);
+}
 
 int cl__db_session(const cl__db *db) {
   return db->conn && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;

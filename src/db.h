@@ -1,37 +1,28 @@
 /*
  * db.h - the engine's one PostgreSQL connection.
  *
- * Provides connect/reconnect, named statements prepared lazily per
- * connection (the prepare rides in the same round trip as the first
- * execution), transactions whose BEGIN is pipelined with the first
- * statement, and the cl_rows result wrapper.  db.c is the only unit that
- * includes libpq; it counts round trips so tests can prove they are
- * constant.
+ * Provides connect/reconnect, the statements of the statement table
+ * (stmt.h: registered at connect, each prepared lazily per connection, the
+ * prepare riding in the same round trip as the first execution),
+ * transactions whose BEGIN is pipelined with the first statement, the
+ * auditor's transaction (nothing else may be sent while it is open) and
+ * the cl_rows result wrapper.  db.c is the only unit that includes libpq;
+ * it counts round trips so tests can prove they are constant.
  */
 #ifndef CL_DB_H
 #define CL_DB_H
 
 #include "cairnloop.h"
+#include "stmt.h"
 
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Statements the engine runs on its hot paths, prepared once per connection. */
+/* The statements of the table, CL__STMT_<ID>. */
 typedef enum cl__stmt {
-  CL__STMT_TRIGGER,
-  CL__STMT_BULK,
-  CL__STMT_REFUSE,
-  CL__STMT_BULK_ROWS,
-  CL__STMT_MISSING,
-  CL__STMT_BULK_TX,
-  CL__STMT_EXISTING,
-  CL__STMT_PRIOR,
-  CL__STMT_ENVELOPE_GET,
-  CL__STMT_ENVELOPES,
-  CL__STMT_CLAIM,
-  CL__STMT_COMPLETE,
-  CL__STMT_NO_OP,
-  CL__STMT_NEXT_DUE,
+#define CL__STMT_ENUM(id, name, file, nparams, cols) CL__STMT_##id,
+  CL__STMT_MAP(CL__STMT_ENUM)
+#undef CL__STMT_ENUM
   CL__STMT__COUNT
 } cl__stmt;
 
@@ -61,17 +52,17 @@ typedef struct cl__db {
   char sqlstate[6];           /* of the last server error, "" if none */
 } cl__db;
 
-cl_status cl__db_connect(cl__db *db, const char *conninfo, cl_error *err);
+/* Connects and registers every statement of the table for `schema`
+ * (texts only: each is prepared on its first execution). */
+cl_status cl__db_connect(cl__db *db, const char *conninfo, const char *schema, cl_error *err);
 void cl__db_close(cl__db *db);
 
-/* Registers statement `id` (SQL with @S standing for the quoted schema). */
-cl_status cl__db_register(cl__db *db, cl__stmt id, const char *sql_template, const char *schema,
-                          cl_error *err);
-
 /*
- * Runs a registered statement.  With `begin`, a transaction is opened in
- * the same round trip and stays open (cl__db_commit/cl__db_rollback);
- * without, the statement commits on its own.  On error nothing stays open.
+ * Runs a statement of the table.  `nparams` is the length of `params`
+ * (CL__NPARAMS); a count other than the table's is refused before anything
+ * is sent.  With `begin`, a transaction is opened in the same round trip
+ * and stays open (cl__db_commit/cl__db_rollback); without, the statement
+ * commits on its own.  On error nothing stays open.
  */
 cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
                       const char *const *params, cl_rows **rows, cl_error *err);
@@ -87,6 +78,15 @@ cl_status cl__db_commit(cl__db *db, cl_error *err);
 void cl__db_rollback(cl__db *db);
 
 /*
+ * While the auditor's transaction (below) is open, only the auditor's own
+ * statements (cl__db_exec_sql, through cl_tx_exec) may reach the server:
+ * anything else would be sent into the middle of the pipeline, where a
+ * Sync commits the operation's writes before the auditor has decided.
+ * Every other function here that sends refuses with CL_HOOK_ERROR and
+ * dooms the transaction, so cl__db_tx_close rolls it back and reports the
+ * refusal.  The entry guard (cl__enter) refuses public calls from a hook
+ * earlier; this is the layer that holds if a path ever misses it.
+ *
  * A transaction whose round trips the auditor decides.  cl__db_tx_open
  * sends a registered statement without waiting, opening the protocol's
  * implicit transaction; statements the auditor runs meanwhile
@@ -100,7 +100,8 @@ void cl__db_rollback(cl__db *db);
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err);
 cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err);
-/* True inside such a transaction once its opening statement has failed. */
+/* True inside such a transaction once its opening statement has failed,
+ * or once something was refused while it was open. */
 static inline bool cl__db_tx_doomed(const cl__db *db) {
   return db->pipe_open && db->pipe_status != CL_OK;
 }
@@ -113,8 +114,11 @@ bool cl__db_fk_violation(const cl__db *db);
 struct pg_conn *cl__db_conn(cl_engine *eng);
 uint64_t cl__db_round_trips(cl_engine *eng);
 
-/* Quotes `s` as an SQL literal into a malloc'd string (for migrations). */
+/* Quotes `s` as an SQL identifier into a malloc'd string (for migrations). */
 char *cl__db_quote_ident(const char *s);
+/* A malloc'd copy of `sql` with every @S replaced by the quoted `schema`;
+ * NULL when memory runs out. */
+char *cl__db_with_schema(const char *sql, const char *schema);
 
 /* ------------------------------------------------------------------ */
 /* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */

@@ -2,12 +2,12 @@
  * engine.c - cl_open/cl_close, configuration and logging.
  *
  * Resolves the configuration (explicit value, then environment, then the
- * documented default), validates the schema name, connects and registers
- * the hot-path statements.  The cap lives on the engine and is read fresh
- * by every bulk call.  Uses db.c and telemetry.c.
+ * documented default), validates the schema name and connects (db.c
+ * registers the statement table for the schema).  The cap lives on the
+ * engine and is read fresh by every bulk call.  Uses db.c, telemetry.c and
+ * policy.c (to free the policy state).
  */
 #include "engine.h"
-#include "outbound.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -134,8 +134,7 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   if (!db) db = getenv("CAIRNLOOP_DATABASE_URL");
   if (!db) db = ""; /* libpq's own defaults: PGHOST, PGDATABASE, ... */
 
-  cl_status st = cl__db_connect(&eng->db, db, err);
-  if (st == CL_OK) st = cl__outbound_register(eng, err);
+  cl_status st = cl__db_connect(&eng->db, db, eng->schema, err);
   if (st != CL_OK) {
     cl_close(eng);
     return st;

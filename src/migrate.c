@@ -6,6 +6,7 @@
  * recorded.  Each migration runs in its own transaction with search_path
  * set to the schema (so the SQL files stay unqualified, as upstream's), and
  * is recorded in cairnloop_schema_migrations in that same transaction.
+ * Its own statements are rows of the statement table (src/sql/migrate_*.sql).
  * Uses db.c.
  */
 #include "migrate.h"
@@ -15,54 +16,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Builds "prefix<quoted schema>suffix" into a malloc'd string. */
-static char *with_schema(const char *fmt, const char *schema) {
-  char *q = cl__db_quote_ident(schema);
-  if (!q) return NULL;
-  size_t n = strlen(fmt) + 4 * strlen(q) + 1;
-  char *out = malloc(n);
-  if (out) snprintf(out, n, fmt, q, q, q, q);
-  free(q);
-  return out;
-}
-
 cl_status cl_migrate(cl_engine *eng, cl_error *err) {
+  CL__ENTER(eng, err);
   cl__db *db = &eng->db;
   cl_status st;
-  char *sql = NULL;
-  const char *params[1];
+  cl_rows *applied = NULL;
+  const char *params[] = {eng->schema};
 
-  /* Key the lock on the schema, so migrating two schemas does not serialise. */
-  params[0] = eng->schema;
-  st = cl__db_exec_sql(db, "SELECT pg_advisory_lock(hashtext('cairnloop.migrate.' || $1))", 1,
-                       params, NULL, err);
+  st = cl__db_exec(db, CL__STMT_MIGRATE_LOCK, false, CL__NPARAMS(params), params, NULL, err);
   if (st != CL_OK) return st;
 
-  sql = with_schema("CREATE SCHEMA IF NOT EXISTS %s;"
-                    "CREATE TABLE IF NOT EXISTS %s.cairnloop_schema_migrations ("
-                    " version text PRIMARY KEY,"
-                    " inserted_at timestamptz NOT NULL DEFAULT now())",
-                    eng->schema);
-  if (!sql) {
-    st = cl__fail(err, CL_DB_ERROR, "out of memory");
-    goto done;
-  }
-  st = cl__db_exec_script(db, sql, err);
+  char *sql = cl__db_with_schema(cl__sql_migrate_bootstrap, eng->schema);
+  st = sql ? cl__db_exec_script(db, sql, err) : cl__fail(err, CL_DB_ERROR, "out of memory");
   free(sql);
   if (st != CL_OK) goto done;
 
-  cl_rows *applied = NULL;
-  sql = with_schema("SELECT version FROM %s.cairnloop_schema_migrations", eng->schema);
-  st = sql ? cl__db_exec_sql(db, sql, 0, NULL, &applied, err)
-           : cl__fail(err, CL_DB_ERROR, "out of memory");
-  free(sql);
+  st = cl__db_exec(db, CL__STMT_MIGRATE_APPLIED, false, 0, NULL, &applied, err);
   if (st != CL_OK) goto done;
 
   for (size_t i = 0; i < cl__migrations_count; i++) {
     const cl__migration *m = &cl__migrations[i];
     bool done_already = false;
     for (int r = 0; r < cl_rows_count(applied); r++)
-      if (strcmp(cl_rows_value(applied, r, 0), m->version) == 0) done_already = true;
+      if (strcmp(cl_rows_value(applied, r, CL__MIGRATE_APPLIED_VERSION), m->version) == 0)
+        done_already = true;
     if (done_already) continue;
 
     char *q = cl__db_quote_ident(eng->schema);
@@ -92,12 +69,11 @@ cl_status cl_migrate(cl_engine *eng, cl_error *err) {
     }
     cl_log(eng, CL_LOG_DEBUG, "applied migration %s", m->version);
   }
-  cl_rows_free(applied);
 
-done:;
+done:
+  cl_rows_free(applied);
   cl_error ignore;
-  cl__db_exec_sql(db, "SELECT pg_advisory_unlock(hashtext('cairnloop.migrate.' || $1))", 1,
-                  params, NULL, &ignore);
+  cl__db_exec(db, CL__STMT_MIGRATE_UNLOCK, false, CL__NPARAMS(params), params, NULL, &ignore);
   if (st == CL_OK) cl__ok(err);
   return st;
 }

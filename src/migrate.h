@@ -1,7 +1,7 @@
 /*
  * migrate.h - the migrations compiled into the library.
  *
- * The table is generated from the migrations/ SQL files (tools/embed-migrations.sh),
+ * The table is generated from the migrations/ SQL files (tools/embed-sql.sh),
  * in file-name order; migrate.c applies it.
  */
 #ifndef CL_MIGRATE_H

@@ -4,208 +4,22 @@
  * Validation first (so CL_INVALID_ARGUMENT always means nothing happened),
  * then the actor resolver, the cap of the moment, and one transaction whose
  * writes are a single set-based statement (data-modifying CTEs over
- * unnest): the number of round trips never grows with the cohort.  Without
- * an auditor the statement commits on its own (one round trip); with one,
- * BEGIN rides with it and COMMIT follows the audit call.  Telemetry spans
+ * unnest, src/sql/trigger.sql, bulk.sql, bulk_tx.sql): the number of round
+ * trips never grows with the cohort.  Without an auditor the statement
+ * commits on its own (one round trip); with one, the statement and the
+ * audit call share the auditor's transaction (hooks.c).  Telemetry spans
  * and trace events are emitted only when a handler listens.
- * Uses db.c, telemetry.c, arena.c.
+ * Uses db.c (the statement table), hooks.c, envelope.c (the envelope row
+ * mapping), telemetry.c, arena.c.
  */
 #include "outbound.h"
+#include "envelope.h"
 #include "hooks.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------ */
-/* Statements                                                           */
-/* ------------------------------------------------------------------ */
-
-/* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
- * $6 requested_by, $7 schedule_in.  One row: the new envelope's
- * requested_at, the new message ids with their conversation ids and the
- * job ids with their message ids (each in insert order, which C checks
- * against the cohort), the jobs' scheduled_at, then a stored envelope with
- * the same id (replay/conflict), if any.  A missing conversation fails the
- * statement through the foreign key, atomically; the per-row existence
- * check is the FK's, not ours, so it is paid once. */
-/* The part of a submit shared by SQL_BULK and SQL_BULK_TX: `env` (the new
- * envelope) is defined before it; messages and jobs follow from it. */
-#define BULK_FANOUT                                                                          \
-  "  RETURNING requested_at,"                                                                \
-  "         jsonb_build_object('template_id', $2::text, 'status', 'pending',"                \
-  "                            'bulk_envelope_id', $1::uuid) AS metadata"                    \
-  "), msgs AS ("                                                                             \
-  "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"           \
-  "  SELECT t.cid, $3, 'system_outbound', env.metadata"                                      \
-  "  FROM env, unnest($4::bigint[]) AS t(cid)"                                               \
-  "  RETURNING id, conversation_id"                                                          \
-  "), jobs AS ("                                                                             \
-  "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"      \
-  "         bulk_envelope_id, args, state, scheduled_at)"                                    \
-  "  SELECT m.id, m.conversation_id, $2, $1::uuid, jsonb_build_object('message_id', m.id,"   \
-  "         'conversation_id', m.conversation_id, 'template_id', $2::text,"                  \
-  "         'bulk_envelope_id', $1::uuid),"                                                  \
-  "         CASE WHEN $7::int > 0 THEN 'scheduled' ELSE 'available' END,"                    \
-  "         now() + make_interval(secs => $7::int)"                                          \
-  "  FROM msgs m"                                                                            \
-  "  RETURNING id, message_id"                                                               \
-  ") "                                                                                       \
-  "SELECT (SELECT to_char(requested_at, " CL__ISO_UTC ") FROM env),"                         \
-  "       (SELECT array_agg(id)::text FROM msgs),"                                           \
-  "       (SELECT array_agg(conversation_id)::text FROM msgs),"                              \
-  "       (SELECT array_agg(id)::text FROM jobs),"                                           \
-  "       (SELECT array_agg(message_id)::text FROM jobs),"                                   \
-  "       to_char((now() + make_interval(secs => $7::int)) AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
-
-#define ENVELOPE_VALUES                                                                      \
-  "$1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"                  \
-  "         now() AT TIME ZONE 'UTC', 'submitted', now() AT TIME ZONE 'UTC',"                \
-  "         now() AT TIME ZONE 'UTC'"
-#define ENVELOPE_INSERT                                                                      \
-  "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"      \
-  "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"   \
-  "         status, inserted_at, updated_at)"
-
-static const char SQL_BULK[] =
-    "WITH prior AS ("
-    "  SELECT * FROM @S.cairnloop_outbound_bulk_envelopes WHERE id = $1::uuid"
-    "), env AS ("
-    ENVELOPE_INSERT
-    "  SELECT " ENVELOPE_VALUES
-    "  WHERE NOT EXISTS (SELECT 1 FROM prior)"
-    BULK_FANOUT
-    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
-    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
-    "       p.status, p.refused_reason"
-    " FROM (SELECT 1) d LEFT JOIN prior p ON true";
-
-/* $1 ids: the first id, in cohort order, naming no conversation. */
-static const char SQL_MISSING[] =
-    "SELECT t.cid FROM unnest($1::bigint[]) WITH ORDINALITY AS t(cid, ord)"
-    " WHERE NOT EXISTS (SELECT 1 FROM @S.cairnloop_conversations c WHERE c.id = t.cid)"
-    " ORDER BY t.ord LIMIT 1";
-
-/*
- * These insert optimistically and fail, rather than quietly insert
- * nothing, on anything that must not be written: an unknown conversation
- * through the foreign key (23503), a duplicate or a stored envelope id
- * through the unique keys (23505).  That lets the auditor path send COMMIT
- * without looking at their rows first, and saves probes on every call.
- *
- * SQL_TRIGGER: $1 conversation_id, $2 template_id, $3 content,
- * $4 bulk_envelope_id, $5 schedule_in.  Columns: duplicate flag, job id,
- * message id, job state, scheduled_at, and (for a duplicate read back by
- * SQL_EXISTING) the content and status.
- * SQL_BULK_TX: the parameters and columns of SQL_BULK, prior envelope NULL.
- */
-static const char SQL_TRIGGER[] =
-    "WITH msg AS ("
-    "  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)"
-    "  VALUES ($1::bigint, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,"
-    "         'status', 'pending', 'bulk_envelope_id', $4::uuid))"
-    "  RETURNING id"
-    "), job AS ("
-    "  INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,"
-    "         bulk_envelope_id, args, state, scheduled_at)"
-    "  SELECT m.id, $1::bigint, $2, $4::uuid, jsonb_build_object('message_id', m.id,"
-    "         'conversation_id', $1::bigint, 'template_id', $2::text,"
-    "         'bulk_envelope_id', $4::uuid),"
-    "         CASE WHEN $5::int > 0 THEN 'scheduled' ELSE 'available' END,"
-    "         now() + make_interval(secs => $5::int)"
-    "  FROM msg m"
-    "  RETURNING id, message_id, state, scheduled_at"
-    ") "
-    "SELECT false, j.id, j.message_id, j.state,"
-    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "), NULL, NULL"
-    " FROM job j";
-
-static const char SQL_BULK_TX[] =
-    "WITH env AS ("
-    ENVELOPE_INSERT
-    "  VALUES (" ENVELOPE_VALUES ")"
-    BULK_FANOUT
-    "       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
-
-/* After a unique violation on the auditor path: the existing rows of a
- * duplicate trigger ($1 conversation, $2 template, $3 envelope; the
- * columns of SQL_TRIGGER), read only. */
-static const char SQL_EXISTING[] =
-    "SELECT true, e.id, e.message_id, e.state,"
-    "       to_char(e.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
-    "       m.content, m.metadata->>'status'"
-    " FROM @S.cairnloop_delivery_jobs e JOIN @S.cairnloop_messages m ON m.id = e.message_id"
-    " WHERE e.conversation_id = $1::bigint AND e.template_id = $2"
-    "   AND e.bulk_envelope_id IS NOT DISTINCT FROM $3::uuid";
-
-/* ... and the stored envelope of a bulk ($1; same columns as SQL_BULK). */
-static const char SQL_PRIOR[] =
-    "SELECT NULL, NULL, NULL, NULL, NULL, NULL,"
-    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
-    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
-    "       p.status, p.refused_reason"
-    " FROM @S.cairnloop_outbound_bulk_envelopes p WHERE p.id = $1::uuid";
-
-/* $1 envelope id, $2 template_id, $3 rendered_body, $4 ids, $5 cap,
- * $6 requested_by, $7 refused_reason.  Stores the refused attempt unless
- * the id names a stored envelope, which comes back instead. */
-static const char SQL_REFUSE[] =
-    "WITH prior AS ("
-    "  SELECT * FROM @S.cairnloop_outbound_bulk_envelopes WHERE id = $1::uuid"
-    "), ins AS ("
-    "  INSERT INTO @S.cairnloop_outbound_bulk_envelopes (id, template_id, rendered_body,"
-    "         recipient_conversation_ids, count, effective_cap, requested_by, requested_at,"
-    "         status, refused_reason, inserted_at, updated_at)"
-    "  SELECT $1::uuid, $2, $3, $4::bigint[], cardinality($4::bigint[]), $5::int, $6,"
-    "         now() AT TIME ZONE 'UTC', 'refused_cap_exceeded', $7,"
-    "         now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'"
-    "  WHERE NOT EXISTS (SELECT 1 FROM prior)"
-    "  RETURNING id"
-    ") "
-    "SELECT (SELECT count(*) FROM ins), NULL, NULL, NULL, NULL, NULL,"
-    "       p.id, p.template_id, p.rendered_body, p.recipient_conversation_ids::text, p.count,"
-    "       p.effective_cap, p.requested_by, to_char(p.requested_at, " CL__ISO_UTC "),"
-    "       p.status, p.refused_reason"
-    " FROM (SELECT 1) d LEFT JOIN prior p ON true";
-
-/* $1 envelope id, $2 ids, $3 template_id: the stored rows of a replayed
- * envelope, in cohort order, through the jobs' unique key. */
-static const char SQL_BULK_ROWS[] =
-    "SELECT j.id, j.message_id, j.state,"
-    "       to_char(j.scheduled_at AT TIME ZONE 'UTC', " CL__ISO_UTC "),"
-    "       m.content, m.metadata->>'status', t.cid"
-    " FROM unnest($2::bigint[]) WITH ORDINALITY AS t(cid, ord)"
-    " JOIN @S.cairnloop_delivery_jobs j"
-    "   ON j.conversation_id = t.cid AND j.template_id = $3 AND j.bulk_envelope_id = $1::uuid"
-    " JOIN @S.cairnloop_messages m ON m.id = j.message_id"
-    " ORDER BY t.ord";
-
-/* Column offset of the prior envelope in SQL_BULK / SQL_REFUSE rows. */
-#define PRIOR_COL 6
-
-cl_status cl__envelope_register(cl_engine *eng, cl_error *err);
-
-cl_status cl__outbound_register(cl_engine *eng, cl_error *err) {
-  static const struct {
-    cl__stmt id;
-    const char *sql;
-  } stmts[] = {
-      {CL__STMT_BULK, SQL_BULK},
-      {CL__STMT_REFUSE, SQL_REFUSE},
-      {CL__STMT_BULK_ROWS, SQL_BULK_ROWS},
-      {CL__STMT_MISSING, SQL_MISSING},
-      {CL__STMT_TRIGGER, SQL_TRIGGER},
-      {CL__STMT_BULK_TX, SQL_BULK_TX},
-      {CL__STMT_EXISTING, SQL_EXISTING},
-      {CL__STMT_PRIOR, SQL_PRIOR},
-  };
-  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
-    cl_status st = cl__db_register(&eng->db, stmts[i].id, stmts[i].sql, eng->schema, err);
-    if (st != CL_OK) return st;
-  }
-  return cl__envelope_register(eng, err);
-}
 
 /* ------------------------------------------------------------------ */
 /* Validation                                                           */
@@ -337,23 +151,6 @@ static bool failure_is_exception(cl_status st) { return st == CL_HOOK_ERROR || s
 
 static int64_t to_i64(const char *s) { return s ? strtoll(s, NULL, 10) : 0; }
 
-int64_t *cl__parse_int_array(cl__arena *a, const char *text, size_t *count) {
-  *count = 0;
-  if (!text || text[0] != '{') return NULL;
-  size_t n = text[1] == '}' ? 0 : 1;
-  for (const char *p = text; *p; p++) n += *p == ',';
-  int64_t *out = cl__arena_alloc(a, (n ? n : 1) * sizeof *out);
-  if (!out) return NULL;
-  const char *p = text + 1;
-  for (size_t i = 0; i < n; i++) {
-    char *end;
-    out[i] = strtoll(p, &end, 10);
-    p = end + 1;
-  }
-  *count = n;
-  return out;
-}
-
 static void fill_message(cl_message *m, int64_t id, int64_t conv, const char *content,
                          const char *template_id, const char *status, const char *env) {
   m->id = id;
@@ -411,9 +208,8 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   char envelope_id[CL_UUID_LEN + 1];
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
-  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  CL__ENTER(eng, err);
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
-  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "trigger called from inside a hook");
   if (conversation_id <= 0)
     return cl__fail(err, CL_INVALID_ARGUMENT, "conversation id %" PRId64 " is not positive",
                     conversation_id);
@@ -466,17 +262,17 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
    * (23505) costs one more round trip to read the existing rows; an unknown
    * conversation (23503) none.  Probing first would cost every call. */
   if (!audit) {
-    st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, 5, params, &rows, err);
+    st = cl__db_exec(&eng->db, CL__STMT_TRIGGER, false, CL__NPARAMS(params), params, &rows, err);
   } else {
     cl_kv md[] = {KV_INT("conversation_id", conversation_id),
                   KV_STR("template_id", opts->template_id)};
-    st = cl__audited(eng, CL__STMT_TRIGGER, 5, params, "outbound_trigger", actor, md, NKV(md),
-                 &res->audit_json, &rows, err);
+    st = cl__audited(eng, CL__STMT_TRIGGER, CL__NPARAMS(params), params, "outbound_trigger", actor,
+                     md, NKV(md), &res->audit_json, &rows, err);
   }
   if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
     /* A duplicate: nothing was written; return the existing rows. */
-    const char *eparams[] = {params[0], params[1], params[3]};
-    st = cl__db_exec(&eng->db, CL__STMT_EXISTING, false, 3, eparams, &rows, err);
+    const char *eparams[] = {idbuf, opts->template_id, envelope_id[0] ? envelope_id : NULL};
+    st = cl__db_exec(&eng->db, CL__STMT_EXISTING, false, CL__NPARAMS(eparams), eparams, &rows, err);
     if (st == CL_OK && cl_rows_count(rows) == 0)
       st = cl__fail(err, CL_DB_ERROR, "duplicate trigger whose rows have gone");
   } else if (st == CL_DB_ERROR && cl__db_fk_violation(&eng->db)) {
@@ -489,21 +285,24 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
                   conversation_id);
     goto fail;
   }
-  bool dup = strcmp(cl_rows_value(rows, 0, 0), "t") == 0;
+  /* cl_trigger and cl_existing rows: the same columns. */
+  bool dup = strcmp(cl_rows_value(rows, 0, CL__TRIGGER_DUPLICATE), "t") == 0;
   const char *tid = cl__arena_strdup(arena, opts->template_id);
   const char *env = envelope_id[0] ? cl__arena_strdup(arena, envelope_id) : NULL;
-  const char *body = cl__arena_strdup(arena, dup ? cl_rows_value(rows, 0, 5) : content);
-  const char *status = dup ? intern(arena, cl_rows_value(rows, 0, 6)) : "pending";
-  const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, 4));
-  const char *state = intern(arena, cl_rows_value(rows, 0, 3));
+  const char *body =
+      cl__arena_strdup(arena, dup ? cl_rows_value(rows, 0, CL__TRIGGER_CONTENT) : content);
+  const char *status = dup ? intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATUS)) : "pending";
+  const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, CL__TRIGGER_SCHEDULED_AT));
+  const char *state = intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATE));
   if (!tid || !body || !sched || !state || (envelope_id[0] && !env)) {
     /* Rows may be committed by now: say so rather than pretend a rollback. */
     st = cl__fail(err, CL_DB_ERROR, "out of memory reading the result");
     goto fail;
   }
-  fill_message(&res->message, to_i64(cl_rows_value(rows, 0, 2)), conversation_id, body, tid,
-               status, env);
-  fill_job(&res->delivery_job, to_i64(cl_rows_value(rows, 0, 1)), state, sched, &res->message);
+  fill_message(&res->message, to_i64(cl_rows_value(rows, 0, CL__TRIGGER_MESSAGE_ID)),
+               conversation_id, body, tid, status, env);
+  fill_job(&res->delivery_job, to_i64(cl_rows_value(rows, 0, CL__TRIGGER_JOB_ID)), state, sched,
+           &res->message);
   res->duplicate = dup;
   if (dup) outcome = "duplicate";
   cl_rows_free(rows);
@@ -547,11 +346,12 @@ static char *ids_literal(const int64_t *ids, size_t n) {
   return buf;
 }
 
-/* Same content as a stored envelope: template, body and cohort, in order. */
+/* Same content as a stored envelope (the first columns of `rows`):
+ * template, body and cohort, in order. */
 static bool same_content(const cl_rows *rows, const cl_bulk_opts *opts, const char *ids_text) {
-  const char *tid = cl_rows_value(rows, 0, PRIOR_COL + 1);
-  const char *body = cl_rows_value(rows, 0, PRIOR_COL + 2);
-  const char *ids = cl_rows_value(rows, 0, PRIOR_COL + 3);
+  const char *tid = cl_rows_value(rows, 0, CL__ENVELOPE_TEMPLATE_ID);
+  const char *body = cl_rows_value(rows, 0, CL__ENVELOPE_RENDERED_BODY);
+  const char *ids = cl_rows_value(rows, 0, CL__ENVELOPE_RECIPIENTS);
   return tid && body && ids && strcmp(tid, opts->template_id) == 0 &&
          strcmp(body, opts->rendered_body) == 0 && strcmp(ids, ids_text) == 0;
 }
@@ -561,11 +361,11 @@ static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *i
                              cl_bulk_result *res, cl_error *err) {
   cl__arena *a = res->priv_;
   cl_envelope *e = &res->envelope;
-  if (!cl__envelope_from_row(a, prior, 0, PRIOR_COL, e))
-    return cl__fail(err, CL_DB_ERROR, "out of memory");
+  if (!cl__envelope_from_row(a, prior, 0, e)) return cl__fail(err, CL_DB_ERROR, "out of memory");
   const char *params[] = {e->id, ids_text, e->template_id};
   cl_rows *rows = NULL;
-  cl_status st = cl__db_exec(&eng->db, CL__STMT_BULK_ROWS, false, 3, params, &rows, err);
+  cl_status st =
+      cl__db_exec(&eng->db, CL__STMT_BULK_ROWS, false, CL__NPARAMS(params), params, &rows, err);
   if (st != CL_OK) return st;
   size_t n = (size_t)cl_rows_count(rows);
   res->messages = cl__arena_alloc(a, (n ? n : 1) * sizeof *res->messages);
@@ -577,15 +377,16 @@ static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *i
   }
   for (size_t i = 0; i < n; i++) {
     int r = (int)i;
-    const char *content = cl_rows_value(rows, r, 4);
+    const char *content = cl_rows_value(rows, r, CL__BULK_ROWS_CONTENT);
     /* Bodies are the snapshot: share the envelope's copy when equal. */
     content = content && strcmp(content, e->rendered_body) == 0 ? e->rendered_body
                                                                 : cl__arena_strdup(a, content);
-    fill_message(&res->messages[i], to_i64(cl_rows_value(rows, r, 1)),
-                 to_i64(cl_rows_value(rows, r, 6)), content, e->template_id,
-                 intern(a, cl_rows_value(rows, r, 5)), env_id);
-    fill_job(&res->delivery_jobs[i], to_i64(cl_rows_value(rows, r, 0)),
-             intern(a, cl_rows_value(rows, r, 2)), cl__arena_strdup(a, cl_rows_value(rows, r, 3)),
+    fill_message(&res->messages[i], to_i64(cl_rows_value(rows, r, CL__BULK_ROWS_MESSAGE_ID)),
+                 to_i64(cl_rows_value(rows, r, CL__BULK_ROWS_CONVERSATION_ID)), content,
+                 e->template_id, intern(a, cl_rows_value(rows, r, CL__BULK_ROWS_STATUS)), env_id);
+    fill_job(&res->delivery_jobs[i], to_i64(cl_rows_value(rows, r, CL__BULK_ROWS_JOB_ID)),
+             intern(a, cl_rows_value(rows, r, CL__BULK_ROWS_STATE)),
+             cl__arena_strdup(a, cl_rows_value(rows, r, CL__BULK_ROWS_SCHEDULED_AT)),
              &res->messages[i]);
   }
   res->count = n;
@@ -607,13 +408,14 @@ static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_b
   cl_rows *rows = NULL;
   cl_error dberr;
   const char *outcome = "refused_cap_exceeded";
-  cl_status st = cl__db_exec(&eng->db, CL__STMT_REFUSE, false, 7, params, &rows, &dberr);
+  cl_status st =
+      cl__db_exec(&eng->db, CL__STMT_REFUSE, false, CL__NPARAMS(params), params, &rows, &dberr);
   if (st != CL_OK) {
     /* Fail closed, and loudly: the refusal stands, its record is missing. */
     outcome = "refused_cap_exceeded_audit_failed";
     cl_log(eng, CL_LOG_ERROR, "refused bulk envelope %s (%s) could not be recorded: %s",
            envelope_id, reason, dberr.message);
-  } else if (cl_rows_value(rows, 0, PRIOR_COL)) {
+  } else if (cl_rows_value(rows, 0, CL__ENVELOPE_ID)) {
     /* The caller's envelope id names a stored envelope: its outcome stands. */
     if (!same_content(rows, opts, ids_text)) {
       st = cl__fail(err, CL_ENVELOPE_CONFLICT,
@@ -621,13 +423,13 @@ static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_b
       cl_rows_free(rows);
       return st;
     }
-    const char *status = cl_rows_value(rows, 0, PRIOR_COL + 8);
+    const char *status = cl_rows_value(rows, 0, CL__ENVELOPE_STATUS);
     if (status && strcmp(status, "submitted") == 0) {
       st = load_replay(eng, rows, ids_text, res, err);
       cl_rows_free(rows);
       return st;
     }
-    const char *stored = cl_rows_value(rows, 0, PRIOR_COL + 9);
+    const char *stored = cl_rows_value(rows, 0, CL__ENVELOPE_REFUSED_REASON);
     if (stored) snprintf(reason, sizeof reason, "%s", stored);
   }
   cl_rows_free(rows);
@@ -681,10 +483,11 @@ static cl_status load_submit(const cl_rows *rows, const int64_t *ids, size_t n,
   cl__arena *a = res->priv_;
   cl_envelope *e = &res->envelope;
   size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0;
-  int64_t *mids = cl__parse_int_array(a, cl_rows_value(rows, 0, 1), &n1);
-  int64_t *mcids = cl__parse_int_array(a, cl_rows_value(rows, 0, 2), &n2);
-  int64_t *jids = cl__parse_int_array(a, cl_rows_value(rows, 0, 3), &n3);
-  int64_t *jmids = cl__parse_int_array(a, cl_rows_value(rows, 0, 4), &n4);
+  int64_t *mids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_MESSAGE_IDS), &n1);
+  int64_t *mcids =
+      cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_MESSAGE_CONVERSATION_IDS), &n2);
+  int64_t *jids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_JOB_IDS), &n3);
+  int64_t *jmids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_JOB_MESSAGE_IDS), &n4);
   int64_t *cids = cl__arena_alloc(a, n * sizeof *cids);
   int64_t *msg_by_ord = cl__arena_alloc(a, n * sizeof *msg_by_ord);
   int64_t *job_by_ord = cl__arena_alloc(a, n * sizeof *job_by_ord);
@@ -694,8 +497,8 @@ static cl_status load_submit(const cl_rows *rows, const int64_t *ids, size_t n,
   e->template_id = cl__arena_strdup(a, opts->template_id);
   e->rendered_body = cl__arena_strdup(a, opts->rendered_body);
   e->requested_by = cl__arena_strdup(a, actor);
-  e->requested_at = cl__arena_strdup(a, cl_rows_value(rows, 0, 0));
-  const char *sched = cl__arena_strdup(a, cl_rows_value(rows, 0, 5));
+  e->requested_at = cl__arena_strdup(a, cl_rows_value(rows, 0, CL__BULK_SUBMITTED_AT));
+  const char *sched = cl__arena_strdup(a, cl_rows_value(rows, 0, CL__BULK_SCHEDULED_AT));
   const char *env_id = cl__arena_strdup(a, envelope_id);
   if (!mids || !mcids || !jids || !jmids || !cids || !msg_by_ord || !job_by_ord ||
       !res->messages || !res->delivery_jobs || !e->template_id || !e->rendered_body ||
@@ -726,11 +529,12 @@ static cl_status name_missing(cl_engine *eng, const char *ids_text, cl_error *er
   snprintf(why, sizeof why, "%s", err ? err->message : "");
   const char *params[] = {ids_text};
   cl_rows *rows = NULL;
-  cl_status st = cl__db_exec(&eng->db, CL__STMT_MISSING, false, 1, params, &rows, err);
+  cl_status st =
+      cl__db_exec(&eng->db, CL__STMT_MISSING, false, CL__NPARAMS(params), params, &rows, err);
   if (st != CL_OK) return st;
   if (cl_rows_count(rows) == 1)
     st = cl__fail(err, CL_UNKNOWN_CONVERSATION, "conversation %s does not exist",
-                  cl_rows_value(rows, 0, 0));
+                  cl_rows_value(rows, 0, CL__MISSING_CONVERSATION_ID));
   else /* it exists now: a concurrent insert raced us */
     st = cl__fail(err, CL_DB_ERROR, "%s", why);
   cl_rows_free(rows);
@@ -742,9 +546,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   char envelope_id[CL_UUID_LEN + 1];
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
-  if (!eng) return cl__fail(err, CL_INVALID_ARGUMENT, "engine is NULL");
+  CL__ENTER(eng, err);
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
-  if (eng->in_hook) return cl__fail(err, CL_HOOK_ERROR, "bulk_trigger called from inside a hook");
   if ((st = check_ids(ids, n, err)) ||
       (st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
       (st = cl__check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||
@@ -797,18 +600,19 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   cl_rows *rows = NULL;
   if (!eng->has_auditor) {
     /* A fresh random id cannot name a stored envelope: skip that lookup. */
-    st = cl__db_exec(&eng->db, caller_id ? CL__STMT_BULK : CL__STMT_BULK_TX, false, 7, params,
-                     &rows, err);
+    st = cl__db_exec(&eng->db, caller_id ? CL__STMT_BULK : CL__STMT_BULK_TX, false,
+                     CL__NPARAMS(params), params, &rows, err);
   } else {
     cl_kv md[] = {KV_STR("bulk_envelope_id", envelope_id), KV_INT("count", (int64_t)n),
                   KV_STR("template_id", opts->template_id)};
-    st = cl__audited(eng, CL__STMT_BULK_TX, 7, params, "bulk_outbound_trigger", actor, md, NKV(md),
-                 &res->audit_json, &rows, err);
+    st = cl__audited(eng, CL__STMT_BULK_TX, CL__NPARAMS(params), params, "bulk_outbound_trigger",
+                     actor, md, NKV(md), &res->audit_json, &rows, err);
     if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
       /* The envelope id is taken: read the stored envelope (nothing was
        * written) and decide replay or conflict below. */
       cl_error why = err ? *err : (cl_error){0};
-      st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, 1, params, &rows, err);
+      const char *pparams[] = {envelope_id};
+      st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, CL__NPARAMS(pparams), pparams, &rows, err);
       if (st == CL_OK && cl_rows_count(rows) == 0)
         st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
     }
@@ -816,18 +620,18 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   if (st != CL_OK && cl__db_fk_violation(&eng->db)) st = name_missing(eng, ids_text, err);
   if (st != CL_OK) goto fail;
 
-  if (cl_rows_value(rows, 0, PRIOR_COL)) {
+  /* cl_bulk, cl_bulk_tx and cl_prior rows all begin with the stored envelope. */
+  if (cl_rows_value(rows, 0, CL__ENVELOPE_ID)) {
     /* The caller's envelope id names a stored envelope: nothing was written. */
     if (!same_content(rows, opts, ids_text)) {
       st = cl__fail(err, CL_ENVELOPE_CONFLICT,
                     "envelope %s already exists with different content", envelope_id);
       goto fail;
     }
-    const char *status = cl_rows_value(rows, 0, PRIOR_COL + 8);
+    const char *status = cl_rows_value(rows, 0, CL__ENVELOPE_STATUS);
+    const char *reason = cl_rows_value(rows, 0, CL__ENVELOPE_REFUSED_REASON);
     if (!status || strcmp(status, "submitted") != 0) {
-      st = cl__fail(err, CL_BATCH_TOO_LARGE, "%s",
-                    cl_rows_value(rows, 0, PRIOR_COL + 9) ? cl_rows_value(rows, 0, PRIOR_COL + 9)
-                                                          : "envelope was refused");
+      st = cl__fail(err, CL_BATCH_TOO_LARGE, "%s", reason ? reason : "envelope was refused");
       goto fail;
     }
     st = load_replay(eng, rows, ids_text, res, err);

@@ -259,5 +259,11 @@ uninstall:
 clean:
 	rm -rf build
 
+# Static checks (clang-format, cppcheck, clang-tidy) over the C sources;
+# builds nothing and exits non-zero on any finding.  See tools/lint.sh.
+.PHONY: lint
+lint:
+	@tools/lint.sh
+
 -include $(wildcard bench/bench.mk)
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

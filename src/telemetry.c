@@ -13,34 +13,23 @@
 #include <string.h>
 #include <time.h>
 
+/* Both derived from CL__EVENT_MAP at compile time: const, shared by every
+ * engine in the process. */
 static const char *const event_names[CL__EV__COUNT] = {
-#define XX(name, str) str,
+#define XX(name, ...) CL__EVENT_DOTTED(__VA_ARGS__),
     CL__EVENT_MAP(XX)
 #undef XX
 };
 
-/* The same names split into parts, as handlers receive them. */
-#define MAX_PARTS 6
-static const char *const event_parts[CL__EV__COUNT][MAX_PARTS + 1] = {
-    {"cairnloop", "outbound", "triggered", "start", NULL},
-    {"cairnloop", "outbound", "triggered", "stop", NULL},
-    {"cairnloop", "outbound", "triggered", "exception", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "start", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "stop", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "exception", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", NULL},
-    {"cairnloop", "outbound", "delivery", "sent", NULL},
-    {"cairnloop", "outbound", "delivery", "failed", NULL},
-    {"cairnloop", "outbound", "delivery", "no_op", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_started", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_completed", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_failed", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_submitted", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_failed", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_refused", NULL},
-    {"cairnloop", "outbound", "trace", "delivery_sent", NULL},
-    {"cairnloop", "outbound", "trace", "delivery_failed", NULL},
+static const char *const event_parts[CL__EV__COUNT][CL__EVENT_MAX_PARTS + 1] = {
+#define XX(name, ...) {__VA_ARGS__, NULL},
+    CL__EVENT_MAP(XX)
+#undef XX
 };
+
+const char *cl__event_name(cl__event ev) { return event_names[ev]; }
+
+const char *const *cl__event_parts(cl__event ev) { return event_parts[ev]; }
 
 int64_t cl__monotonic_ns(void) {
   struct timespec ts;

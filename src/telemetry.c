@@ -4,7 +4,8 @@
  * Handlers live in one list; per known event a flat array of live handlers
  * is rebuilt on attach/detach so an emit walks an array.  A handler may
  * detach itself or others while an emit is in progress: it is marked dead
- * and freed once the outermost emit returns.  Uses engine.h for cl__fail.
+ * and freed once the outermost emit returns.  Uses engine.h for cl__fail
+ * and the entry guard.
  */
 #include "telemetry.h"
 #include "engine.h"
@@ -118,6 +119,7 @@ static cl__handler *find(cl__telemetry *t, const char *id) {
 cl_status cl_attach_many(cl_engine *eng, const char *handler_id, const char *const *names,
                          size_t count, cl_handler_fn fn, void *config,
                          void (*release)(void *config), cl_error *err) {
+  CL__ENTER(eng, err);
   cl__telemetry *t = &eng->tel;
   if (!handler_id || !*handler_id)
     return cl__fail(err, CL_INVALID_ARGUMENT, "handler_id must be a non-empty string");
@@ -161,9 +163,12 @@ fail_oom:
 cl_status cl_attach(cl_engine *eng, const char *handler_id, const char *event_name,
                     cl_handler_fn fn, void *config, void (*release)(void *config),
                     cl_error *err) {
+  CL__ENTER(eng, err);
   return cl_attach_many(eng, handler_id, &event_name, 1, fn, config, release, err);
 }
 
+/* May be called from inside a handler, also on itself: no entry guard,
+ * only the NULL check. */
 int cl_detach(cl_engine *eng, const char *handler_id) {
   if (!eng || !handler_id) return 0;
   cl__handler *h = find(&eng->tel, handler_id);

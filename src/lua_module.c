@@ -417,15 +417,13 @@ static int engine_open(lua_State *L) {
   cfg.lease_seconds = (int)v;
   lua_getfield(L, 1, "log_level");
   if (!lua_isnil(L, -1)) {
-    static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
-    int i;
-    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    for (i = 0; level_names[i] && strcmp(level_names[i], s) != 0; i++) {}
-    if (level_names[i] == NULL) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be debug, info, warn or error");
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be a string, got a %s",
+               luaL_typename(L, -1));
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }
-    cfg.log_level = (cl_log_level)i;
+    if (cl_log_level_parse(lua_tostring(L, -1), &cfg.log_level, &err) != CL_OK)
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "log");

@@ -32,7 +32,13 @@ struct cl__policy {
   size_t warn_len;
 };
 
-static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+/* cl.log's level names, NULL-terminated for luaL_checkoption: the index
+ * it returns is the cl_log_level. */
+static const char *const level_options[] = {
+#define XX(name, str) str,
+    CL_LOG_LEVEL_MAP(XX)
+#undef XX
+        NULL};
 
 /*
  * The allocator's ud is the policy, so the count hook and the C functions
@@ -176,7 +182,7 @@ static void log_text(cl_engine *eng, cl_log_level level, const char *text, size_
 /* cl.log(level, message); level "debug" | "info" | "warn" | "error"; raises on misuse */
 static int policy_log(lua_State *L) {
   struct cl__policy *p = api_policy(L);
-  int level = luaL_checkoption(L, 1, NULL, level_names);
+  int level = luaL_checkoption(L, 1, NULL, level_options);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
   log_text(p->eng, (cl_log_level)level, msg, len);

@@ -529,11 +529,10 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
   struct load_call lc;
   cl_error local;
   cl_status st;
+  CL__ENTER(eng, err);
   if (err == NULL) err = &local;
-  if (eng == NULL || path == NULL || *path == '\0')
+  if (path == NULL || *path == '\0')
     return cl__fail(err, CL_INVALID_ARGUMENT, "policy: a file path is required");
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "policy: cannot load a policy from inside a hook");
   if (eng->policy == NULL && (st = policy_create(eng, err)) != CL_OK) return st;
   memset(&lc, 0, sizeof lc);
   lc.c.hook = "policy";

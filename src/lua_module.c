@@ -2,14 +2,14 @@
  * lua_module.c - luaopen_cairnloop: the engine as a Lua module.
  *
  * One source for Lua 5.4 and LuaJIT (version branches in lua_compat.h).
- * Provides cairnloop.open and the engine methods of API.md: foreseeable
- * failures return `nil, code, message`, misuse raises.  Hooks registered
- * from the host's Lua run in the host's state, through this side's call
- * point, host_call(): the calling thread, a traceback handler, and an
- * instruction budget and deadline installed for the call.  The hook
- * adapters and the registration functions are the glue's (lua_glue.inc,
- * compiled here for the host's Lua ABI).  Uses the public API, engine.h
- * (in_hook, the budgets) and glue.h.
+ * Provides cairnloop.open, cairnloop.EVENTS and the engine methods of
+ * API.md: foreseeable failures return `nil, code, message`, misuse raises.
+ * Hooks registered from the host's Lua run in the host's state, through
+ * this side's call point, host_call(): the calling thread, a traceback
+ * handler, and an instruction budget and deadline installed for the call.
+ * The hook adapters and the registration functions are the glue's
+ * (lua_glue.inc, compiled here for the host's Lua ABI).  Uses the public
+ * API, engine.h (in_hook, the budgets) and glue.h.
  */
 #include "lua_glue.inc"
 
@@ -903,5 +903,7 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
   luaL_newlib(L, module);
   lua_pushliteral(L, CL_VERSION);
   lua_setfield(L, -2, "VERSION");
+  glue_push_events(L);
+  lua_setfield(L, -2, "EVENTS");
   return 1;
 }

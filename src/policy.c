@@ -203,6 +203,8 @@ static int open_policy_api(lua_State *L) {
   lua_setfield(L, -2, "schema");
   lua_pushliteral(L, CL_VERSION);
   lua_setfield(L, -2, "VERSION");
+  glue_push_events(L);
+  lua_setfield(L, -2, "EVENTS");
   return 1;
 }
 

@@ -13,7 +13,7 @@ local function with_policy(tag, source, opts)
 end
 
 describe("the policy state's cairnloop module", function()
-  it("offers the registration API, the schema and the version, and no engine methods", function()
+  it("offers the registration API, the schema, the version and EVENTS, and no engine methods", function()
     local engine, schema = with_policy("api", [[
       local cl = require "cairnloop"
       local names = {}
@@ -22,7 +22,7 @@ describe("the policy state's cairnloop module", function()
       cl.auditor { audit = function() return { names = names, schema = cl.schema, version = cl.VERSION } end }
     ]])
     local res = assert(engine:trigger(1, { template_id = "t" }))
-    assert.same({ "VERSION", "actor_resolver", "attach", "attach_many", "auditor", "detach", "log",
+    assert.same({ "EVENTS", "VERSION", "actor_resolver", "attach", "attach_many", "auditor", "detach", "log",
       "notifier", "schema" }, res.audit.names)
     assert.equals(schema, res.audit.schema)
     assert.equals(cairnloop.VERSION, res.audit.version)

@@ -2,7 +2,7 @@
  * lua_compat.h - the Lua headers and the few version branches between
  * Lua 5.4 and LuaJIT 2.1 (OpenResty's fork), kept here so that the glue
  * code itself has no #if.  Included by policy.c (always Lua 5.4), by
- * lua_module.c (Lua 5.4 or LuaJIT) and by lua_glue.h.
+ * lua_module.c (Lua 5.4 or LuaJIT) and by lua_glue.inc.
  */
 #ifndef CL_LUA_COMPAT_H
 #define CL_LUA_COMPAT_H

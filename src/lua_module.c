@@ -2,14 +2,16 @@
  * lua_module.c - luaopen_cairnloop: the engine as a Lua module.
  *
  * One source for Lua 5.4 and LuaJIT (version branches in lua_compat.h).
- * Provides cairnloop.open and the engine methods of API.md: foreseeable
- * failures return `nil, code, message`, misuse raises.  Hooks registered
- * from the host's Lua run in the host's state, through host_call(): the
- * calling thread, a traceback handler, and an instruction budget and
- * deadline installed for the call.  Uses the public API, engine.h (in_hook,
- * the budgets) and lua_glue.h.
+ * Provides cairnloop.open, cairnloop.EVENTS and the engine methods of
+ * API.md: foreseeable failures return `nil, code, message`, misuse raises.
+ * Hooks registered from the host's Lua run in the host's state, through
+ * this side's call point, host_call(): the calling thread, a traceback
+ * handler, and an instruction budget and deadline installed for the call.
+ * The hook adapters and the registration functions are the glue's
+ * (lua_glue.inc, compiled here for the host's Lua ABI).  Uses the public
+ * API, engine.h (in_hook, the budgets) and glue.h.
  */
-#include "lua_glue.h"
+#include "lua_glue.inc"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -27,74 +29,60 @@
  * engine:close() (or the state's close) breaks the cycle.
  */
 typedef struct lengine {
+  glue_side side; /* first: the glue's view of the host's state */
   cl_engine *eng; /* NULL once closed */
   /* The thread of the method in progress: hooks run there.  Set on every
    * method entry, except re-entries from inside a hook, which keep the
    * operation's thread. */
   lua_State *L;
   int log_ref;   /* open{ log = fn }; released by engine_close_now() */
-  int audit_ref; /* the host auditor's value for the call in progress; taken by the method */
+  int audit_ref; /* the host auditor's value for the call in progress (side.audit_slot);
+                  * taken by push_audit(), released by drop_audit() */
   bool logging;  /* the log function is running: its own log lines are dropped */
 } lengine;
 
-/* A hook registered from the host.  Its refs are released by hhook_release(),
- * which the engine calls when the hook is replaced, detached or closed. */
-typedef struct hhook {
-  lengine *le;
-  int fn_ref;  /* the function; released by hhook_release() */
-  int aux_ref; /* list_events, or the handler's config; released by hhook_release() */
-  const char *id; /* telemetry handler id: points into label */
-  char label[];   /* "handler <id>", names it in messages */
-} hhook;
-
-/* registry[&armed_key]: the glue_budget of the host hook call in progress,
+/* registry[&armed_key]: the cl__budget of the host hook call in progress,
  * or false.  Created by luaopen_cairnloop, so that arming and disarming
  * assign an existing key and can never allocate. */
 static const char armed_key = 0;
 
 /* ------------------------------------------------------------------ */
-/* Calling host hooks                                                   */
+/* The call point of host hooks                                         */
 /* ------------------------------------------------------------------ */
 
 /*
- * The count hook of a host hook call.  As in the policy state it re-arms at
- * every instruction once the budget is spent, so a pcall in the hook cannot
- * swallow it.  A coroutine created during an earlier call inherited this
- * hook: outside a call it removes itself from that thread.
+ * The count hook of a host hook call (glue_count counts and raises).  A
+ * coroutine created during an earlier call inherited this hook: outside a
+ * call it removes itself from that thread.
  */
 static void host_count_hook(lua_State *L, lua_Debug *ar) {
-  glue_budget *b;
+  cl__budget *b;
   (void)ar;
   compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
-  b = (glue_budget *)lua_touserdata(L, -1);
+  b = (cl__budget *)lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (b == NULL) {
+  if (b == NULL)
     lua_sethook(L, NULL, 0, 0);
-    return;
-  }
-  if (glue_budget_tick(b, lua_gethookcount(L)) == GLUE_WITHIN) {
-    if (lua_gethookcount(L) != GLUE_HOOK_EVERY)
-      lua_sethook(L, host_count_hook, LUA_MASKCOUNT, GLUE_HOOK_EVERY);
-    return;
-  }
-  lua_sethook(L, host_count_hook, LUA_MASKCOUNT, 1);
-  luaL_error(L, "%s", glue_budget_what(b));
+  else
+    glue_count(L, host_count_hook, b);
 }
 
 /*
- * The choke point for host hooks: runs `frame` in the thread of the method
- * in progress under lua_pcall with the traceback handler, in_hook set, and
- * the engine's instruction budget and deadline armed on that thread (the
- * host's own hook is put back afterwards).  Maps the outcome like the
- * policy state's choke point.  Never raises: the core's C frames are below.
- * The host's state has no memory cap (its allocator is the host's), and a
- * coroutine the host created before the call runs without the budget: the
- * policy state, whose hook is set at creation, has neither gap.
+ * The call point for host hooks (glue_side.call): runs `frame` in the
+ * thread of the method in progress under lua_pcall with the traceback
+ * handler, in_hook set, and the engine's instruction budget and deadline
+ * armed on that thread (the host's own hook is put back afterwards).  Maps
+ * the outcome like the policy state's call point (glue_call_end).  Never
+ * raises: the core's C frames are below.  The host's state has no memory
+ * cap (its allocator is the host's), and a coroutine the host created
+ * before the call runs without the budget: the policy state, whose hook is
+ * set at creation, has neither gap.
  */
-static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
+static cl_status host_call(glue_side *side, lua_CFunction frame, glue_call *c) {
+  lengine *le = (lengine *)side;
   lua_State *L = le->L;
   cl_engine *eng = le->eng;
-  glue_budget budget;
+  cl__budget budget;
   void *prev;
   lua_Hook hook;
   int mask, count, base, rc, jit_was_on;
@@ -102,15 +90,12 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
 
   if (L == NULL || !lua_checkstack(L, 4))
     return cl__fail(c->err, CL_HOOK_ERROR, "%s: no Lua stack to run on", c->hook);
-  base = lua_gettop(L);
-  lua_pushcfunction(L, glue_msghandler);
-  lua_pushcfunction(L, frame);
-  lua_pushlightuserdata(L, c);
+  base = glue_call_begin(L, frame, c);
 
   compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
   prev = lua_touserdata(L, -1); /* an outer call's budget (another engine), or NULL */
   lua_pop(L, 1);
-  glue_budget_arm(&budget, eng->hook_instruction_limit, eng->hook_time_limit_ms);
+  cl__budget_arm(&budget, eng->hook_instruction_limit, eng->hook_time_limit_ms);
   lua_pushlightuserdata(L, &budget);
   compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
   hook = lua_gethook(L);
@@ -120,7 +105,6 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
   jit_was_on = compat_hook_begin(L, c->fn_ref); /* LuaJIT: the JIT would skip the count hook */
   was_in_hook = eng->in_hook;
   eng->in_hook = true;
-  c->status = CL_OK;
 
   rc = lua_pcall(L, 1, 0, base + 1);
 
@@ -132,208 +116,38 @@ static cl_status host_call(lengine *le, lua_CFunction frame, glue_call *c) {
   else
     lua_pushboolean(L, 0);
   compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
-  if (rc != LUA_OK) {
-    glue_call_failed(L, eng, rc, &budget, 0, c);
-    c->status = CL_HOOK_ERROR;
-  } else if (budget.exceeded != GLUE_WITHIN) {
-    glue_budget_fail(&budget, c->hook, c->err);
-    c->status = CL_HOOK_ERROR;
-  }
-  lua_settop(L, base);
-  return c->status;
+  return glue_call_end(L, eng, base, rc, &budget, 0, c);
 }
 
-static void hhook_release(void *ud) {
-  hhook *h = (hhook *)ud;
-  luaL_unref(h->le->L, LUA_REGISTRYINDEX, h->fn_ref);
-  luaL_unref(h->le->L, LUA_REGISTRYINDEX, h->aux_ref);
-  free(h);
-}
-
-/*
- * Makes a record for the function at `fn` and the value at `aux` (0: none).
- * Raises on memory; a record half made is released by its box.  The caller
- * hands it to the engine or releases it, without raising in between.
- */
-static hhook *hhook_new(lua_State *L, lengine *le, int fn, int aux, const char *id) {
-  size_t idlen = id ? strlen(id) : 0;
-  glue_box *box = glue_newbox(L, 0);
-  hhook *h = (hhook *)calloc(1, sizeof *h + sizeof "handler " + idlen);
-  if (h == NULL) luaL_error(L, "not enough memory");
-  h->le = le;
-  h->fn_ref = h->aux_ref = LUA_NOREF;
-  memcpy(h->label, "handler ", sizeof "handler " - 1);
-  h->id = h->label + sizeof "handler " - 1;
-  if (id) memcpy(h->label + sizeof "handler " - 1, id, idlen + 1);
-  box->p = h;
-  box->drop = hhook_release;
-  lua_pushvalue(L, fn);
-  h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (aux) {
-    lua_pushvalue(L, aux);
-    h->aux_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  box->drop = NULL;
-  lua_pop(L, 1); /* box */
-  return h;
-}
-
-static cl_status host_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
-                            const cl_metadata *metadata, char **audit_json, cl_error *err) {
-  hhook *h = (hhook *)ud;
-  lengine *le = h->le;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *audit_json = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "auditor.audit";
-  c.err = err ? err : &local;
-  c.fn_ref = h->fn_ref;
-  c.tx = tx;
-  c.action = action;
-  c.actor = actor;
-  c.metadata = metadata;
-  /* The value itself becomes res.audit: no JSON round trip in the host. */
-  c.keep_ref = 1;
-  c.audit_ref = LUA_NOREF;
-  st = host_call(le, glue_audit_frame, &c);
-  glue_end_tx(&c.txslot);
-  if (st == CL_OK) {
-    luaL_unref(le->L, LUA_REGISTRYINDEX, le->audit_ref);
-    le->audit_ref = c.audit_ref;
-  } else {
-    luaL_unref(le->L, LUA_REGISTRYINDEX, c.audit_ref);
-  }
-  return st;
-}
-
-static cl_status host_list_events(void *ud, const char *opts_json, char **events_json,
-                                  cl_error *err) {
-  hhook *h = (hhook *)ud;
-  cl_engine *eng = h->le->eng;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *events_json = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "auditor.list_events";
-  c.err = err ? err : &local;
-  c.fn_ref = h->aux_ref;
-  c.opts_json = opts_json;
-  c.json_out = events_json;
-  c.tx = glue_list_tx_begin(eng);
-  st = host_call(h->le, glue_list_frame, &c);
-  glue_end_tx(&c.txslot);
-  glue_list_tx_end(eng);
-  if (st != CL_OK) {
-    free(*events_json);
-    *events_json = NULL;
-  }
-  return st;
-}
-
-static cl_status host_resolve(void *ud, const char *actor, const char *action, char **resolved,
-                              cl_error *err) {
-  hhook *h = (hhook *)ud;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *resolved = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "actor_resolver";
-  c.err = err ? err : &local;
-  c.fn_ref = h->fn_ref;
-  c.actor = actor;
-  c.action = action;
-  c.str_out = resolved;
-  st = host_call(h->le, glue_resolve_frame, &c);
-  if (st != CL_OK) {
-    free(*resolved);
-    *resolved = NULL;
-  }
-  return st;
-}
-
-static cl_status host_deliver(void *ud, const cl_message *message,
-                              const cl_conversation *conversation, const char *idempotency_key,
-                              int attempt, cl_error *err) {
-  hhook *h = (hhook *)ud;
-  cl_error local;
-  glue_call c;
-  memset(&c, 0, sizeof c);
-  c.hook = "notifier";
-  c.err = err ? err : &local;
-  c.fn_ref = h->fn_ref;
-  c.message = message;
-  c.conversation = conversation;
-  c.idempotency_key = idempotency_key;
-  c.attempt = attempt;
-  return host_call(h->le, glue_deliver_frame, &c);
-}
-
-/* A telemetry handler: one that raises is logged and detached, and the
- * operation goes on.  The engine frees detached handlers after the emit. */
-static void host_handler(const char *const *event, const cl_measurements *measurements,
-                         const cl_metadata *metadata, void *config) {
-  hhook *h = (hhook *)config;
-  cl_error err;
-  glue_call c;
-  memset(&c, 0, sizeof c);
-  c.hook = h->label;
-  c.err = &err;
-  c.fn_ref = h->fn_ref;
-  c.cfg_ref = h->aux_ref;
-  c.event = event;
-  c.measurements = measurements;
-  c.metadata = metadata;
-  if (host_call(h->le, glue_handler_frame, &c) != CL_OK) {
-    cl_log(h->le->eng, CL_LOG_ERROR, "handler %s detached after an error", h->id);
-    cl_detach(h->le->eng, h->id);
-  }
-}
+/* glue_side.state: the method's thread, where the records' refs go. */
+static lua_State *host_state(glue_side *side) { return ((lengine *)side)->L; }
 
 /* ------------------------------------------------------------------ */
 /* The log sink: open{ log = function(level, line) end }                */
 /* ------------------------------------------------------------------ */
 
-static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
-
-typedef struct log_call {
-  lengine *le;
-  cl_log_level level;
-  const char *line;
-} log_call;
-
-static int log_frame(lua_State *L) {
-  log_call *lc = (log_call *)lua_touserdata(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lc->le->log_ref);
-  lua_pushstring(L, level_names[lc->level]);
-  lua_pushstring(L, lc->line);
-  lua_call(L, 2, 0);
-  return 0;
-}
-
-/* The engine's log sink when open{} got a log function.  Its errors are
- * reported on stderr and otherwise ignored: logging must not fail calls. */
+/* The engine's log sink when open{} got a log function: the call point of
+ * glue_log_frame.  Its errors are reported on stderr and otherwise
+ * ignored: logging must not fail calls. */
 static void host_log(void *ud, cl_log_level level, const char *line) {
   lengine *le = (lengine *)ud;
   lua_State *L = le->L;
-  log_call lc;
+  glue_call c;
   bool was_in_hook = false;
   int base;
   if (L == NULL || le->logging || !lua_checkstack(L, 3)) return;
-  lc.le = le;
-  lc.level = level;
-  lc.line = line;
+  memset(&c, 0, sizeof c);
+  c.fn_ref = le->log_ref;
+  c.level = level;
+  c.line = line;
   le->logging = true;
   if (le->eng) {
     was_in_hook = le->eng->in_hook;
     le->eng->in_hook = true; /* the log function may not call back in */
   }
   base = lua_gettop(L);
-  lua_pushcfunction(L, log_frame);
-  lua_pushlightuserdata(L, &lc);
+  lua_pushcfunction(L, glue_log_frame);
+  lua_pushlightuserdata(L, &c);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK)
     fprintf(stderr, "cairnloop: the log function failed: %s\n",
             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)");
@@ -603,14 +417,13 @@ static int engine_open(lua_State *L) {
   cfg.lease_seconds = (int)v;
   lua_getfield(L, 1, "log_level");
   if (!lua_isnil(L, -1)) {
-    int i;
-    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-    for (i = 0; level_names[i] && strcmp(level_names[i], s) != 0; i++) {}
-    if (level_names[i] == NULL) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be debug, info, warn or error");
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be a string, got a %s",
+               luaL_typename(L, -1));
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }
-    cfg.log_level = (cl_log_level)i;
+    if (cl_log_level_parse(lua_tostring(L, -1), &cfg.log_level, &err) != CL_OK)
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "log");
@@ -621,6 +434,11 @@ static int engine_open(lua_State *L) {
   lua_getfield(L, 1, "policy"); /* ... log policy */
 
   le = (lengine *)compat_newuserdata(L, sizeof *le);
+  le->side.call = host_call;
+  le->side.state = host_state;
+  le->side.api = "";
+  le->side.audit_slot = &le->audit_ref; /* res.audit is the value itself */
+  le->side.hooks = NULL;
   le->eng = NULL;
   le->L = L;
   le->log_ref = LUA_NOREF;
@@ -713,7 +531,7 @@ static int engine_query(lua_State *L) {
   const char *sql = luaL_checklstring(L, 2, &len);
   int nparams;
   const char **params;
-  glue_box *box;
+  cl__box *box;
   cl_rows *rows = NULL;
   cl_error err;
   if (strlen(sql) != len) return luaL_argerror(L, 2, "SQL contains a NUL byte");
@@ -736,7 +554,7 @@ static int engine_trigger(lua_State *L) {
   lengine *le = check_engine(L, "trigger", false);
   cl_trigger_opts o;
   cl_trigger_result *res;
-  glue_box *box;
+  cl__box *box;
   cl_error err;
   cl_status st;
   int64_t id;
@@ -759,7 +577,7 @@ static int engine_trigger(lua_State *L) {
   box->drop = drop_trigger_result;
   if (st != CL_OK) {
     drop_audit(L, le);
-    glue_box_release(box);
+    cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
   lua_createtable(L, 0, 4);
@@ -771,7 +589,7 @@ static int engine_trigger(lua_State *L) {
   lua_setfield(L, -2, "audit");
   lua_pushboolean(L, res->duplicate);
   lua_setfield(L, -2, "duplicate");
-  glue_box_release(box);
+  cl__box_release(box);
   return 1;
 }
 
@@ -782,7 +600,7 @@ static int engine_bulk_trigger(lua_State *L) {
   lengine *le = check_engine(L, "bulk_trigger", false);
   cl_bulk_opts o;
   cl_bulk_result *res;
-  glue_box *box;
+  cl__box *box;
   cl_error err;
   cl_status st;
   int64_t *ids;
@@ -837,7 +655,7 @@ static int engine_bulk_trigger(lua_State *L) {
   box->drop = drop_bulk_result;
   if (st != CL_OK) {
     drop_audit(L, le);
-    glue_box_release(box);
+    cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
   lua_createtable(L, 0, 5);
@@ -859,7 +677,7 @@ static int engine_bulk_trigger(lua_State *L) {
   lua_setfield(L, -2, "audit");
   lua_pushboolean(L, res->replayed);
   lua_setfield(L, -2, "replayed");
-  glue_box_release(box);
+  cl__box_release(box);
   return 1;
 }
 
@@ -872,7 +690,7 @@ static int engine_envelope(lua_State *L) {
   lengine *le = check_engine(L, "envelope", false);
   cl_envelope_list *list;
   const char *id;
-  glue_box *box;
+  cl__box *box;
   cl_error err;
   cl_status st;
   lua_settop(L, 2);
@@ -885,14 +703,14 @@ static int engine_envelope(lua_State *L) {
   st = cl_envelope_get(le->eng, id, list, &err);
   box->drop = drop_envelope_list;
   if (st != CL_OK) {
-    glue_box_release(box);
+    cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
   if (list->count == 0)
     lua_pushnil(L);
   else
     push_envelope(L, &list->items[0]);
-  glue_box_release(box);
+  cl__box_release(box);
   return 1;
 }
 
@@ -902,7 +720,7 @@ static int engine_envelopes(lua_State *L) {
   lengine *le = check_engine(L, "envelopes", false);
   cl_envelope_query q;
   cl_envelope_list *list;
-  glue_box *box;
+  cl__box *box;
   cl_error err;
   cl_status st;
   int64_t limit = 50;
@@ -920,7 +738,7 @@ static int engine_envelopes(lua_State *L) {
   st = cl_envelopes_list(le->eng, &q, list, &err);
   box->drop = drop_envelope_list;
   if (st != CL_OK) {
-    glue_box_release(box);
+    cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
   lua_createtable(L, (int)list->count, 0);
@@ -928,14 +746,14 @@ static int engine_envelopes(lua_State *L) {
     push_envelope(L, &list->items[i]);
     lua_rawseti(L, -2, (int)i + 1);
   }
-  glue_box_release(box);
+  cl__box_release(box);
   return 1;
 }
 
 /* engine:audit_events([opts]) -> the auditor's list_events(opts), {} without one | nil, code, msg */
 static int engine_audit_events(lua_State *L) {
   lengine *le = check_engine(L, "audit_events", false);
-  glue_box *in, *out;
+  cl__box *in, *out;
   char why[96], *events = NULL;
   json_t *j;
   cl_error err;
@@ -949,9 +767,7 @@ static int engine_audit_events(lua_State *L) {
       cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s", why);
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }
-    in->p = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (in->p == NULL) return luaL_error(L, "not enough memory");
+    if ((in->p = cl__json_take_text(j, false)) == NULL) return luaL_error(L, "not enough memory");
     in->drop = free;
   }
   st = cl_audit_events(le->eng, (const char *)in->p, &events, &err);
@@ -963,8 +779,8 @@ static int engine_audit_events(lua_State *L) {
     lua_pop(L, 1);
     lua_newtable(L);
   }
-  glue_box_release(in);
-  glue_box_release(out);
+  cl__box_release(in);
+  cl__box_release(out);
   return 1;
 }
 
@@ -999,119 +815,37 @@ static int engine_work(lua_State *L) {
 /* engine:auditor{ audit = fn [, list_events = fn] } | engine:auditor(nil) -> true; raises on misuse */
 static int engine_auditor(lua_State *L) {
   lengine *le = check_engine(L, "auditor", false);
-  cl_auditor a;
-  cl_error err;
-  hhook *h;
-  lua_settop(L, 2);
-  if (lua_isnil(L, 2)) {
-    if (cl_set_auditor(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_getfield(L, 2, "audit");       /* 3 */
-  lua_getfield(L, 2, "list_events"); /* 4 */
-  if (lua_type(L, 3) != LUA_TFUNCTION) return luaL_error(L, "auditor: audit must be a function");
-  if (!lua_isnil(L, 4) && lua_type(L, 4) != LUA_TFUNCTION)
-    return luaL_error(L, "auditor: list_events must be a function or nil");
-  h = hhook_new(L, le, 3, lua_isnil(L, 4) ? 0 : 4, NULL);
-  a.audit = host_audit;
-  a.list_events = lua_isnil(L, 4) ? NULL : host_list_events;
-  a.release = hhook_release;
-  a.ud = h;
-  if (cl_set_auditor(le->eng, &a, &err) != CL_OK) {
-    hhook_release(h);
-    return luaL_error(L, "%s", err.message);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return glue_set_hook(L, 2, &le->side, le->eng, GLUE_AUDITOR);
 }
 
 /* engine:actor_resolver(fn | nil) -> true; raises on misuse */
 static int engine_actor_resolver(lua_State *L) {
   lengine *le = check_engine(L, "actor_resolver", false);
-  cl_actor_resolver r;
-  cl_error err;
-  hhook *h;
-  lua_settop(L, 2);
-  if (lua_isnil(L, 2)) {
-    if (cl_set_actor_resolver(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  h = hhook_new(L, le, 2, 0, NULL);
-  r.resolve = host_resolve;
-  r.release = hhook_release;
-  r.ud = h;
-  if (cl_set_actor_resolver(le->eng, &r, &err) != CL_OK) {
-    hhook_release(h);
-    return luaL_error(L, "%s", err.message);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return glue_set_hook(L, 2, &le->side, le->eng, GLUE_RESOLVER);
 }
 
 /* engine:notifier(fn | nil) -> true; raises on misuse */
 static int engine_notifier(lua_State *L) {
   lengine *le = check_engine(L, "notifier", false);
-  cl_notifier n;
-  cl_error err;
-  hhook *h;
-  lua_settop(L, 2);
-  if (lua_isnil(L, 2)) {
-    if (cl_set_notifier(le->eng, NULL, &err) != CL_OK) return luaL_error(L, "%s", err.message);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  h = hhook_new(L, le, 2, 0, NULL);
-  n.deliver = host_deliver;
-  n.release = hhook_release;
-  n.ud = h;
-  if (cl_set_notifier(le->eng, &n, &err) != CL_OK) {
-    hhook_release(h);
-    return luaL_error(L, "%s", err.message);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int attach_common(lua_State *L, int many) {
-  lengine *le = check_engine(L, many ? "attach_many" : "attach", true);
-  const char *id, **names;
-  size_t count;
-  char why[128];
-  cl_error err;
-  cl_status st;
-  hhook *h;
-  lua_settop(L, 5);
-  if (!glue_attach_args(L, 2, many, &id, &names, &count, why, sizeof why)) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "%s", why);
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  h = hhook_new(L, le, 4, 5, id);
-  st = cl_attach_many(le->eng, id, names, count, host_handler, h, hhook_release, &err);
-  if (st != CL_OK) {
-    hhook_release(h); /* the engine keeps nothing on failure */
-    return glue_push_failure(L, st, &err);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return glue_set_hook(L, 2, &le->side, le->eng, GLUE_NOTIFIER);
 }
 
 /* engine:attach(handler_id, event_name, fn [, config]) -> true | nil, code, msg; raises if fn is not a function */
-static int engine_attach(lua_State *L) { return attach_common(L, 0); }
+static int engine_attach(lua_State *L) {
+  lengine *le = check_engine(L, "attach", true);
+  return glue_attach(L, 2, 0, &le->side, le->eng);
+}
 
 /* engine:attach_many(handler_id, { event_name, ... }, fn [, config]) -> true | nil, code, msg */
-static int engine_attach_many(lua_State *L) { return attach_common(L, 1); }
+static int engine_attach_many(lua_State *L) {
+  lengine *le = check_engine(L, "attach_many", true);
+  return glue_attach(L, 2, 1, &le->side, le->eng);
+}
 
 /* engine:detach(handler_id) -> boolean; allowed inside a handler */
 static int engine_detach(lua_State *L) {
   lengine *le = check_engine(L, "detach", true);
-  const char *id = glue_checked_id(L, 2);
-  lua_pushboolean(L, id && cl_detach(le->eng, id));
-  return 1;
+  return glue_detach(L, 2, le->eng);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1169,5 +903,7 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
   luaL_newlib(L, module);
   lua_pushliteral(L, CL_VERSION);
   lua_setfield(L, -2, "VERSION");
+  glue_push_events(L);
+  lua_setfield(L, -2, "EVENTS");
   return 1;
 }

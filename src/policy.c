@@ -4,49 +4,41 @@
  * Creates the state on the first cl_load_policy(), sandboxed before any
  * script runs, and registers `cairnloop` in it as the hook registration API.
  * Every call into the state (loading a file, every hook) goes through one
- * choke point, policy_call(), under an instruction budget, a deadline and a
- * memory cap.  Uses lua_glue.h for the hook frames and the engine's hook,
- * telemetry and log functions.
+ * call point, policy_call(), under an instruction budget, a deadline and a
+ * memory cap.  The hook adapters and the registration functions are the
+ * glue's (lua_glue.inc, compiled here for Lua 5.4); this file keeps the
+ * call point, the sandbox and loading.  Uses the engine's hook, telemetry
+ * and log functions.
  */
 #include "policy.h"
-#include "lua_glue.h"
+#include "lua_glue.inc"
 
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
-/*
- * One registration a script made (auditor, resolver, notifier, telemetry
- * handler).  The engine owns it from cl_set_*()/cl_attach*() on and gives
- * it back through phook_release().  If the state is freed first, the record
- * is orphaned (p = NULL): its refs died with the state, and a call through
- * it fails instead of touching freed memory.
- */
-struct phook {
-  struct cl__policy *p;
-  struct phook **pprev, *next; /* p->hooks list; pprev NULL when unlinked */
-  int fn_ref;                  /* registry refs, released by phook_release() */
-  int aux_ref;                 /* list_events, or the handler's config */
-  const char *id;              /* telemetry handler id: points into label */
-  char label[];                /* "handler <id>", names it in messages */
-};
-
 struct cl__policy {
+  glue_side side; /* first: the glue's view of this state */
   lua_State *L;
   cl_engine *eng;
   size_t mem_used;  /* bytes the state holds now */
   size_t mem_limit; /* the allocator refuses growth past this */
-  glue_budget budget;
+  cl__budget budget;
   bool armed;   /* the count hook counts only during a call */
   bool running; /* a call is in progress: the state is not re-entrant */
   bool loading; /* a policy file is loading: new globals are allowed */
   char *lua_path;
-  struct phook *hooks;
   char warn[CL_ERROR_MESSAGE_MAX]; /* pieces of a warning being assembled */
   size_t warn_len;
 };
 
-static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+/* cl.log's level names, NULL-terminated for luaL_checkoption: the index
+ * it returns is the cl_log_level. */
+static const char *const level_options[] = {
+#define XX(name, str) str,
+    CL_LOG_LEVEL_MAP(XX)
+#undef XX
+        NULL};
 
 /*
  * The allocator's ud is the policy, so the count hook and the C functions
@@ -84,32 +76,21 @@ static void *policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 /*
  * The count hook, set right after lua_newstate and never removed: every
  * coroutine inherits it, including ones a script stashed while loading.
- * It counts only while a call is armed.  Once the budget is spent it
- * re-arms itself to fire on every instruction and raises each time, so a
- * script's own pcall cannot swallow it for long: the first instruction after
- * the pcall raises again.  Back within budget it returns to the normal
- * interval in that thread.
+ * It counts only while a call is armed (glue_count does the counting and
+ * the raising).
  */
 static void count_hook(lua_State *L, lua_Debug *ar) {
   struct cl__policy *p = policy_of(L);
   (void)ar;
-  if (!p->armed || glue_budget_tick(&p->budget, lua_gethookcount(L)) == GLUE_WITHIN) {
-    if (lua_gethookcount(L) != GLUE_HOOK_EVERY)
-      lua_sethook(L, count_hook, LUA_MASKCOUNT, GLUE_HOOK_EVERY);
-    return;
-  }
-  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-  luaL_error(L, "%s", glue_budget_what(&p->budget));
+  glue_count(L, count_hook, p->armed ? &p->budget : NULL);
 }
 
 /*
- * The choke point: every call into the state.  Runs `frame` under lua_pcall
- * with the traceback handler and the budget armed, and maps the
- * outcome: a raise, a memory error or a spent budget is CL_HOOK_ERROR with
- * a one-line message naming the hook (the traceback goes to the log);
- * otherwise the frame's verdict in c->status.  The stack is restored on
- * every path.  Hook calls (`is_hook`) set in_hook; loading a file does not,
- * since that is when a script registers its hooks.
+ * The call point: every call into the state.  Runs `frame` under lua_pcall
+ * with the traceback handler and the budget armed, and maps the outcome
+ * (glue_call_end).  The state is not re-entrant: a call while another runs
+ * is refused with c->busy set.  Hook calls (`is_hook`) set in_hook;
+ * loading a file does not, since that is when a script registers its hooks.
  */
 static cl_status policy_call(struct cl__policy *p, lua_CFunction frame, glue_call *c,
                              bool is_hook) {
@@ -118,352 +99,71 @@ static cl_status policy_call(struct cl__policy *p, lua_CFunction frame, glue_cal
   bool was_in_hook = eng->in_hook;
   int base, rc;
 
-  if (p->running)
+  if (p->running) {
+    c->busy = 1;
     return cl__fail(c->err, CL_HOOK_ERROR, "%s: called while another policy hook runs", c->hook);
+  }
   if (!lua_checkstack(L, 3))
     return cl__fail(c->err, CL_HOOK_ERROR, "%s: Lua stack exhausted", c->hook);
-  base = lua_gettop(L);
-  lua_pushcfunction(L, glue_msghandler);
-  lua_pushcfunction(L, frame);
-  lua_pushlightuserdata(L, c);
-  c->status = CL_OK;
-  glue_budget_arm(&p->budget, eng->hook_instruction_limit, eng->hook_time_limit_ms);
+  base = glue_call_begin(L, frame, c);
+  cl__budget_arm(&p->budget, eng->hook_instruction_limit, eng->hook_time_limit_ms);
   p->armed = p->running = true;
   if (is_hook) eng->in_hook = true;
   rc = lua_pcall(L, 1, 0, base + 1);
   eng->in_hook = was_in_hook;
   p->armed = p->running = false;
-  if (rc != LUA_OK) {
-    glue_call_failed(L, eng, rc, &p->budget, p->mem_limit, c);
-    c->status = CL_HOOK_ERROR;
-  } else if (p->budget.exceeded != GLUE_WITHIN) {
-    /* Spent on the very last instructions: still over budget. */
-    glue_budget_fail(&p->budget, c->hook, c->err);
-    c->status = CL_HOOK_ERROR;
-  }
-  lua_settop(L, base);
-  return c->status;
+  return glue_call_end(L, eng, base, rc, &p->budget, p->mem_limit, c);
 }
 
-/* ------------------------------------------------------------------ */
-/* Hook records                                                         */
-/* ------------------------------------------------------------------ */
-
-/* Releases a record: its refs (if the state still exists) and its memory.
- * The engine calls it when the hook is replaced, detached or closed. */
-static void phook_release(void *ud) {
-  struct phook *h = (struct phook *)ud;
-  if (h->pprev) {
-    *h->pprev = h->next;
-    if (h->next) h->next->pprev = h->pprev;
-  }
-  if (h->p) {
-    luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->fn_ref);
-    luaL_unref(h->p->L, LUA_REGISTRYINDEX, h->aux_ref);
-  }
-  free(h);
+/* glue_side.call: how the glue's adapters run a hook here. */
+static cl_status policy_hook_call(glue_side *side, lua_CFunction frame, glue_call *c) {
+  return policy_call((struct cl__policy *)side, frame, c, true);
 }
 
-/* Box drop for a record not yet handed to the engine. */
-static void phook_drop(void *ud) { phook_release(ud); }
-
-/*
- * Makes a record for the function at `fn` and the value at `aux` (0: none)
- * with the telemetry id `id` (may be NULL).  Raises on memory; a record
- * half made is released by its box.  The caller hands the result to the
- * engine, or releases it with phook_release, without raising in between.
- */
-static struct phook *phook_new(lua_State *L, struct cl__policy *p, int fn, int aux,
-                               const char *id) {
-  size_t idlen = id ? strlen(id) : 0;
-  glue_box *box = glue_newbox(L, 0);
-  struct phook *h = (struct phook *)calloc(1, sizeof *h + sizeof "handler " + idlen);
-  if (h == NULL) luaL_error(L, "not enough memory");
-  h->p = p;
-  h->fn_ref = h->aux_ref = LUA_NOREF;
-  memcpy(h->label, "handler ", sizeof "handler " - 1);
-  h->id = h->label + sizeof "handler " - 1;
-  if (id) memcpy(h->label + sizeof "handler " - 1, id, idlen + 1);
-  box->p = h;
-  box->drop = phook_drop;
-  lua_pushvalue(L, fn);
-  h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (aux) {
-    lua_pushvalue(L, aux);
-    h->aux_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* LUA_REFNIL for nil */
-  }
-  box->drop = NULL; /* the caller owns it now */
-  lua_pop(L, 1);    /* box */
-  return h;
-}
-
-static void phook_link(struct cl__policy *p, struct phook *h) {
-  h->next = p->hooks;
-  if (p->hooks) p->hooks->pprev = &h->next;
-  p->hooks = h;
-  h->pprev = &p->hooks;
-}
-
-/* A call through a record whose state is gone. */
-static cl_status orphaned(const char *hook, cl_error *err) {
-  return cl__fail(err, CL_HOOK_ERROR, "%s: the policy state is closed", hook);
-}
-
-/* ------------------------------------------------------------------ */
-/* The hooks as the engine sees them                                    */
-/* ------------------------------------------------------------------ */
-
-static cl_status policy_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
-                              const cl_metadata *metadata, char **audit_json, cl_error *err) {
-  struct phook *h = (struct phook *)ud;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *audit_json = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "auditor.audit";
-  c.err = err ? err : &local;
-  if (!h->p) return orphaned(c.hook, c.err);
-  c.fn_ref = h->fn_ref;
-  c.tx = tx;
-  c.action = action;
-  c.actor = actor;
-  c.metadata = metadata;
-  c.json_out = audit_json;
-  st = policy_call(h->p, glue_audit_frame, &c, true);
-  glue_end_tx(&c.txslot);
-  if (st != CL_OK) {
-    free(*audit_json);
-    *audit_json = NULL;
-  }
-  return st;
-}
-
-static cl_status policy_list_events(void *ud, const char *opts_json, char **events_json,
-                                    cl_error *err) {
-  struct phook *h = (struct phook *)ud;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *events_json = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "auditor.list_events";
-  c.err = err ? err : &local;
-  if (!h->p) return orphaned(c.hook, c.err);
-  c.fn_ref = h->aux_ref;
-  c.opts_json = opts_json;
-  c.json_out = events_json;
-  c.tx = glue_list_tx_begin(h->p->eng);
-  st = policy_call(h->p, glue_list_frame, &c, true);
-  glue_end_tx(&c.txslot);
-  glue_list_tx_end(h->p->eng);
-  if (st != CL_OK) {
-    free(*events_json);
-    *events_json = NULL;
-  }
-  return st;
-}
-
-static cl_status policy_resolve(void *ud, const char *actor, const char *action, char **resolved,
-                                cl_error *err) {
-  struct phook *h = (struct phook *)ud;
-  cl_error local;
-  glue_call c;
-  cl_status st;
-  *resolved = NULL;
-  memset(&c, 0, sizeof c);
-  c.hook = "actor_resolver";
-  c.err = err ? err : &local;
-  if (!h->p) return orphaned(c.hook, c.err);
-  c.fn_ref = h->fn_ref;
-  c.actor = actor;
-  c.action = action;
-  c.str_out = resolved;
-  st = policy_call(h->p, glue_resolve_frame, &c, true);
-  if (st != CL_OK) {
-    free(*resolved);
-    *resolved = NULL;
-  }
-  return st;
-}
-
-static cl_status policy_deliver(void *ud, const cl_message *message,
-                                const cl_conversation *conversation, const char *idempotency_key,
-                                int attempt, cl_error *err) {
-  struct phook *h = (struct phook *)ud;
-  cl_error local;
-  glue_call c;
-  memset(&c, 0, sizeof c);
-  c.hook = "notifier";
-  c.err = err ? err : &local;
-  if (!h->p) return orphaned(c.hook, c.err);
-  c.fn_ref = h->fn_ref;
-  c.message = message;
-  c.conversation = conversation;
-  c.idempotency_key = idempotency_key;
-  c.attempt = attempt;
-  return policy_call(h->p, glue_deliver_frame, &c, true);
-}
-
-/*
- * A telemetry handler.  One that raises (or runs past its budget) is
- * logged and detached, and the operation goes on, as :telemetry does.  The
- * engine frees detached handlers only after the emit, so h stays valid here.
- */
-static void policy_handler(const char *const *event, const cl_measurements *measurements,
-                           const cl_metadata *metadata, void *config) {
-  struct phook *h = (struct phook *)config;
-  cl_error err;
-  glue_call c;
-  if (!h->p) return;
-  if (h->p->running) {
-    /* Emitted from inside another policy hook: skipped, not the handler's fault. */
-    cl_log(h->p->eng, CL_LOG_WARN, "handler %s skipped: emitted while a policy hook runs", h->id);
-    return;
-  }
-  memset(&c, 0, sizeof c);
-  c.hook = h->label;
-  c.err = &err;
-  c.fn_ref = h->fn_ref;
-  c.cfg_ref = h->aux_ref;
-  c.event = event;
-  c.measurements = measurements;
-  c.metadata = metadata;
-  if (policy_call(h->p, glue_handler_frame, &c, true) != CL_OK) {
-    cl_log(h->p->eng, CL_LOG_ERROR, "handler %s detached after an error", h->id);
-    cl_detach(h->p->eng, h->id);
-  }
-}
+/* glue_side.state */
+static lua_State *policy_state(glue_side *side) { return ((struct cl__policy *)side)->L; }
 
 /* ------------------------------------------------------------------ */
 /* The registration API: require "cairnloop" in the policy state         */
 /* ------------------------------------------------------------------ */
 
-/* Raises "<fn>: <why>" for a refused registration (misuse, e.g. from a hook). */
-static int refused(lua_State *L, const char *fn, const cl_error *err) {
-  return luaL_error(L, "%s: %s", fn, err->message);
+/* The policy of a registration function: its upvalue. */
+static struct cl__policy *api_policy(lua_State *L) {
+  return (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
 }
 
 /* cl.auditor{ audit = fn [, list_events = fn] } | cl.auditor(nil) -> true; raises on misuse */
 static int policy_auditor(lua_State *L) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  cl_auditor a;
-  cl_error err;
-  struct phook *h;
-  if (lua_isnoneornil(L, 1)) {
-    if (cl_set_auditor(p->eng, NULL, &err) != CL_OK) return refused(L, "cl.auditor", &err);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  lua_getfield(L, 1, "audit");       /* 2 */
-  lua_getfield(L, 1, "list_events"); /* 3 */
-  if (lua_type(L, 2) != LUA_TFUNCTION) return luaL_error(L, "cl.auditor: audit must be a function");
-  if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TFUNCTION)
-    return luaL_error(L, "cl.auditor: list_events must be a function or nil");
-  h = phook_new(L, p, 2, lua_isnil(L, 3) ? 0 : 3, NULL);
-  a.audit = policy_audit;
-  a.list_events = lua_isnil(L, 3) ? NULL : policy_list_events;
-  a.release = phook_release;
-  a.ud = h;
-  if (cl_set_auditor(p->eng, &a, &err) != CL_OK) {
-    phook_release(h);
-    return refused(L, "cl.auditor", &err);
-  }
-  phook_link(p, h);
-  lua_pushboolean(L, 1);
-  return 1;
+  struct cl__policy *p = api_policy(L);
+  return glue_set_hook(L, 1, &p->side, p->eng, GLUE_AUDITOR);
 }
 
 /* cl.actor_resolver(fn | nil) -> true; raises on misuse */
 static int policy_actor_resolver(lua_State *L) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  cl_actor_resolver r;
-  cl_error err;
-  struct phook *h;
-  if (lua_isnoneornil(L, 1)) {
-    if (cl_set_actor_resolver(p->eng, NULL, &err) != CL_OK)
-      return refused(L, "cl.actor_resolver", &err);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  h = phook_new(L, p, 1, 0, NULL);
-  r.resolve = policy_resolve;
-  r.release = phook_release;
-  r.ud = h;
-  if (cl_set_actor_resolver(p->eng, &r, &err) != CL_OK) {
-    phook_release(h);
-    return refused(L, "cl.actor_resolver", &err);
-  }
-  phook_link(p, h);
-  lua_pushboolean(L, 1);
-  return 1;
+  struct cl__policy *p = api_policy(L);
+  return glue_set_hook(L, 1, &p->side, p->eng, GLUE_RESOLVER);
 }
 
 /* cl.notifier(fn | nil) -> true; raises on misuse */
 static int policy_notifier(lua_State *L) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  cl_notifier n;
-  cl_error err;
-  struct phook *h;
-  if (lua_isnoneornil(L, 1)) {
-    if (cl_set_notifier(p->eng, NULL, &err) != CL_OK) return refused(L, "cl.notifier", &err);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  h = phook_new(L, p, 1, 0, NULL);
-  n.deliver = policy_deliver;
-  n.release = phook_release;
-  n.ud = h;
-  if (cl_set_notifier(p->eng, &n, &err) != CL_OK) {
-    phook_release(h);
-    return refused(L, "cl.notifier", &err);
-  }
-  phook_link(p, h);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int attach_common(lua_State *L, int many) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  const char *id, **names;
-  size_t count;
-  char why[128];
-  cl_error err;
-  cl_status st;
-  struct phook *h;
-  lua_settop(L, 4);
-  if (!glue_attach_args(L, 1, many, &id, &names, &count, why, sizeof why)) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "%s", why);
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  h = phook_new(L, p, 3, 4, id);
-  st = cl_attach_many(p->eng, id, names, count, policy_handler, h, phook_release, &err);
-  if (st != CL_OK) {
-    phook_release(h); /* the engine keeps nothing on failure */
-    return glue_push_failure(L, st, &err);
-  }
-  phook_link(p, h);
-  lua_pushboolean(L, 1);
-  return 1;
+  struct cl__policy *p = api_policy(L);
+  return glue_set_hook(L, 1, &p->side, p->eng, GLUE_NOTIFIER);
 }
 
 /* cl.attach(handler_id, event_name, fn [, config]) -> true | nil, code, msg; raises if fn is not a function */
-static int policy_attach(lua_State *L) { return attach_common(L, 0); }
+static int policy_attach(lua_State *L) {
+  struct cl__policy *p = api_policy(L);
+  return glue_attach(L, 1, 0, &p->side, p->eng);
+}
 
 /* cl.attach_many(handler_id, { event_name, ... }, fn [, config]) -> true | nil, code, msg */
-static int policy_attach_many(lua_State *L) { return attach_common(L, 1); }
+static int policy_attach_many(lua_State *L) {
+  struct cl__policy *p = api_policy(L);
+  return glue_attach(L, 1, 1, &p->side, p->eng);
+}
 
 /* cl.detach(handler_id) -> boolean; allowed inside a handler, also on itself */
-static int policy_detach(lua_State *L) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  const char *id = glue_checked_id(L, 1);
-  lua_pushboolean(L, id && cl_detach(p->eng, id));
-  return 1;
-}
+static int policy_detach(lua_State *L) { return glue_detach(L, 1, api_policy(L)->eng); }
 
 /* Logs `text` through the engine, one log line per line of text. */
 static void log_text(cl_engine *eng, cl_log_level level, const char *text, size_t len) {
@@ -471,7 +171,7 @@ static void log_text(cl_engine *eng, cl_log_level level, const char *text, size_
     const char *nl = (const char *)memchr(text, '\n', len);
     size_t n = nl ? (size_t)(nl - text) : len;
     char line[CL_ERROR_MESSAGE_MAX * 2];
-    glue_one_line(line, sizeof line, text, n);
+    cl__one_line(line, sizeof line, text, n);
     cl_log(eng, level, "policy: %s", line);
     if (!nl) break;
     len -= n + 1;
@@ -481,8 +181,8 @@ static void log_text(cl_engine *eng, cl_log_level level, const char *text, size_
 
 /* cl.log(level, message); level "debug" | "info" | "warn" | "error"; raises on misuse */
 static int policy_log(lua_State *L) {
-  struct cl__policy *p = (struct cl__policy *)lua_touserdata(L, lua_upvalueindex(1));
-  int level = luaL_checkoption(L, 1, NULL, level_names);
+  struct cl__policy *p = api_policy(L);
+  int level = luaL_checkoption(L, 1, NULL, level_options);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
   log_text(p->eng, (cl_log_level)level, msg, len);
@@ -503,6 +203,8 @@ static int open_policy_api(lua_State *L) {
   lua_setfield(L, -2, "schema");
   lua_pushliteral(L, CL_VERSION);
   lua_setfield(L, -2, "VERSION");
+  glue_push_events(L);
+  lua_setfield(L, -2, "EVENTS");
   return 1;
 }
 
@@ -766,6 +468,11 @@ static cl_status policy_create(cl_engine *eng, cl_error *err) {
   struct cl__policy *p = (struct cl__policy *)calloc(1, sizeof *p);
   glue_call c;
   if (p == NULL) return cl__fail(err, CL_HOOK_ERROR, "policy: out of memory");
+  /* Audit values leave as JSON (no audit_slot): res.audit is built in the
+   * host's state, never from this one's values. */
+  p->side.call = policy_hook_call;
+  p->side.state = policy_state;
+  p->side.api = "cl.";
   p->eng = eng;
   p->mem_limit = eng->hook_memory_limit;
   if ((p->lua_path = make_lua_path()) == NULL) goto fail_path;
@@ -824,11 +531,10 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
   struct load_call lc;
   cl_error local;
   cl_status st;
+  CL__ENTER(eng, err);
   if (err == NULL) err = &local;
-  if (eng == NULL || path == NULL || *path == '\0')
+  if (path == NULL || *path == '\0')
     return cl__fail(err, CL_INVALID_ARGUMENT, "policy: a file path is required");
-  if (eng->in_hook)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "policy: cannot load a policy from inside a hook");
   if (eng->policy == NULL && (st = policy_create(eng, err)) != CL_OK) return st;
   memset(&lc, 0, sizeof lc);
   lc.c.hook = "policy";
@@ -847,13 +553,9 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
 }
 
 void cl__policy_free(struct cl__policy *p) {
-  struct phook *h;
   if (p == NULL) return;
   /* Records the engine still holds lose their state: their refs go with it. */
-  for (h = p->hooks; h; h = h->next) {
-    h->p = NULL;
-    h->pprev = NULL;
-  }
+  glue_orphan_hooks(&p->side);
   lua_close(p->L);
   free(p->lua_path);
   free(p);

@@ -11,6 +11,7 @@
  *   cl.detach(id) -> boolean          cl.log(level, message)
  *   cl.schema    the engine's schema, for schema-qualified SQL in tx:exec
  *   cl.VERSION
+ *   cl.EVENTS    the events the engine emits (as cairnloop.EVENTS, README)
  *
  * list_events(opts, tx) also gets a tx handle whose statements run outside
  * any transaction.  `require` finds pure-Lua modules (text only) in the

@@ -4,7 +4,8 @@
  * Handlers live in one list; per known event a flat array of live handlers
  * is rebuilt on attach/detach so an emit walks an array.  A handler may
  * detach itself or others while an emit is in progress: it is marked dead
- * and freed once the outermost emit returns.  Uses engine.h for cl__fail.
+ * and freed once the outermost emit returns.  Uses engine.h for cl__fail
+ * and the entry guard.
  */
 #include "telemetry.h"
 #include "engine.h"
@@ -13,34 +14,23 @@
 #include <string.h>
 #include <time.h>
 
+/* Both derived from CL__EVENT_MAP at compile time: const, shared by every
+ * engine in the process. */
 static const char *const event_names[CL__EV__COUNT] = {
-#define XX(name, str) str,
+#define XX(name, ...) CL__EVENT_DOTTED(__VA_ARGS__),
     CL__EVENT_MAP(XX)
 #undef XX
 };
 
-/* The same names split into parts, as handlers receive them. */
-#define MAX_PARTS 6
-static const char *const event_parts[CL__EV__COUNT][MAX_PARTS + 1] = {
-    {"cairnloop", "outbound", "triggered", "start", NULL},
-    {"cairnloop", "outbound", "triggered", "stop", NULL},
-    {"cairnloop", "outbound", "triggered", "exception", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "start", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "stop", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", "exception", NULL},
-    {"cairnloop", "outbound", "bulk", "triggered", NULL},
-    {"cairnloop", "outbound", "delivery", "sent", NULL},
-    {"cairnloop", "outbound", "delivery", "failed", NULL},
-    {"cairnloop", "outbound", "delivery", "no_op", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_started", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_completed", NULL},
-    {"cairnloop", "outbound", "trace", "trigger_failed", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_submitted", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_failed", NULL},
-    {"cairnloop", "outbound", "trace", "bulk_refused", NULL},
-    {"cairnloop", "outbound", "trace", "delivery_sent", NULL},
-    {"cairnloop", "outbound", "trace", "delivery_failed", NULL},
+static const char *const event_parts[CL__EV__COUNT][CL__EVENT_MAX_PARTS + 1] = {
+#define XX(name, ...) {__VA_ARGS__, NULL},
+    CL__EVENT_MAP(XX)
+#undef XX
 };
+
+const char *cl__event_name(cl__event ev) { return event_names[ev]; }
+
+const char *const *cl__event_parts(cl__event ev) { return event_parts[ev]; }
 
 int64_t cl__monotonic_ns(void) {
   struct timespec ts;
@@ -129,6 +119,7 @@ static cl__handler *find(cl__telemetry *t, const char *id) {
 cl_status cl_attach_many(cl_engine *eng, const char *handler_id, const char *const *names,
                          size_t count, cl_handler_fn fn, void *config,
                          void (*release)(void *config), cl_error *err) {
+  CL__ENTER(eng, err);
   cl__telemetry *t = &eng->tel;
   if (!handler_id || !*handler_id)
     return cl__fail(err, CL_INVALID_ARGUMENT, "handler_id must be a non-empty string");
@@ -172,9 +163,12 @@ fail_oom:
 cl_status cl_attach(cl_engine *eng, const char *handler_id, const char *event_name,
                     cl_handler_fn fn, void *config, void (*release)(void *config),
                     cl_error *err) {
+  CL__ENTER(eng, err);
   return cl_attach_many(eng, handler_id, &event_name, 1, fn, config, release, err);
 }
 
+/* May be called from inside a handler, also on itself: no entry guard,
+ * only the NULL check. */
 int cl_detach(cl_engine *eng, const char *handler_id) {
   if (!eng || !handler_id) return 0;
   cl__handler *h = find(&eng->tel, handler_id);

@@ -11,27 +11,17 @@
 -- Exceptions log at "error", failures and refusals at "warn", the rest at
 -- "info".  The trace lane (opt-in with trace = true) carries ids and actors:
 -- enable it only where the log may hold them.
+local cl = require "cairnloop"
+
 local M = {}
 
--- The bounded-metrics lane (as in metrics.lua; repeated so that each file
--- works alone as a --policy file).
-M.EVENTS = {
-  "cairnloop.outbound.triggered.start",
-  "cairnloop.outbound.triggered.stop",
-  "cairnloop.outbound.triggered.exception",
-  "cairnloop.outbound.bulk.triggered.start",
-  "cairnloop.outbound.bulk.triggered.stop",
-  "cairnloop.outbound.bulk.triggered.exception",
-  "cairnloop.outbound.bulk.triggered",
-  "cairnloop.outbound.delivery.sent",
-  "cairnloop.outbound.delivery.failed",
-  "cairnloop.outbound.delivery.no_op",
-}
-
-M.TRACE_EVENTS = {}
-for _, name in ipairs { "trigger_started", "trigger_completed", "trigger_failed",
-  "bulk_submitted", "bulk_failed", "bulk_refused", "delivery_sent", "delivery_failed" } do
-  M.TRACE_EVENTS[#M.TRACE_EVENTS + 1] = "cairnloop.outbound.trace." .. name
+-- The two lanes of API.md, from the events the engine emits (cl.EVENTS, in
+-- its order): the bounded-metrics lane, and the trace lane
+-- "cairnloop.outbound.trace.*".
+M.EVENTS, M.TRACE_EVENTS = {}, {}
+for _, name in ipairs(cl.EVENTS) do
+  local lane = cl.EVENTS[name][3] == "trace" and M.TRACE_EVENTS or M.EVENTS
+  lane[#lane + 1] = name
 end
 
 local WARN_OUTCOMES = {
@@ -110,9 +100,9 @@ function M.install(target, opts)
   return handler
 end
 
-if ... == nil then
-  local ok, cl = pcall(require, "cairnloop")
-  if ok and type(cl) == "table" and type(cl.attach_many) == "function" then M.install(cl) end
-end
+-- Loaded as a --policy file (no module name): install into the policy
+-- state, whose cairnloop is the registration API (the host module has no
+-- attach_many).
+if ... == nil and type(cl.attach_many) == "function" then M.install(cl) end
 
 return M

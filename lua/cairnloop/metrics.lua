@@ -9,22 +9,16 @@
 -- Only the bounded lane is counted, and label values are only the enum
 -- values API.md lists (anything else is counted as "other"), so the number
 -- of series stays fixed whatever the traffic: no ids, actors or templates.
+local cl = require "cairnloop"
+
 local M = {}
 
--- The bounded-metrics lane of API.md.  (The list is repeated in
--- log_handler.lua so that each file also works alone as a --policy file.)
-M.EVENTS = {
-  "cairnloop.outbound.triggered.start",
-  "cairnloop.outbound.triggered.stop",
-  "cairnloop.outbound.triggered.exception",
-  "cairnloop.outbound.bulk.triggered.start",
-  "cairnloop.outbound.bulk.triggered.stop",
-  "cairnloop.outbound.bulk.triggered.exception",
-  "cairnloop.outbound.bulk.triggered",
-  "cairnloop.outbound.delivery.sent",
-  "cairnloop.outbound.delivery.failed",
-  "cairnloop.outbound.delivery.no_op",
-}
+-- The bounded-metrics lane of API.md: every event the engine emits
+-- (cl.EVENTS, in its order) but the trace lane.
+M.EVENTS = {}
+for _, name in ipairs(cl.EVENTS) do
+  if cl.EVENTS[name][3] ~= "trace" then M.EVENTS[#M.EVENTS + 1] = name end
+end
 
 local function set(list)
   local s = {}
@@ -221,9 +215,9 @@ function M.install(target, opts)
   return c
 end
 
-if ... == nil then
-  local ok, cl = pcall(require, "cairnloop")
-  if ok and type(cl) == "table" and type(cl.attach_many) == "function" then M.install(cl) end
-end
+-- Loaded as a --policy file (no module name): install into the policy
+-- state, whose cairnloop is the registration API (the host module has no
+-- attach_many).
+if ... == nil and type(cl.attach_many) == "function" then M.install(cl) end
 
 return M

@@ -233,6 +233,8 @@ install: all
 	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop/
 	cp -R lua/cairnloop/. $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop/
 	cp lua/examples/*.lua $(DESTDIR)$(PREFIX)/share/cairnloop/examples/
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 doc/cairnloop.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	@$(MAKE) --no-print-directory ldconfig
 
 # Installing into the running system (no DESTDIR) refreshes the dynamic
@@ -247,7 +249,8 @@ ldconfig:
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/cairnloop.h $(DESTDIR)$(PREFIX)/lib/libcairnloop.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/cairnloop.pc $(DESTDIR)$(PREFIX)/bin/cairnloop \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so $(DESTDIR)$(PREFIX)/lib/lua/5.1/cairnloop.so
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/cairnloop.so $(DESTDIR)$(PREFIX)/lib/lua/5.1/cairnloop.so \
+	    $(DESTDIR)$(PREFIX)/share/man/man1/cairnloop.1
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/cairnloop $(DESTDIR)$(PREFIX)/share/lua/5.1/cairnloop \
 	    $(DESTDIR)$(PREFIX)/share/cairnloop
 	@# The directories install created, where nothing else lives in them now.

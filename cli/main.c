@@ -55,6 +55,7 @@ static const struct option all_options[] = {
     {"once", no_argument, NULL, CLI_OPT_ONCE},
     {"max-attempts", required_argument, NULL, CLI_OPT_MAX_ATTEMPTS},
     {"lease-seconds", required_argument, NULL, CLI_OPT_LEASE_SECONDS},
+    {"backoff-base-ms", required_argument, NULL, CLI_OPT_BACKOFF_BASE_MS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -71,7 +72,7 @@ static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_
                                    CLI_OPT_SCHEDULE_IN, 0};
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
 static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
-                                   CLI_OPT_LEASE_SECONDS, 0};
+                                   CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS, 0};
 static const int no_options[] = {0};
 
 static const cli_command commands[] = {
@@ -158,6 +159,7 @@ static const cli_command commands[] = {
     {"work", cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
+     "                      [--backoff-base-ms MS]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
@@ -173,7 +175,10 @@ static const cli_command commands[] = {
      "  --max-attempts N         attempts before a failing job is discarded\n"
      "                           (default 20)\n"
      "  --lease-seconds S        how long a claimed job stays leased before another\n"
-     "                           worker may rescue it (default 60)\n"},
+     "                           worker may rescue it (default 60)\n"
+     "  --backoff-base-ms MS     retry backoff base: a failed attempt n is retried\n"
+     "                           after min(MS * 2^n, 1 hour) plus up to 10% jitter\n"
+     "                           (default 1000: 2 s, 4 s, 8 s, ...)\n"},
     {"db", cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"

@@ -329,28 +329,30 @@ static bool pg_env_set(void) {
   return false;
 }
 
-static const char *const log_levels[] = {"debug", "info", "warn", "error"};
-
 /* Engine and policy log lines (a policy's print, a hook's traceback) go to
  * stderr in brackets, so that they never read as the one error line
  * `cairnloop: <code>: <message>`. */
 static void log_to_stderr(void *ud, cl_log_level level, const char *line) {
   (void)ud;
-  fprintf(stderr, "cairnloop: [%s] %s\n", log_levels[level], line);
+  fprintf(stderr, "cairnloop: [%s] %s\n", cl_log_level_name(level), line);
 }
 
-/* $CAIRNLOOP_LOG_LEVEL: debug, info (the default), warn or error. */
-static int log_level(cl_log_level *out) {
+int cli_log_level(cl_log_level *out) {
   const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
   *out = CL_LOG_INFO;
-  for (int i = 0; v && i < (int)(sizeof log_levels / sizeof log_levels[0]); i++)
-    if (strcmp(v, log_levels[i]) == 0) {
-      *out = (cl_log_level)i;
-      return 0;
-    }
-  return v ? cli_fail(CL_INVALID_ARGUMENT,
-                          "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v)
-           : 0;
+  if (!v || cl_log_level_parse(v, out, NULL) == CL_OK)
+    return 0;
+  /* The accepted names, from the engine's table: "debug, info, warn or error". */
+  char names[128] = "";
+  size_t n = 0;
+  for (int i = 0; i < CL_LOG__COUNT; i++) {
+    int k = snprintf(names + n, sizeof names - n, "%s%s",
+                     i == 0 ? "" : i == CL_LOG__COUNT - 1 ? " or " : ", ",
+                     cl_log_level_name((cl_log_level)i));
+    if (k < 0 || (size_t)k >= sizeof names - n) break;
+    n += (size_t)k;
+  }
+  return cli_fail(CL_INVALID_ARGUMENT, "CAIRNLOOP_LOG_LEVEL: '%s' is not %s", v, names);
 }
 
 int cli_open(const cli_ctx *ctx, cl_engine **out) {
@@ -361,7 +363,7 @@ int cli_open(const cli_ctx *ctx, cl_engine **out) {
 
 int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_config cfg = *cfgp;
-  int rc = log_level(&cfg.log_level);
+  int rc = cli_log_level(&cfg.log_level);
   if (rc != 0)
     return rc;
   if (!cfg.log)

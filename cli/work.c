@@ -106,8 +106,6 @@ static long long jobs_of(const cl_work_stats *s) {
   return (long long)s->sent + s->failed + s->no_op;
 }
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-
 /* The engine's log lines, in the format of the other commands; on a
  * terminal the progress line is wiped first so the two never interleave. */
 static void log_line(void *ud, cl_log_level level, const char *line) {
@@ -116,7 +114,7 @@ static void log_line(void *ud, cl_log_level level, const char *line) {
     fputs("\r\033[K", stderr);
     w->progress_shown = false;
   }
-  fprintf(stderr, "cairnloop: [%s] %s\n", level_names[level], line);
+  fprintf(stderr, "cairnloop: [%s] %s\n", cl_log_level_name(level), line);
 }
 
 static void add_stats(cl_work_stats *t, const cl_work_stats *s) {

@@ -74,7 +74,7 @@ else
   tap 1 "another worker delivers the handed-back jobs right away"
 fi
 # --- SIGINT while idle
-sleep 0.2
+wait_idle 5 1 || true
 stop_worker w2 INT
 exits 0 "SIGINT while idle: exit status 0"
 like "$err" "stopped by SIGINT" "it says why it stopped"

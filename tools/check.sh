@@ -9,6 +9,10 @@
 # Counts TAP `ok` / `not ok` lines per suite, shows failing suites in full and
 # ends with one line "N passed, M failed"; exits 1 when anything failed.
 #
+# Every suite sees the Lua search paths of tests/integration/lua_env.bash:
+# the checkout's lua/ and build/ and the system's packages, nothing from
+# /usr/local.
+#
 # Environment: CHECK_SUITE_TIMEOUT (seconds per suite, default 300),
 # CHECK_ONLY (a substring; only suites whose label contains it run),
 # CHECK_VERBOSE=1 (show the output of passing suites too).
@@ -16,6 +20,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
+# Lua finds our modules in this checkout only, never in an installed copy.
+. tests/integration/lua_env.bash
+cl_lua_env "$ROOT"
 SUITE_TIMEOUT=${CHECK_SUITE_TIMEOUT:-300}
 ONLY=${CHECK_ONLY:-}
 VERBOSE=${CHECK_VERBOSE:-0}

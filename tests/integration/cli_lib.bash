@@ -12,11 +12,15 @@
 #   sql SQL               runs SQL with psql on the test database
 #   on_exit               if the test defines it, runs at exit (cleanup)
 #
+# Lua searches this checkout only (lua_env.bash).
+#
 # The database: $CAIRNLOOP_DATABASE_URL or the PG* variables (as
 # tools/check.sh sets them); without either, the suite is skipped.
 
 CLI_TEST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PATH="$CLI_TEST_ROOT/build:$PATH"
+. "$CLI_TEST_ROOT/tests/integration/lua_env.bash"
+cl_lua_env "$CLI_TEST_ROOT"
 unset CAIRNLOOP_MAX_BATCH_SIZE
 
 tap_n=0

@@ -142,9 +142,8 @@ static long long now_ms(void) {
 
 /* The engine's log sink: the server's own log, on stderr. */
 static void log_line(void *ud, cl_log_level level, const char *line) {
-  static const char *const names[] = {"debug", "info", "warn", "error"};
   (void)ud;
-  fprintf(stderr, "cairnloop [%s] %s\n", names[level], line);
+  fprintf(stderr, "cairnloop [%s] %s\n", cl_log_level_name(level), line);
 }
 
 /* Reports a failed engine call and counts it. */

@@ -113,11 +113,15 @@ unset CAIRNLOOP_MAX_BATCH_SIZE
 
 # Creates a fresh database named after the suite and points every client at
 # it: the engine (CAIRNLOOP_DATABASE_URL) and psql in shell tests (PG*).
+# The file_copy strategy (PostgreSQL 15) copies the template's files instead
+# of writing them all to the WAL: a third less to write and to delete at the
+# end, over some fifty databases.
 fresh_database() { # fresh_database LABEL SEQ
   local name
   name=$(printf 'check_%03d_%s' "$2" "$1" | tr -c 'a-zA-Z0-9_\n' '_' | tr 'A-Z' 'a-z')
   name=${name:0:63}
-  if ! createdb "$name" 2>"$WORK/createdb.$2.err"; then
+  if ! createdb --strategy=file_copy "$name" 2>"$WORK/createdb.$2.err" &&
+    ! createdb "$name" 2>"$WORK/createdb.$2.err"; then
     cat "$WORK/createdb.$2.err" >&2
     return 1
   fi

@@ -10,6 +10,10 @@
 #   jget EXPR [TEXT]      evaluates a Lua expression over the decoded JSON
 #                         value `r` (TEXT, default $out); prints the result
 #   sql SQL               runs SQL with psql on the test database
+#   wait_until SECS CMD [ARGS...]
+#                         re-runs CMD every 50 ms until it succeeds; false
+#                         once SECS seconds passed without (tests wait for
+#                         states this way, never for a fixed time)
 #   on_exit               if the test defines it, runs at exit (cleanup)
 #
 # Lua searches this checkout only (lua_env.bash).
@@ -127,6 +131,16 @@ sql() {
   else
     "$PSQL" -X -qAt -v ON_ERROR_STOP=1 -c "$1"
   fi
+}
+
+wait_until() {
+  local secs=$1 deadline
+  shift
+  deadline=$(($(date +%s%N) + secs * 1000000000))
+  until "$@"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
 }
 
 # Seeds conversations FROM..TO in SCHEMA (default cairnloop); idempotent.

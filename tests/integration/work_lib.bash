@@ -52,26 +52,13 @@ stop_worker() {
   err=$(cat "$cl_tmp/$name.err")
 }
 
-# Polls every 50 ms; the deadline keeps a hung test from eating the suite's budget.
-wait_for() {
-  local secs=$1 query=$2 deadline
-  deadline=$(($(date +%s%N) + secs * 1000000000))
-  while [ "$(date +%s%N)" -lt "$deadline" ]; do
-    [ "$(sql "$query")" = t ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+# Both poll (wait_until); the deadline keeps a hung test from eating the
+# suite's budget.
+sql_is_true() { [ "$(sql "$1")" = t ]; }
+wait_for() { wait_until "$1" sql_is_true "$2"; }
 
-wait_log() {
-  local secs=$1 name=$2 regex=$3 count=${4:-1} deadline
-  deadline=$(($(date +%s%N) + secs * 1000000000))
-  while [ "$(date +%s%N)" -lt "$deadline" ]; do
-    [ "$(grep -cE "$regex" "$cl_tmp/$name.err" 2>/dev/null)" -ge "$count" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+log_count_at_least() { [ "$(grep -cE "$2" "$cl_tmp/$1.err" 2>/dev/null)" -ge "$3" ]; }
+wait_log() { wait_until "$1" log_count_at_least "$2" "$3" "${4:-1}"; }
 
 # A worker is idle once its session's last statement is the one
 # cl_work_wait runs after subscribing (it asks pg_listening_channels()) and

@@ -57,7 +57,11 @@ stop_worker() {
 sql_is_true() { [ "$(sql "$1")" = t ]; }
 wait_for() { wait_until "$1" sql_is_true "$2"; }
 
-log_count_at_least() { [ "$(grep -cE "$2" "$cl_tmp/$1.err" 2>/dev/null)" -ge "$3" ]; }
+log_count_at_least() { # NAME REGEX COUNT (no file yet: none)
+  local n
+  n=$(grep -cE "$2" "$cl_tmp/$1.err" 2>/dev/null)
+  [ "${n:-0}" -ge "$3" ]
+}
 wait_log() { wait_until "$1" log_count_at_least "$2" "$3" "${4:-1}"; }
 
 # A worker is idle once its session's last statement is the one

@@ -41,6 +41,7 @@ enum cli_opt {
   CLI_OPT_ONCE,
   CLI_OPT_MAX_ATTEMPTS,
   CLI_OPT_LEASE_SECONDS,
+  CLI_OPT_BACKOFF_BASE_MS,
   CLI_OPT_END
 };
 
@@ -91,6 +92,11 @@ int cli_open(const cli_ctx *ctx, cl_engine **out);
  * settings, a log sink); database, schema and the log level are set here,
  * and the log sink only when the caller left it NULL. */
 int cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
+
+/* $CAIRNLOOP_LOG_LEVEL, one of the engine's level names (CL_LOG_LEVEL_MAP):
+ * sets *out (CL_LOG_INFO when unset) and returns 0, or reports the unknown
+ * name and returns the exit status. */
+int cli_log_level(cl_log_level *out);
 
 /* Strict decimal int64 ("-7" yes; " 7", "+7", "7x", overflow no). */
 

@@ -56,6 +56,7 @@ static const struct option all_options[] = {
     {"once", no_argument, NULL, CLI_OPT_ONCE},
     {"max-attempts", required_argument, NULL, CLI_OPT_MAX_ATTEMPTS},
     {"lease-seconds", required_argument, NULL, CLI_OPT_LEASE_SECONDS},
+    {"backoff-base-ms", required_argument, NULL, CLI_OPT_BACKOFF_BASE_MS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -72,7 +73,7 @@ static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_
                                    CLI_OPT_SCHEDULE_IN, 0};
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
 static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
-                                   CLI_OPT_LEASE_SECONDS, 0};
+                                   CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS, 0};
 static const int no_options[] = {0};
 
 static const cli_command commands[] = {
@@ -161,6 +162,7 @@ static const cli_command commands[] = {
     {"work", cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
+     "                      [--backoff-base-ms MS]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
@@ -176,7 +178,10 @@ static const cli_command commands[] = {
      "  --max-attempts N         attempts before a failing job is discarded\n"
      "                           (default 20)\n"
      "  --lease-seconds S        how long a claimed job stays leased before another\n"
-     "                           worker may rescue it (default 60)\n"},
+     "                           worker may rescue it (default 60)\n"
+     "  --backoff-base-ms MS     retry backoff base: a failed attempt n is retried\n"
+     "                           after min(MS * 2^n, 1 hour) plus up to 10% jitter\n"
+     "                           (default 1000: 2 s, 4 s, 8 s, ...)\n"},
     {"db", cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"
@@ -320,28 +325,30 @@ static bool pg_env_set(void) {
   return false;
 }
 
-static const char *const log_levels[] = {"debug", "info", "warn", "error"};
-
 /* Engine and policy log lines (a policy's print, a hook's traceback) go to
  * stderr in brackets, so that they never read as the one error line
  * `cairnloop: <code>: <message>`. */
 static void log_to_stderr(void *ud, cl_log_level level, const char *line) {
   (void)ud;
-  fprintf(stderr, "cairnloop: [%s] %s\n", log_levels[level], line);
+  fprintf(stderr, "cairnloop: [%s] %s\n", cl_log_level_name(level), line);
 }
 
-/* $CAIRNLOOP_LOG_LEVEL: debug, info (the default), warn or error. */
-static int log_level(cl_log_level *out) {
+int cli_log_level(cl_log_level *out) {
   const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
   *out = CL_LOG_INFO;
-  for (int i = 0; v && i < (int)(sizeof log_levels / sizeof log_levels[0]); i++)
-    if (strcmp(v, log_levels[i]) == 0) {
-      *out = (cl_log_level)i;
-      return 0;
-    }
-  return v ? cli_fail(CL_INVALID_ARGUMENT,
-                          "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v)
-           : 0;
+  if (!v || cl_log_level_parse(v, out, NULL) == CL_OK)
+    return 0;
+  /* The accepted names, from the engine's table: "debug, info, warn or error". */
+  char names[128] = "";
+  size_t n = 0;
+  for (int i = 0; i < CL_LOG__COUNT; i++) {
+    int k = snprintf(names + n, sizeof names - n, "%s%s",
+                     i == 0 ? "" : i == CL_LOG__COUNT - 1 ? " or " : ", ",
+                     cl_log_level_name((cl_log_level)i));
+    if (k < 0 || (size_t)k >= sizeof names - n) break;
+    n += (size_t)k;
+  }
+  return cli_fail(CL_INVALID_ARGUMENT, "CAIRNLOOP_LOG_LEVEL: '%s' is not %s", v, names);
 }
 
 int cli_open(const cli_ctx *ctx, cl_engine **out) {
@@ -352,7 +359,7 @@ int cli_open(const cli_ctx *ctx, cl_engine **out) {
 
 int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_config cfg = *cfgp;
-  int rc = log_level(&cfg.log_level);
+  int rc = cli_log_level(&cfg.log_level);
   if (rc != 0)
     return rc;
   if (!cfg.log)

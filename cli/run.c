@@ -390,19 +390,12 @@ static int run_job_now(run_job *job) {
 /* The commands                                                         */
 /* ------------------------------------------------------------------ */
 
-/* $CAIRNLOOP_LOG_LEVEL, checked as main.c checks it for the other commands. */
+/* $CAIRNLOOP_LOG_LEVEL, checked as for the other commands, as its name. */
 static int log_level(const char **out) {
-  static const char *const levels[] = {"debug", "info", "warn", "error"};
-  const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
-  *out = "info";
-  if (!v) return 0;
-  for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
-    if (strcmp(v, levels[i]) == 0) {
-      *out = levels[i];
-      return 0;
-    }
-  return cli_fail(CL_INVALID_ARGUMENT,
-                      "CAIRNLOOP_LOG_LEVEL: '%s' is not debug, info, warn or error", v);
+  cl_log_level level;
+  int rc = cli_log_level(&level);
+  if (rc == 0) *out = cl_log_level_name(level);
+  return rc;
 }
 
 /* libpq's connection variables: any of them means "the user picked a

@@ -27,6 +27,9 @@
 /* Reconnect backoff: doubles from the first to the last. */
 #define RETRY_FIRST_MS 100
 #define RETRY_MAX_MS 5000
+/* Largest --backoff-base-ms: the engine caps every retry delay at an hour,
+ * so a larger base would only make every retry wait the cap. */
+#define BACKOFF_BASE_MAX_MS 3600000
 /* Pause when jobs are due but none could be claimed (they are locked). */
 #define SPIN_PAUSE_MS 50
 /* Progress: redrawn this often on a terminal, printed this often otherwise. */
@@ -103,8 +106,6 @@ static long long jobs_of(const cl_work_stats *s) {
   return (long long)s->sent + s->failed + s->no_op;
 }
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-
 /* The engine's log lines, in the format of the other commands; on a
  * terminal the progress line is wiped first so the two never interleave. */
 static void log_line(void *ud, cl_log_level level, const char *line) {
@@ -113,7 +114,7 @@ static void log_line(void *ud, cl_log_level level, const char *line) {
     fputs("\r\033[K", stderr);
     w->progress_shown = false;
   }
-  fprintf(stderr, "cairnloop: [%s] %s\n", level_names[level], line);
+  fprintf(stderr, "cairnloop: [%s] %s\n", cl_log_level_name(level), line);
 }
 
 static void add_stats(cl_work_stats *t, const cl_work_stats *s) {
@@ -232,10 +233,13 @@ static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64
 }
 
 int cli_cmd_work(cli_ctx *ctx) {
-  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0;
+  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0, backoff = 0;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
+  if (rc == 0)
+    rc = int_flag(ctx, CLI_OPT_BACKOFF_BASE_MS, "--backoff-base-ms", 1, BACKOFF_BASE_MAX_MS,
+                  &backoff);
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
 
@@ -244,6 +248,7 @@ int cli_cmd_work(cli_ctx *ctx) {
   cl_config_init(&cfg);
   cfg.max_attempts = (int)max_attempts; /* 0: the engine's default */
   cfg.lease_seconds = (int)lease;
+  cfg.backoff_base_ms = (int)backoff; /* 0: the engine's default, 1000 ms */
   cfg.log = log_line;
   cfg.log_ud = &w;
   if (!once && (rc = setup_signals()) != 0) return rc;

@@ -83,6 +83,24 @@ describe("engine:auditor (host)", function()
     assert.is_truthy(logs:find("stack traceback"))
   end)
 
+  -- Regression: an auditor whose tx:exec met the transaction the
+  -- operation's own failed statement had aborted logged its error at level
+  -- error, though the failure reported is the statement's (fixed in 96255da).
+  it("keeps its error out of the error log when the operation's own statement failed", function()
+    local logs
+    engine:close()
+    engine, schema, logs = H.open("host_auditor")
+    engine:auditor { audit = function(tx)
+      tx:exec("SELECT 1")
+      return true
+    end }
+    local res, code = engine:trigger(999999, { template_id = "t" })
+    assert.is_nil(res)
+    assert.equals("unknown_conversation", code)
+    assert.is_nil(logs:find("^error: "))
+    assert.is_truthy(logs:find("^debug: auditor%.audit: "))
+  end)
+
   it("runs tx:exec in the operation's transaction, parameters bound", function()
     local rows
     -- 2^53 + 1: an integer on Lua 5.4; on LuaJIT, where it has no exact

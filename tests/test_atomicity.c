@@ -69,6 +69,9 @@ static cl_status do_trigger(fixture *f, int64_t conv, cl_error *err) {
 
 /* ---------------------------------------------------- unknown conversation */
 
+/* Regression: a statement prepared in the same pipeline as a first run that
+ * failed was not remembered as prepared, so the next call's PREPARE
+ * collided with it and failed too (fixed in 56f07cd). */
 static void test_bulk_trigger__unknown_id_mid_cohort_writes_nothing(void **state) {
   fixture *f = *state;
   const int64_t ids[] = {1, 2, 999, 3};
@@ -251,6 +254,9 @@ static void install_failing_insert(void) {
           S, S);
 }
 
+/* Regression: a statement prepared in the same pipeline as a first run that
+ * failed was not remembered as prepared, so the next call's PREPARE
+ * collided with it and failed too (fixed in 56f07cd). */
 static void test_bulk_trigger__failing_insert_is_db_error_and_rolls_back(void **state) {
   fixture *f = *state;
   install_failing_insert();
@@ -262,6 +268,9 @@ static void test_bulk_trigger__failing_insert_is_db_error_and_rolls_back(void **
   ct_assert_counts(S, 1, 3, 3);
 }
 
+/* Regression: a statement prepared in the same pipeline as a first run that
+ * failed was not remembered as prepared, so the next call's PREPARE
+ * collided with it and failed too (fixed in 56f07cd). */
 static void test_trigger__failing_insert_is_db_error_and_rolls_back(void **state) {
   fixture *f = *state;
   install_failing_insert();

@@ -139,11 +139,11 @@ static void test_trigger__duplicates_stay_single_under_repetition(void **state) 
   cl_trigger_result_clear(&first);
 }
 
-/* Bug (fixed with the pipelined auditor transaction): with an auditor that
- * runs no statement, a duplicate or an unknown conversation failed the
- * insert, the server skipped the pipelined COMMIT, and the connection was
- * left inside an aborted transaction: every later call failed with
- * "current transaction is aborted". */
+/* Regression: with an auditor that runs no statement, a duplicate or an
+ * unknown conversation failed the pipelined insert, the server skipped the
+ * pipelined COMMIT, and the connection was left inside an aborted
+ * transaction: every later call failed with "current transaction is
+ * aborted" (fixed in 3c4dda8). */
 static void test_trigger__duplicate_under_a_quiet_auditor_leaves_the_engine_usable(void **state) {
   ct_world *w = *state;
   ct_auditor a = {0};

@@ -180,6 +180,8 @@ static cl_status silent_audit(void *ud, cl_tx *tx, const char *action, const cha
   return *st;
 }
 
+/* Regression: an auditor that failed without filling err left the caller
+ * an empty message (fixed in 56f07cd). */
 static void test_auditor__failure_without_a_message_still_reports_one_line(void **state) {
   fixture *f = *state;
   const cl_status codes[] = {CL_AUDIT_REJECTED, CL_HOOK_ERROR};
@@ -203,6 +205,8 @@ static cl_status silent_resolve(void *ud, const char *actor, const char *action,
   return *st;
 }
 
+/* Regression: an actor resolver that failed without filling err left the
+ * caller an empty message (fixed in 56f07cd). */
 static void test_resolver__failure_without_a_message_still_reports_one_line(void **state) {
   fixture *f = *state;
   const cl_status codes[] = {CL_ACTOR_REJECTED, CL_HOOK_ERROR};

@@ -384,6 +384,36 @@ static void test_work__backoff_doubles_and_caps_at_an_hour(void **state) {
   notifier_free(w->eng, &n);
 }
 
+/* A small backoff base (cl_config.backoff_base_ms) lets a retry be waited
+ * for, not forced with make_due: the idle wait wakes when it comes due. */
+static void test_work__backoff_base_sets_the_delay_and_the_retry_comes_due(void **state) {
+  (void)state;
+  cl_config cfg;
+  cl_config_init(&cfg);
+  cfg.backoff_base_ms = 20;
+  ct_world *w = ct_world_new(1, &cfg);
+  int64_t mid = trigger(w->eng, 1, "t", 0);
+  notifier n = {.fail_first = 1};
+  install(w->eng, &n);
+  assert_stats(work(w->eng, 10), 0, 1, 0, 1, 0);
+  /* Attempt 1: 20 ms * 2 plus up to 10% jitter, from the failure's
+   * recorded time (the same statement's now()). */
+  char *delay = job_field(mid, "extract(epoch FROM scheduled_at - (errors->0->>'at')::timestamptz)");
+  double d = strtod(delay, NULL);
+  free(delay);
+  assert_true(d >= 0.040 && d <= 0.04401);
+  cl_wake why;
+  cl_error err;
+  int64_t t0 = mono_ms();
+  ct_assert_ok(cl_work_wait(w->eng, 5000, -1, &why, &err), &err);
+  assert_true(why == CL_WAKE_DUE || why == CL_WAKE_TIMEOUT);
+  assert_true(mono_ms() - t0 < 1000);
+  assert_stats(work(w->eng, 10), 1, 0, 0, 0, 0);
+  assert_job(mid, "concat_ws('|', state, attempt)", "completed|2");
+  notifier_free(w->eng, &n);
+  ct_world_free(w);
+}
+
 static void test_work__failure_reason_is_stored_as_data(void **state) {
   ct_world *w = *state;
   int64_t mid = trigger(w->eng, 1, "t", 0);
@@ -895,6 +925,7 @@ int main(void) {
       T(test_work__retry_succeeds_with_next_attempt_key_and_message_turns_sent),
       cmocka_unit_test(test_work__discards_after_max_attempts),
       T(test_work__backoff_doubles_and_caps_at_an_hour),
+      cmocka_unit_test(test_work__backoff_base_sets_the_delay_and_the_retry_comes_due),
       T(test_work__failure_reason_is_stored_as_data),
       T(test_work__scheduled_job_is_not_claimed_before_its_time),
       T(test_work__claims_in_scheduled_order_up_to_limit),

@@ -6,8 +6,9 @@
  * C (the game's network layer).  It then runs a fixed number of ticks.  In
  * each tick a player may rage-quit (one support check-in, cl_trigger) and
  * every fifth tick a raid wipes (compensation to the whole guild,
- * cl_bulk_trigger in chunks of the cap); between ticks cl_work delivers a
- * few messages.  At the end it drains the queue, asks the engine
+ * cl_bulk_trigger in chunks of the cap); between ticks cl_work_batch
+ * delivers a few messages.  At the end it drains the queue, sleeping in
+ * cl_work_wait while retries wait out their backoff, asks the engine
  * (cl_query) whether every message it triggered is marked sent, prints a
  * summary and exits 0 only if so.
  *
@@ -37,6 +38,8 @@ static const char *const guild_names[NGUILDS] = {"Ember Wolves", "Salt Kings", "
 /* After the last tick: how long the drain may wait for retries (their
  * backoff starts at 2 s) before the run counts as failed. */
 #define DRAIN_TIMEOUT_MS 30000
+/* Jobs per batch while draining. */
+#define DRAIN_BATCH 64
 
 /* A growable set of message ids (small: linear search is fine). */
 typedef struct id_set {
@@ -64,7 +67,7 @@ typedef struct game {
   int raids, envelopes, replayed_envelopes, raid_messages;
   int offline_attempts; /* first attempts refused on purpose */
   int errors;           /* engine calls that failed */
-  cl_work_stats work;   /* summed over every cl_work */
+  cl_work_stats work;   /* summed over every batch */
 } game;
 
 /* ------------------------------------------------------------------ */
@@ -125,6 +128,7 @@ static long env_long(const char *name, long fallback, long min, long max) {
   return v;
 }
 
+/* The tick clock: a game server paces its ticks, whatever the queue holds. */
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0) {}
@@ -138,9 +142,8 @@ static long long now_ms(void) {
 
 /* The engine's log sink: the server's own log, on stderr. */
 static void log_line(void *ud, cl_log_level level, const char *line) {
-  static const char *const names[] = {"debug", "info", "warn", "error"};
   (void)ud;
-  fprintf(stderr, "cairnloop [%s] %s\n", names[level], line);
+  fprintf(stderr, "cairnloop [%s] %s\n", cl_log_level_name(level), line);
 }
 
 /* Reports a failed engine call and counts it. */
@@ -165,8 +168,9 @@ static void track(game *g, id_set *s, int64_t id) {
  * Hands one message to the player's client.  Here a player is "offline" on
  * the first attempt at every seventh message: the engine records the
  * reason, marks the message failed and retries the job with backoff; the
- * next attempt goes through.  Runs inside cl_work, so it must not call the
- * engine back; the idempotency key would let a real client drop a repeat.
+ * next attempt goes through.  Runs inside cl_work_batch, so it must not
+ * call the engine back; the idempotency key would let a real client drop a
+ * repeat.
  */
 static cl_status push_to_client(void *ud, const cl_message *m, const cl_conversation *c,
                                 const char *idempotency_key, int attempt, cl_error *err) {
@@ -309,21 +313,25 @@ static void raid_wipe(game *g, int guild, int raid, int tick) {
   free(ids);
 }
 
-/* One slice of delivery; returns the number of jobs it handled. */
+/* One slice of delivery: one batch of at most `limit` due jobs.  Returns
+ * the number of jobs it claimed, or -1 when the engine call failed. */
 static int deliver(game *g, int limit) {
   cl_work_stats s;
+  cl_batch_info b;
   cl_error err;
   memset(&s, 0, sizeof s);
-  if (cl_work(g->eng, limit, &s, &err) != CL_OK) {
+  memset(&b, 0, sizeof b);
+  /* No stop flag: the server finishes a slice once it has started it. */
+  if (cl_work_batch(g->eng, limit, NULL, &s, &b, &err) != CL_OK) {
     failed(g, "work", &err);
-    return 0;
+    return -1;
   }
   g->work.sent += s.sent;
   g->work.failed += s.failed;
   g->work.no_op += s.no_op;
   g->work.retried += s.retried;
   g->work.discarded += s.discarded;
-  return s.sent + s.failed + s.no_op;
+  return b.claimed;
 }
 
 /* ------------------------------------------------------------------ */
@@ -350,16 +358,32 @@ static long count_over(game *g, const char *sql_fmt) {
   return n;
 }
 
-/* Delivers until none of this run's jobs is left to run (retries included). */
+/* Whether the notifier has handed every message this run wrote to a client. */
+static bool all_delivered(const game *g) {
+  for (size_t i = 0; i < g->created.n; i++)
+    if (!ids_has(&g->delivered, g->created.v[i])) return false;
+  return true;
+}
+
+/*
+ * Delivers until every message this run wrote went through the notifier
+ * (retries included).  Between batches the server sleeps in cl_work_wait,
+ * which wakes it when the next retry's backoff runs out (or a job is
+ * inserted) instead of polling the jobs table.
+ */
 static void drain(game *g) {
   long long deadline = now_ms() + DRAIN_TIMEOUT_MS;
-  for (;;) {
-    if (deliver(g, 64) > 0) continue;
-    long pending = count_over(g, "SELECT count(*) FROM %s.cairnloop_delivery_jobs"
-                                 " WHERE message_id = ANY ($1::bigint[])"
-                                 " AND state NOT IN ('completed', 'discarded')");
-    if (pending <= 0 || now_ms() > deadline) return;
-    sleep_ms(100); /* a retry's backoff has not run out yet */
+  while (!all_delivered(g)) {
+    long long left = deadline - now_ms();
+    cl_wake why;
+    cl_error err;
+    int claimed = deliver(g, DRAIN_BATCH);
+    if (claimed < 0 || left <= 0) return;
+    if (claimed > 0) continue;
+    if (cl_work_wait(g->eng, (int)left, -1, &why, &err) != CL_OK) {
+      failed(g, "wait", &err);
+      return;
+    }
   }
 }
 

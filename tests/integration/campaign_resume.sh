@@ -66,13 +66,10 @@ other_sessions() {
 cairnloop --schema "$S" --policy "$cl_tmp/slow_policy.lua" run "$cl_tmp/campaign.lua" \
   "$N" "$SIZE" "$KEY" >"$cl_tmp/run1.out" 2>"$cl_tmp/run1.err" &
 pid=$!
-stored=0
-for _ in $(seq 1 600); do
-  stored=$(count_envelopes)
-  [ "$stored" -ge 6 ] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.02
-done
+# Until six envelopes are stored (or the run ended by itself: the next
+# check then fails).
+six_stored_or_done() { [ "$(count_envelopes)" -ge 6 ] || ! kill -0 "$pid" 2>/dev/null; }
+wait_until 12 six_stored_or_done || true
 # (stderr off: bash reports the killed job, which is the point here)
 rc=0
 {
@@ -82,10 +79,8 @@ rc=0
 out=$(cat "$cl_tmp/run1.out")
 err=$(cat "$cl_tmp/run1.err")
 is "$rc" 137 "the first run was killed (SIGKILL) before it finished"
-for _ in $(seq 1 250); do
-  [ "$(other_sessions)" -eq 0 ] && break
-  sleep 0.02
-done
+no_other_session() { [ "$(other_sessions)" -eq 0 ]; }
+wait_until 5 no_other_session || true
 before=$(count_envelopes)
 messages_before=$(sql "SELECT count(*) FROM $S.cairnloop_messages")
 if [ "$before" -ge 1 ] && [ "$before" -lt "$CHUNKS" ]; then

@@ -183,6 +183,8 @@ CAIRNLOOP_LOG_LEVEL=warn cl envelopes --policy "$cl_tmp/hello.lua" --schema "$S"
 is "$err" "" "CAIRNLOOP_LOG_LEVEL=warn hides info lines"
 CAIRNLOOP_LOG_LEVEL=loud cl envelopes --schema "$S"
 exits 2 "a bad CAIRNLOOP_LOG_LEVEL"
+is "$err" "cairnloop: invalid_argument: CAIRNLOOP_LOG_LEVEL: 'loud' is not debug, info, warn or error" \
+  "the error lists the engine's level names"
 is "$(sql "SELECT count(*) FROM $S.cairnloop_messages WHERE metadata->>'template_id' IN ('refused', 'boom')")" \
   "0" "refused and failed triggers wrote nothing"
 

@@ -10,13 +10,21 @@
 #   jget EXPR [TEXT]      evaluates a Lua expression over the decoded JSON
 #                         value `r` (TEXT, default $out); prints the result
 #   sql SQL               runs SQL with psql on the test database
+#   wait_until SECS CMD [ARGS...]
+#                         re-runs CMD every 50 ms until it succeeds; false
+#                         once SECS seconds passed without (tests wait for
+#                         states this way, never for a fixed time)
 #   on_exit               if the test defines it, runs at exit (cleanup)
+#
+# Lua searches this checkout only (lua_env.bash).
 #
 # The database: $CAIRNLOOP_DATABASE_URL or the PG* variables (as
 # tools/check.sh sets them); without either, the suite is skipped.
 
 CLI_TEST_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PATH="$CLI_TEST_ROOT/build:$PATH"
+. "$CLI_TEST_ROOT/tests/integration/lua_env.bash"
+cl_lua_env "$CLI_TEST_ROOT"
 unset CAIRNLOOP_MAX_BATCH_SIZE
 
 tap_n=0
@@ -112,12 +120,27 @@ jlines() {
     io.write(n)' <<<"${1-$out}"
 }
 
+# The server's own psql, not Debian's wrapper script: it starts in less
+# than half the time, and the fault tests poll with it.
+PSQL=psql
+[ -x "${PG_BIN:-/usr/lib/postgresql/15/bin}/psql" ] && PSQL=${PG_BIN:-/usr/lib/postgresql/15/bin}/psql
+
 sql() {
   if [ -n "${CAIRNLOOP_DATABASE_URL:-}" ]; then
-    psql "$CAIRNLOOP_DATABASE_URL" -X -qAt -v ON_ERROR_STOP=1 -c "$1"
+    "$PSQL" "$CAIRNLOOP_DATABASE_URL" -X -qAt -v ON_ERROR_STOP=1 -c "$1"
   else
-    psql -X -qAt -v ON_ERROR_STOP=1 -c "$1"
+    "$PSQL" -X -qAt -v ON_ERROR_STOP=1 -c "$1"
   fi
+}
+
+wait_until() {
+  local secs=$1 deadline
+  shift
+  deadline=$(($(date +%s%N) + secs * 1000000000))
+  until "$@"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
 }
 
 # Seeds conversations FROM..TO in SCHEMA (default cairnloop); idempotent.

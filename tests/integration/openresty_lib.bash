@@ -25,6 +25,10 @@
 # Every nginx started here is stopped at exit, whatever happens; a watchdog
 # process stops it even if this shell is killed outright.
 
+# Lua, in nginx and in the helpers, searches this checkout only.
+. "$(dirname "${BASH_SOURCE[0]}")/lua_env.bash"
+cl_lua_env "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
 tap_n=0
 tap_failed=0
 tap_plan=

@@ -15,8 +15,12 @@ policy=$(recording_policy)
 
 start_worker a --policy "$policy" --limit 500
 start_worker b --policy "$policy" --limit 500
-# Both are up and subscribed once they have run their first (empty) claim.
-sleep 0.5
+# Both are up and subscribed once they sit in their idle wait.
+if wait_idle 10 2; then
+  tap 0 "both workers are idle, listening"
+else
+  tap 1 "both workers are idle, listening" "$(sql "SELECT state, query FROM pg_stat_activity WHERE datname = current_database()")"
+fi
 
 started=$(date +%s%N)
 cl_in "$(seq 1 "$N")" bulk --template "once_$$" --body "Hello" --ids-file - --max-batch-size "$N"

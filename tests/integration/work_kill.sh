@@ -18,7 +18,7 @@ fast=$(recording_policy fast)
 cl_in "$(seq 1 "$N")" bulk --template "kill_$$" --body "Hello" --ids-file - --max-batch-size "$N"
 exits 0 "bulk of $N recipients is accepted"
 
-start_worker victim --policy "$slow" --limit 1 --lease-seconds 2
+start_worker victim --policy "$slow" --limit 1 --lease-seconds 1
 pid=$(worker_pid victim)
 wait_log 10 victim 'delivered [0-9]+:1' || true
 

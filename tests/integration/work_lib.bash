@@ -7,7 +7,10 @@
 #   stop_worker NAME [SIGNAL]  signals it (default TERM), waits, sets $rc
 #   worker_pid NAME            its pid
 #   wait_for SECS SQL          polls until SQL returns "t"; false on timeout
-#   wait_log SECS NAME REGEX   polls until NAME's stderr has a matching line
+#   wait_log SECS NAME REGEX [COUNT]
+#                              polls until NAME's stderr has COUNT (default 1)
+#                              matching lines
+#   wait_idle SECS N           polls until N workers sit in their idle wait
 #   log_has NAME REGEX DESC    passes when a line of NAME's stderr matches
 #   delivery_log NAMES...      the "delivered <message id>:<attempt>" lines
 #                              the recording policy logged, as "id:attempt"
@@ -49,25 +52,26 @@ stop_worker() {
   err=$(cat "$cl_tmp/$name.err")
 }
 
-# Polls every 50 ms; the deadline keeps a hung test from eating the suite's budget.
-wait_for() {
-  local secs=$1 query=$2 deadline
-  deadline=$(($(date +%s%N) + secs * 1000000000))
-  while [ "$(date +%s%N)" -lt "$deadline" ]; do
-    [ "$(sql "$query")" = t ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+# Both poll (wait_until); the deadline keeps a hung test from eating the
+# suite's budget.
+sql_is_true() { [ "$(sql "$1")" = t ]; }
+wait_for() { wait_until "$1" sql_is_true "$2"; }
 
-wait_log() {
-  local secs=$1 name=$2 regex=$3 deadline
-  deadline=$(($(date +%s%N) + secs * 1000000000))
-  while [ "$(date +%s%N)" -lt "$deadline" ]; do
-    grep -qE "$regex" "$cl_tmp/$name.err" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
+log_count_at_least() { # NAME REGEX COUNT (no file yet: none)
+  local n
+  n=$(grep -cE "$2" "$cl_tmp/$1.err" 2>/dev/null)
+  [ "${n:-0}" -ge "$3" ]
+}
+wait_log() { wait_until "$1" log_count_at_least "$2" "$3" "${4:-1}"; }
+
+# A worker is idle once its session's last statement is the one
+# cl_work_wait runs after subscribing (it asks pg_listening_channels()) and
+# the session waits for the client: the worker sleeps in its wait,
+# listening, until a notification, a due job or its fallback poll.
+wait_idle() {
+  wait_for "$1" "SELECT count(*) = $2 FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND state = 'idle' AND query LIKE '%pg_listening_channels()%'"
 }
 
 log_has() {

@@ -50,9 +50,10 @@ done
 pg_ctl_ -D "$CL_PG_DIR/data" -m fast -w -t 30 stop >/dev/null
 kill -CONT "$pid"
 done_at_stop=$(delivery_log w | wc -l)
-sleep 1
+# The server stays down until the worker has tried to record its batch.
+wait_log 10 w "completing [0-9]+ delivered jobs failed" || true
 pg_ctl_ -D "$CL_PG_DIR/data" -l "$CL_PG_DIR/server.log" -w -t 30 start >/dev/null
-tap $? "PostgreSQL stopped for a second, with $holding jobs in the worker's hands, and started again"
+tap $? "PostgreSQL stopped until the worker met the outage, with $holding jobs in its hands, and started again"
 
 if wait_for 30 "SELECT count(*) = $N FROM cairnloop.cairnloop_delivery_jobs WHERE state = 'completed'"; then
   tap 0 "the worker finished all $N jobs after the restart"
@@ -69,11 +70,16 @@ log_has w "recorded [0-9]+ delivered jobs after reconnecting" \
 
 # Idle, the worker notices the lost connection in its wait and reconnects
 # with backoff.
+idle_outage='work: db_error: .*\(retrying in [0-9]+ ms\)'
+outages=$(grep -cE "$idle_outage" "$cl_tmp/w.err")
+reconnects=$(grep -c "database reachable again" "$cl_tmp/w.err")
+wait_idle 10 1 || true
 pg_ctl_ -D "$CL_PG_DIR/data" -m fast -w -t 30 stop >/dev/null
-sleep 1
+# Down until the idle worker has noticed the lost connection.
+wait_log 10 w "$idle_outage" $((outages + 1)) || true
 pg_ctl_ -D "$CL_PG_DIR/data" -l "$CL_PG_DIR/server.log" -w -t 30 start >/dev/null
 tap $? "PostgreSQL restarted again while the worker was idle"
-if wait_log 10 w "database reachable again"; then tap 0 "the idle worker reconnects"; else tap 1 "the idle worker reconnects" "$(tail -5 "$cl_tmp/w.err")"; fi
+if wait_log 10 w "database reachable again" $((reconnects + 1)); then tap 0 "the idle worker reconnects"; else tap 1 "the idle worker reconnects" "$(tail -5 "$cl_tmp/w.err")"; fi
 log_has w "db_error: .*\(retrying in [0-9]+ ms\)" "the idle outage is reported with the retry delay"
 
 # Subscribed again after the reconnect: a new job is delivered long before

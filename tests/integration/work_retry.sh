@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Failures, backoff and scheduling with one worker (--max-attempts 3):
+# Failures, backoff and scheduling with one worker (--max-attempts 3,
+# --backoff-base-ms 50, so the retries come 100 ms and 200 ms apart rather
+# than the default 2 s and 4 s):
 #   - a notifier that fails twice, then succeeds: three attempts, the
-#     backoff (2 s, then 4 s, + up to 10%) honoured, the message ends sent;
+#     backoff (base x 2, then base x 4, + up to 10%) honoured, the message
+#     ends sent;
 #   - a notifier that always fails: discarded after the third attempt, the
 #     message stays failed, every error recorded;
-#   - a job triggered with --schedule-in 3 is not delivered before its time
+#   - a job triggered with --schedule-in 1 is not delivered before its time
 #     (and is delivered when it comes due, without waiting for a poll).
 set -u
 . "$(dirname "$0")/work_lib.bash"
 need_database
+
+BASE_MS=50
+# How late a retry may come after its backoff ran out: the worker's wake-up,
+# claim and notifier call, on a loaded machine.
+LATE_MS=500
 
 cl migrate
 exits 0 "migrate"
@@ -34,12 +42,12 @@ msg_status() {
 
 cl trigger 1 --template flaky
 cl trigger 2 --template broken
-cl trigger 3 --template later --schedule-in 3
+cl trigger 3 --template later --schedule-in 1
 cl trigger 4 --template now
-exits 0 "four jobs triggered, one scheduled 3 s ahead"
+exits 0 "four jobs triggered, one scheduled 1 s ahead"
 flaky_id=$(job flaky message_id)
 
-start_worker w --policy "$policy" --max-attempts 3
+start_worker w --policy "$policy" --max-attempts 3 --backoff-base-ms "$BASE_MS"
 if wait_for 20 "SELECT count(*) = 4 FROM cairnloop.cairnloop_delivery_jobs WHERE state IN ('completed', 'discarded')"; then
   tap 0 "every job reached a final state"
 else
@@ -57,17 +65,30 @@ is "$(job flaky "errors->0->>'error' || ' / ' || (errors->1->>'attempt')")" "not
 is "$(msg_status flaky)" "sent" "flaky: the message ends sent"
 is "$(grep -oE "call flaky [0-9]+:[0-9]+" "$cl_tmp/w.err" | awk '{print $3}' | tr '\n' ' ')" \
   "$flaky_id:1 $flaky_id:2 $flaky_id:3 " "flaky: one idempotency key per attempt"
-gap1=$(job flaky "extract(epoch FROM (errors->1->>'at')::timestamptz - (errors->0->>'at')::timestamptz)")
-gap2=$(job flaky "extract(epoch FROM completed_at - (errors->1->>'at')::timestamptz)")
-if awk -v g="$gap1" 'BEGIN { exit !(g >= 2.0 && g < 3.2) }'; then
-  tap 0 "flaky: attempt 2 came 2 s (+ jitter) after attempt 1 (${gap1} s)"
+# Gaps and delays in whole milliseconds (rounded down).  A retry can never
+# come early (its claim needs scheduled_at <= now()), so the lower bounds
+# are exact; the upper ones allow the 10% jitter and LATE_MS.
+ms() { awk -v s="$1" 'BEGIN { printf "%d", s * 1000 }'; }
+in_range() { [ "$1" -ge "$2" ] && [ "$1" -lt "$3" ]; } # in_range MS MIN MAX
+gap1=$(ms "$(job flaky "extract(epoch FROM (errors->1->>'at')::timestamptz - (errors->0->>'at')::timestamptz)")")
+gap2=$(ms "$(job flaky "extract(epoch FROM completed_at - (errors->1->>'at')::timestamptz)")")
+if in_range "$gap1" $((2 * BASE_MS)) $((2 * BASE_MS + 2 * BASE_MS / 10 + LATE_MS)); then
+  tap 0 "flaky: attempt 2 came base x 2 (+ jitter) after attempt 1 (${gap1} ms)"
 else
-  tap 1 "flaky: attempt 2 came 2 s (+ jitter) after attempt 1" "gap ${gap1} s"
+  tap 1 "flaky: attempt 2 came base x 2 (+ jitter) after attempt 1" "gap ${gap1} ms"
 fi
-if awk -v g="$gap2" 'BEGIN { exit !(g >= 4.0 && g < 5.4) }'; then
-  tap 0 "flaky: attempt 3 came 4 s (+ jitter) after attempt 2 (${gap2} s)"
+if in_range "$gap2" $((4 * BASE_MS)) $((4 * BASE_MS + 4 * BASE_MS / 10 + LATE_MS)); then
+  tap 0 "flaky: attempt 3 came base x 4 (+ jitter) after attempt 2 (${gap2} ms)"
 else
-  tap 1 "flaky: attempt 3 came 4 s (+ jitter) after attempt 2" "gap ${gap2} s"
+  tap 1 "flaky: attempt 3 came base x 4 (+ jitter) after attempt 2" "gap ${gap2} ms"
+fi
+# The second delay as the engine scheduled it (the row keeps it once the job
+# is done): base x 4 plus at most 10%, however loaded the machine is.
+delay2=$(ms "$(job flaky "extract(epoch FROM scheduled_at - (errors->1->>'at')::timestamptz)")")
+if in_range "$delay2" $((4 * BASE_MS)) $((4 * BASE_MS + 4 * BASE_MS / 10 + 1)); then
+  tap 0 "flaky: the retry after attempt 2 was scheduled base x 4 (+ jitter) ahead (${delay2} ms)"
+else
+  tap 1 "flaky: the retry after attempt 2 was scheduled base x 4 (+ jitter) ahead" "delay ${delay2} ms"
 fi
 
 # --- always fails
@@ -78,7 +99,7 @@ is "$(msg_status broken)" "failed" "broken: the message stays failed"
 is "$(grep -c "call broken" "$cl_tmp/w.err")" "3" "broken: the notifier was called exactly 3 times"
 
 # --- scheduled
-is "$(job later "concat_ws('|', state, attempt, attempted_at >= scheduled_at, scheduled_at - inserted_at >= interval '3 s')")" \
+is "$(job later "concat_ws('|', state, attempt, attempted_at >= scheduled_at, scheduled_at - inserted_at >= interval '1 s')")" \
   "completed|1|t|t" "later: delivered once, not before its scheduled time"
 late=$(job later "extract(epoch FROM attempted_at - scheduled_at)")
 if awk -v g="$late" 'BEGIN { exit !(g < 1.5) }'; then

@@ -21,11 +21,15 @@ cl work --max-attempts 0
 exits 2 "--max-attempts 0 is refused"
 cl work --lease-seconds x
 exits 2 "--lease-seconds must be an integer"
+cl work --backoff-base-ms 0
+exits 2 "--backoff-base-ms 0 is refused"
+like "$err" "^cairnloop: invalid_argument: --backoff-base-ms" "the error names --backoff-base-ms"
 cl work --once extra
 exits 2 "work takes no arguments"
 cl work --help
 exits 0 "work --help"
 like "$out" "--once" "the help lists --once"
+like "$out" "--backoff-base-ms MS" "the help lists --backoff-base-ms"
 cl work --once --database "postgresql:///nonexistent_db_$$?host=${PGHOST:-/nonexistent}"
 exits 6 "an unreachable database is a db_error"
 
@@ -70,7 +74,7 @@ else
   tap 1 "another worker delivers the handed-back jobs right away"
 fi
 # --- SIGINT while idle
-sleep 0.2
+wait_idle 5 1 || true
 stop_worker w2 INT
 exits 0 "SIGINT while idle: exit status 0"
 like "$err" "stopped by SIGINT" "it says why it stopped"

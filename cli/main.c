@@ -186,10 +186,11 @@ static const cli_command commands[] = {
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"
      "\n"
-     "The embedded cluster is a private PostgreSQL server under ./.cairnloop,\n"
-     "reachable only through its Unix socket.  Commands use it when neither\n"
-     "--database, $CAIRNLOOP_DATABASE_URL nor a PG* connection variable is set,\n"
-     "and start it on demand.\n"
+     "The embedded cluster is a private PostgreSQL server under .cairnloop in the\n"
+     "project directory (the current directory, or the nearest parent that has a\n"
+     ".cairnloop, as git finds .git), reachable only through its Unix socket.\n"
+     "Commands use it when neither --database, $CAIRNLOOP_DATABASE_URL nor a PG*\n"
+     "connection variable is set, and start it on demand.\n"
      "\n"
      "  start    initialise (first use) and start it; does nothing if running\n"
      "  stop     stop it\n"
@@ -197,8 +198,9 @@ static const cli_command commands[] = {
      "  url      print its connection URL, for psql and other tools\n"
      "\n"
      "PostgreSQL's initdb, pg_ctl and createdb are taken from $CAIRNLOOP_PG_BINDIR,\n"
-     "else the PATH, else /usr/lib/postgresql/<newest>/bin.  As root, the server\n"
-     "runs as the postgres user.\n"},
+     "else `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin, else\n"
+     "the PATH, and run by absolute path; start and status say which.  As root,\n"
+     "the server runs as the postgres user.\n"},
     {"demo", cli_cmd_demo, 0, no_options, 0, 0,
      "the whole outbound lane end to end on the embedded cluster",
      "Usage: cairnloop demo [--json]\n"

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -243,7 +244,13 @@ int cli_cmd_work(cli_ctx *ctx) {
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
 
-  worker w = {.ctx = ctx, .tty = isatty(STDERR_FILENO) == 1};
+  /* The redrawn line needs a terminal that understands "\033[K": not a
+   * dumb one (TERM=dumb or unset), nor one whose user asked for plain
+   * text (NO_COLOR, no-color.org). */
+  const char *term = getenv("TERM"), *no_color = getenv("NO_COLOR");
+  bool tty = isatty(STDERR_FILENO) == 1 && term && *term && strcmp(term, "dumb") != 0 &&
+             !(no_color && *no_color);
+  worker w = {.ctx = ctx, .tty = tty};
   cl_config cfg;
   cl_config_init(&cfg);
   cfg.max_attempts = (int)max_attempts; /* 0: the engine's default */

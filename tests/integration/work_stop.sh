@@ -79,3 +79,24 @@ stop_worker w2 INT
 exits 0 "SIGINT while idle: exit status 0"
 like "$err" "stopped by SIGINT" "it says why it stopped"
 is "$(delivery_log w w2 | cut -d: -f1 | sort | uniq -d | wc -l)" "0" "no message was delivered twice"
+
+# --- on a terminal the progress line is redrawn with an escape sequence;
+# on a dumb one (TERM=dumb) or under NO_COLOR it is plain text
+for term in xterm dumb nocolor; do
+  tpl="tty_${term}_$$"
+  cl_in "$(seq 101 150)" bulk --template "$tpl" --body Hi --ids-file - --max-batch-size 100
+  env_term=$term env_nc=
+  [ "$term" = nocolor ] && env_term=xterm env_nc=1
+  TERM=$env_term NO_COLOR=$env_nc script -qefc "cairnloop work --limit 10" "$cl_tmp/$tpl.tty" \
+    >/dev/null 2>&1 </dev/null &
+  spid=$!
+  wait_for 10 "SELECT count(*) = 50 FROM cairnloop.cairnloop_delivery_jobs WHERE template_id = '$tpl' AND state = 'completed'" ||
+    tap 1 "the worker on a terminal ($term) delivers"
+  pkill -INT -P "$spid" -x cairnloop 2>/dev/null
+  wait "$spid" 2>/dev/null
+  escapes=$(tr -cd '\033' <"$cl_tmp/$tpl.tty" | wc -c)
+  case $term in
+    xterm) [ "$escapes" -gt 0 ]; tap $? "TERM=xterm: the progress line is redrawn in place ($escapes escapes)" ;;
+    *) is "$escapes" 0 "TERM=$env_term${env_nc:+ NO_COLOR=1}: no escape sequence in the worker's output" ;;
+  esac
+done

@@ -177,6 +177,12 @@ FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
               -fno-sanitize-recover=all
 FUZZ_BINS := $(patsubst tests/fuzz/fuzz_%.c,build/fuzz/fuzz_%,$(wildcard tests/fuzz/fuzz_*.c))
 fuzz: $(FUZZ_BINS)
+# The argument handling: the whole command, built without its main().
+build/fuzz/fuzz_args: tests/fuzz/fuzz_args.c $(CLI_SRCS) cli/cli.h $(BUILD)/obj/lua_module.o $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -DCLI_NO_MAIN -Iinclude -Icli \
+	    $(shell pkg-config --cflags lua5.4 jansson 2>/dev/null) -o $@ tests/fuzz/fuzz_args.c \
+	    $(CLI_SRCS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(PKG_LIBS) $(LUA_LIBS) -lm -ldl
 build/fuzz/fuzz_ids: tests/fuzz/fuzz_ids.c cli/parse.c cli/parse.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -Icli -o $@ tests/fuzz/fuzz_ids.c cli/parse.c

@@ -76,6 +76,17 @@ static inline const char *cli_opt(const cli_ctx *ctx, enum cli_opt id) {
  * become spaces, so the error is always one line) and returns the exit
  * status of `code`.
  */
+/* What a parsing step returns when the command should go on, beside exit statuses. */
+#define CLI_CONTINUE (-1)
+
+/*
+ * Parses the whole command line: the common options, the command, its
+ * options and arguments.  Returns an exit status (a usage error, or 0
+ * after --help/--version), or CLI_CONTINUE with ctx filled and *run the
+ * command to run.  Runs nothing else, so the fuzz target can drive it.
+ */
+int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx));
+
 int cli_fail(cl_status code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))

@@ -15,9 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Returned by the parsers while the command should go on. */
-#define CLI_CONTINUE (-1)
-
 /* Command flags. */
 #define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy */
 #define CLI_ARGS_RAW 0x2 /* options end at the first argument: the rest is the script's */
@@ -499,10 +496,9 @@ static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **
   }
 }
 
-int main(int argc, char **argv) {
-  cli_ctx ctx = {0};
-
-  int rc = parse_options(&ctx, NULL, argc, argv);
+int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
+  *run = NULL;
+  int rc = parse_options(ctx, NULL, argc, argv);
   if (rc != CLI_CONTINUE)
     return rc;
   if (optind >= argc)
@@ -512,30 +508,44 @@ int main(int argc, char **argv) {
   const cli_command *cmd = find_command(argv[at]);
   if (!cmd)
     return cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
-  ctx.command = cmd->name;
+  ctx->command = cmd->name;
 
   /* The command's own pass sees argv[at] as its argv[0]. */
   int cargc = argc - at;
   char **cargv = argv + at;
-  rc = parse_options(&ctx, cmd, cargc, cargv);
+  rc = parse_options(ctx, cmd, cargc, cargv);
   if (rc != CLI_CONTINUE)
     return rc;
-  if (!(cmd->flags & CLI_ENGINE) && (ctx.database || ctx.schema || ctx.npolicies))
+  if (!(cmd->flags & CLI_ENGINE) && (ctx->database || ctx->schema || ctx->npolicies))
     return cli_fail(CL_INVALID_ARGUMENT,
-                        "%s: --database, --schema and --policy do not apply", cmd->name);
+                    "%s: --database, --schema and --policy do not apply", cmd->name);
 
-  ctx.args = cargv + optind;
-  ctx.nargs = cargc - optind;
-  if (ctx.nargs < cmd->min_args || ctx.nargs > cmd->max_args) {
+  ctx->args = cargv + optind;
+  ctx->nargs = cargc - optind;
+  if (ctx->nargs < cmd->min_args || ctx->nargs > cmd->max_args) {
     const char *synopsis = cmd->help + strlen("Usage: ");
     int len = (int)strcspn(synopsis, "\n");
-    if (ctx.nargs < cmd->min_args)
+    if (ctx->nargs < cmd->min_args)
       return cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name,
-                          len, synopsis);
+                      len, synopsis);
     return cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)",
-                        cmd->name, ctx.args[cmd->max_args], len, synopsis);
+                    cmd->name, ctx->args[cmd->max_args], len, synopsis);
   }
-  rc = cmd->run(&ctx);
+  *run = cmd->run;
+  return CLI_CONTINUE;
+}
+
+/* Built without main() into the fuzz target of the argument handling
+ * (tests/fuzz/fuzz_args.c). */
+#ifndef CLI_NO_MAIN
+int main(int argc, char **argv) {
+  cli_ctx ctx = {0};
+  int (*run)(cli_ctx *ctx);
+  int rc = cli_parse(&ctx, argc, argv, &run);
+  if (rc != CLI_CONTINUE)
+    return rc;
+  rc = run(&ctx);
   fflush(stdout);
   return rc;
 }
+#endif

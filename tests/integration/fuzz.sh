@@ -27,7 +27,7 @@ for bin in build/fuzz/fuzz_*; do
   name=${bin##*/fuzz_}
   mkdir -p "$tmp/$name"
   [ -d "tests/fuzz/corpus/$name" ] && cp -R "tests/fuzz/corpus/$name/." "$tmp/$name/"
-  if out=$("$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
+  if out=$("$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -close_fd_mask=3 \
       -artifact_prefix="$tmp/" "$tmp/$name" 2>&1); then
     runs=$(echo "$out" | sed -n 's/^Done \([0-9]*\) runs.*/\1/p' | tail -n 1)
     ok "fuzz_$name: ${runs:-?} runs in ${seconds}s without a finding"

@@ -183,6 +183,11 @@ build/fuzz/fuzz_args: tests/fuzz/fuzz_args.c $(CLI_SRCS) cli/cli.h $(BUILD)/obj/
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -DCLI_NO_MAIN -Iinclude -Icli \
 	    $(shell pkg-config --cflags lua5.4 jansson 2>/dev/null) -o $@ tests/fuzz/fuzz_args.c \
 	    $(CLI_SRCS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(PKG_LIBS) $(LUA_LIBS) -lm -ldl
+# The OpenResty example's JSON bodies, in LuaJIT as nginx runs them (run
+# from the checkout: it loads examples/openresty/cairnloop_http.lua).
+build/fuzz/fuzz_json_body: tests/fuzz/fuzz_json_body.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 $(LUAJIT_CFLAGS) -o $@ $< $(shell pkg-config --libs luajit 2>/dev/null)
 build/fuzz/fuzz_ids: tests/fuzz/fuzz_ids.c cli/parse.c cli/parse.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -Icli -o $@ tests/fuzz/fuzz_ids.c cli/parse.c

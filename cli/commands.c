@@ -209,8 +209,10 @@ int cli_cmd_trigger(cli_ctx *ctx) {
            res.duplicate ? "; nothing written" : "");
     if (m->bulk_envelope_id)
       printf("bulk envelope %s\n", m->bulk_envelope_id);
-    printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state,
-           j->scheduled_at);
+    if (j->id == 0)
+      printf("delivery job pruned: it finished and retention deleted it\n");
+    else
+      printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state, j->scheduled_at);
     print_audit(res.audit_json);
   }
   cl_trigger_result_clear(&res);

@@ -348,7 +348,9 @@ typedef struct cl_trigger_result {
  * Triggers one outbound message: one message row (pending) and one delivery
  * job in one transaction, with the auditor in it.  A duplicate
  * (conversation_id, template_id, bulk_envelope_id) writes nothing and
- * returns the existing rows with duplicate = 1.  `res` is filled on CL_OK
+ * returns the existing rows with duplicate = 1; the key lives on the
+ * message, so it holds after the job was pruned (delivery_job.id is then 0,
+ * its state and scheduled_at NULL).  `res` is filled on CL_OK
  * and must be released with cl_trigger_result_clear() in any case.
  * Returns CL_OK, CL_INVALID_ARGUMENT, CL_ACTOR_REJECTED, CL_AUDIT_REJECTED,
  * CL_UNKNOWN_CONVERSATION, CL_HOOK_ERROR or CL_DB_ERROR.

@@ -213,6 +213,11 @@ int cli_cmd_trigger(cli_ctx *ctx) {
       printf("delivery job pruned: it finished and retention deleted it\n");
     else
       printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state, j->scheduled_at);
+    /* Triggering a failed message again sends nothing (the key holds):
+     * say how to send it again rather than leave a silent duplicate. */
+    if (res.duplicate && j->state &&
+        (strcmp(j->state, "discarded") == 0 || strcmp(j->state, "retryable") == 0))
+      printf("to deliver it again: cairnloop retry %lld\n", (long long)j->id);
     print_audit(res.audit_json);
   }
   cl_trigger_result_clear(&res);

@@ -437,7 +437,7 @@ static cl_status set_paused(cl_engine *eng, bool paused, const char *actor_in, c
                   NULL, err);
   free(actor);
   if (st != CL_OK) return st;
-  cl_log(eng, CL_LOG_INFO, "%s: workers of schema %s %s", action, eng->schema,
+  cl_log(eng, CL_LOG_DEBUG, "%s: workers of schema %s %s", action, eng->schema,
          paused ? "claim nothing now" : "claim again");
   cl__ok(err);
   return CL_OK;

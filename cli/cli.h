@@ -2,8 +2,8 @@
  * cli.h - what the units of the `cairnloop` command share.
  *
  * main.c owns main(), the command table, option parsing, error reporting and
- * opening the engine; commands.c, db.c and json.c implement the
- * commands and their output.  Nothing here is part of libcairnloop.
+ * opening the engine; commands.c, db.c, ops.c, work.c and json.c implement
+ * the commands and their output.  Nothing here is part of libcairnloop.
  */
 #ifndef CL_CLI_H
 #define CL_CLI_H
@@ -42,6 +42,13 @@ enum cli_opt {
   CLI_OPT_MAX_ATTEMPTS,
   CLI_OPT_LEASE_SECONDS,
   CLI_OPT_BACKOFF_BASE_MS,
+  CLI_OPT_STATE,
+  CLI_OPT_ENVELOPE,
+  CLI_OPT_ALL_DISCARDED,
+  CLI_OPT_OLDER_THAN,
+  CLI_OPT_RETENTION_COMPLETED,
+  CLI_OPT_RETENTION_FAILED,
+  CLI_OPT_MIGRATE_STATUS, /* migrate --status: a flag, unlike envelopes --status S */
   CLI_OPT_END
 };
 
@@ -132,6 +139,19 @@ int cli_cmd_bulk(cli_ctx *ctx);
 int cli_cmd_envelopes(cli_ctx *ctx);
 int cli_cmd_db(cli_ctx *ctx);
 int cli_cmd_work(cli_ctx *ctx); /* work.c */
+/* ops.c */
+int cli_cmd_jobs(cli_ctx *ctx);
+int cli_cmd_stats(cli_ctx *ctx);
+int cli_cmd_retry(cli_ctx *ctx);
+int cli_cmd_cancel(cli_ctx *ctx);
+int cli_cmd_pause(cli_ctx *ctx);
+int cli_cmd_resume(cli_ctx *ctx);
+int cli_cmd_prune(cli_ctx *ctx);
+
+/* A duration: a whole number with an optional unit s, m, h, d or w ("36h",
+ * "7d"; none: seconds), at most ten years.  On failure the error is
+ * reported (naming `what`) and the exit status returned, else 0 (ops.c). */
+int cli_parse_duration(const char *what, const char *text, int64_t *seconds);
 
 /* The embedded cluster (db.c): starts it if needed and writes its
  * connection URL (malloc'd) to *url.  Returns 0 or a reported exit status. */

@@ -1,9 +1,9 @@
 /*
- * commands.c - the engine commands of `cairnloop`: migrate, trigger,
- * bulk and envelopes.  Each validates its own options before it opens an
- * engine (a usage error never touches the database), calls the public API
- * once and prints the result for people or, with --json, through
- * json.c.
+ * commands.c - the engine commands of `cairnloop`: migrate (and its
+ * --status), trigger, bulk and envelopes (with delivery progress).  Each
+ * validates its own options before it opens an engine (a usage error never
+ * touches the database), calls the public API and prints the result for
+ * people or, with --json, through json.c.
  */
 #include "cli.h"
 #include "parse.h"
@@ -155,20 +155,66 @@ static void print_cell(const char *s, int width) {
 /* The commands                                                         */
 /* ------------------------------------------------------------------ */
 
+/* migrate --status: every migration, applied (when) or pending. */
+static int print_migration_status(const cli_ctx *ctx, cl_engine *eng) {
+  cl_migration_list list = {0};
+  cl_error err;
+  cl_status st = cl_migrations(eng, &list, &err);
+  int rc = 0;
+  if (st != CL_OK)
+    return cli_fail_status(st, &err);
+  size_t pending = 0;
+  for (size_t i = 0; i < list.count && rc == 0; i++) {
+    const cl_migration *m = &list.items[i];
+    pending += m->applied_at == NULL;
+    if (ctx->json)
+      rc = cli_json_print(json_pack("{s:s, s:s, s:o}", "version", m->version, "status",
+                                    m->applied_at ? "applied" : "pending", "applied_at",
+                                    m->applied_at ? json_string(m->applied_at) : json_null()));
+    else
+      printf("%-8s %s%s%s\n", m->applied_at ? "applied" : "pending", m->version,
+             m->applied_at ? "  " : "", m->applied_at ? m->applied_at : "");
+  }
+  if (rc == 0 && !ctx->json)
+    printf("schema %s: %zu applied, %zu pending\n", cl_schema(eng), list.count - pending,
+           pending);
+  cl_migration_list_clear(&list);
+  return rc;
+}
+
 int cli_cmd_migrate(cli_ctx *ctx) {
   cl_engine *eng;
   int rc = cli_open(ctx, &eng);
   if (rc != 0)
     return rc;
+  if (cli_opt(ctx, CLI_OPT_MIGRATE_STATUS)) {
+    rc = print_migration_status(ctx, eng);
+    cl_close(eng);
+    return rc;
+  }
+  cl_migration_list applied = {0};
   cl_error err;
-  cl_status st = cl_migrate(eng, &err);
+  cl_status st = cl_migrate_report(eng, &applied, &err);
   if (st != CL_OK) {
+    /* Those applied before the failure are committed: say which. */
+    for (size_t i = 0; i < applied.count && !ctx->json; i++)
+      printf("applied %s\n", applied.items[i].version);
     rc = cli_fail_status(st, &err);
   } else if (ctx->json) {
-    rc = cli_json_print(json_pack("{s:b, s:s}", "migrated", 1, "schema", cl_schema(eng)));
-  } else {
+    json_t *list = json_array();
+    for (size_t i = 0; i < applied.count; i++)
+      json_array_append_new(list, json_string(applied.items[i].version));
+    rc = cli_json_print(json_pack("{s:b, s:s, s:o}", "migrated", 1, "schema", cl_schema(eng),
+                                  "applied", list));
+  } else if (applied.count == 0) {
     printf("schema %s is up to date\n", cl_schema(eng));
+  } else {
+    for (size_t i = 0; i < applied.count; i++)
+      printf("applied %s\n", applied.items[i].version);
+    printf("schema %s: %zu migration%s applied\n", cl_schema(eng), applied.count,
+           applied.count == 1 ? "" : "s");
   }
+  cl_migration_list_clear(&applied);
   cl_close(eng);
   return rc;
 }
@@ -209,8 +255,15 @@ int cli_cmd_trigger(cli_ctx *ctx) {
            res.duplicate ? "; nothing written" : "");
     if (m->bulk_envelope_id)
       printf("bulk envelope %s\n", m->bulk_envelope_id);
-    printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state,
-           j->scheduled_at);
+    if (j->id == 0)
+      printf("delivery job pruned: it finished and retention deleted it\n");
+    else
+      printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state, j->scheduled_at);
+    /* Triggering a failed message again sends nothing (the key holds):
+     * say how to send it again rather than leave a silent duplicate. */
+    if (res.duplicate && j->state &&
+        (strcmp(j->state, "discarded") == 0 || strcmp(j->state, "retryable") == 0))
+      printf("to deliver it again: cairnloop retry %lld\n", (long long)j->id);
     print_audit(res.audit_json);
   }
   cl_trigger_result_clear(&res);
@@ -314,15 +367,29 @@ int cli_cmd_bulk(cli_ctx *ctx) {
   return rc;
 }
 
-/* The human table of `envelopes`: one row per envelope, columns aligned. */
-enum { COL_ID, COL_STATUS, COL_COUNT, COL_CAP, COL_TEMPLATE, COL_AT, COL_BY, COL_REASON, NCOLS };
+/* The human table of `envelopes`: one row per envelope, columns aligned;
+ * the delivery progress (messages by status) after the count. */
+enum {
+  COL_ID, COL_STATUS, COL_COUNT, COL_PENDING, COL_SENT, COL_FAILED, COL_CANCELLED, COL_CAP,
+  COL_TEMPLATE, COL_AT, COL_BY, COL_REASON, NCOLS
+};
+#define NNUMS 6
 
-static void envelope_cells(const cl_envelope *env, char nums[2][24], const char *cells[NCOLS]) {
+static void envelope_cells(const cl_envelope *env, const cl_envelope_progress *p,
+                           char nums[NNUMS][24], const char *cells[NCOLS]) {
   snprintf(nums[0], 24, "%zu", env->count);
   snprintf(nums[1], 24, "%d", env->effective_cap);
+  snprintf(nums[2], 24, "%lld", (long long)p->pending);
+  snprintf(nums[3], 24, "%lld", (long long)p->sent);
+  snprintf(nums[4], 24, "%lld", (long long)p->failed);
+  snprintf(nums[5], 24, "%lld", (long long)p->cancelled);
   cells[COL_ID] = env->id;
   cells[COL_STATUS] = env->status ? env->status : "-";
   cells[COL_COUNT] = nums[0];
+  cells[COL_PENDING] = nums[2];
+  cells[COL_SENT] = nums[3];
+  cells[COL_FAILED] = nums[4];
+  cells[COL_CANCELLED] = nums[5];
   cells[COL_CAP] = nums[1];
   cells[COL_TEMPLATE] = env->template_id ? env->template_id : "-";
   cells[COL_AT] = env->requested_at ? env->requested_at : "-";
@@ -330,10 +397,10 @@ static void envelope_cells(const cl_envelope *env, char nums[2][24], const char 
   cells[COL_REASON] = env->refused_reason ? env->refused_reason : "-";
 }
 
-static void print_envelope_table(const cl_envelope_list *list) {
-  static const char *const header[NCOLS] = {"ID",           "STATUS",       "COUNT",
-                                            "CAP",          "TEMPLATE",     "REQUESTED_AT",
-                                            "REQUESTED_BY", "REFUSED_REASON"};
+static void print_envelope_table(const cl_envelope_list *list, const cl_envelope_progress *prog) {
+  static const char *const header[NCOLS] = {
+      "ID",  "STATUS",   "COUNT",        "PENDING",      "SENT",          "FAILED", "CANCELLED",
+      "CAP", "TEMPLATE", "REQUESTED_AT", "REQUESTED_BY", "REFUSED_REASON"};
   if (list->count == 0) {
     printf("no envelopes\n");
     return;
@@ -342,21 +409,21 @@ static void print_envelope_table(const cl_envelope_list *list) {
   for (int c = 0; c < NCOLS; c++)
     width[c] = display_width(header[c]);
   for (size_t i = 0; i < list->count; i++) {
-    char nums[2][24];
+    char nums[NNUMS][24];
     const char *cells[NCOLS];
-    envelope_cells(&list->items[i], nums, cells);
+    envelope_cells(&list->items[i], &prog[i], nums, cells);
     for (int c = 0; c < NCOLS; c++) {
       int w = display_width(cells[c]);
       width[c] = w > width[c] ? w : width[c];
     }
   }
   for (size_t i = 0; i <= list->count; i++) {
-    char nums[2][24];
+    char nums[NNUMS][24];
     const char *cells[NCOLS];
     if (i == 0)
       memcpy(cells, header, sizeof cells);
     else
-      envelope_cells(&list->items[i - 1], nums, cells);
+      envelope_cells(&list->items[i - 1], &prog[i - 1], nums, cells);
     for (int c = 0; c < NCOLS; c++) {
       /* The last column is not padded: no trailing blanks. */
       print_cell(cells[c], c + 1 < NCOLS ? width[c] : 0);
@@ -381,16 +448,39 @@ int cli_cmd_envelopes(cli_ctx *ctx) {
   if ((rc = cli_open(ctx, &eng)) != 0)
     return rc;
   cl_envelope_list list = {0};
+  cl_envelope_progress *prog = NULL;
+  const char **ids = NULL;
   cl_error err;
   cl_status st = cl_envelopes_list(eng, &query, &list, &err);
+  if (st == CL_OK && list.count > 0) {
+    /* Delivery progress of the listed envelopes, in one statement. */
+    prog = calloc(list.count, sizeof *prog);
+    ids = calloc(list.count, sizeof *ids);
+    if (prog && ids) {
+      for (size_t i = 0; i < list.count; i++)
+        ids[i] = list.items[i].id;
+      st = cl_envelopes_progress(eng, ids, list.count, prog, &err);
+    } else {
+      st = CL_DB_ERROR;
+      snprintf(err.message, sizeof err.message, "out of memory");
+    }
+  }
   if (st != CL_OK) {
     rc = cli_fail_status(st, &err);
   } else if (ctx->json) {
-    for (size_t i = 0; i < list.count && rc == 0; i++)
-      rc = cli_json_print(cli_json_envelope(&list.items[i]));
+    for (size_t i = 0; i < list.count && rc == 0; i++) {
+      json_t *o = cli_json_envelope(&list.items[i]);
+      json_object_set_new(o, "pending", json_integer(prog[i].pending));
+      json_object_set_new(o, "sent", json_integer(prog[i].sent));
+      json_object_set_new(o, "failed", json_integer(prog[i].failed));
+      json_object_set_new(o, "cancelled", json_integer(prog[i].cancelled));
+      rc = cli_json_print(o);
+    }
   } else {
-    print_envelope_table(&list);
+    print_envelope_table(&list, prog);
   }
+  free(prog);
+  free(ids);
   cl_envelope_list_clear(&list);
   cl_close(eng);
   return rc;

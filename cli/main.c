@@ -2,7 +2,7 @@
  * main.c - main() of the `cairnloop` command: the command table, option
  * parsing (getopt_long, common options before or after the command), help,
  * the one-line error channel and opening an engine on the right database.
- * The commands themselves live in commands.c and db.c; the JSON
+ * The commands themselves live in commands.c, db.c, ops.c and work.c; the JSON
  * shapes in json.c.  Uses only the public API of libcairnloop.
  */
 #include "cli.h"
@@ -54,6 +54,13 @@ static const struct option all_options[] = {
     {"max-attempts", required_argument, NULL, CLI_OPT_MAX_ATTEMPTS},
     {"lease-seconds", required_argument, NULL, CLI_OPT_LEASE_SECONDS},
     {"backoff-base-ms", required_argument, NULL, CLI_OPT_BACKOFF_BASE_MS},
+    {"state", required_argument, NULL, CLI_OPT_STATE},
+    {"envelope", required_argument, NULL, CLI_OPT_ENVELOPE},
+    {"all-discarded", no_argument, NULL, CLI_OPT_ALL_DISCARDED},
+    {"older-than", required_argument, NULL, CLI_OPT_OLDER_THAN},
+    {"retention-completed", required_argument, NULL, CLI_OPT_RETENTION_COMPLETED},
+    {"retention-failed", required_argument, NULL, CLI_OPT_RETENTION_FAILED},
+    {"status", no_argument, NULL, CLI_OPT_MIGRATE_STATUS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -70,15 +77,31 @@ static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_
                                    CLI_OPT_SCHEDULE_IN, 0};
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
 static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
-                                   CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS, 0};
+                                   CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS,
+                                   CLI_OPT_RETENTION_COMPLETED,
+                                   CLI_OPT_RETENTION_FAILED, 0};
+static const int migrate_options[] = {CLI_OPT_MIGRATE_STATUS, 0};
+static const int jobs_options[] = {CLI_OPT_STATE, CLI_OPT_ENVELOPE, CLI_OPT_TEMPLATE,
+                                   CLI_OPT_LIMIT, 0};
+static const int stats_options[] = {CLI_OPT_ENVELOPE, 0};
+static const int retry_options[] = {CLI_OPT_ENVELOPE, CLI_OPT_ALL_DISCARDED, CLI_OPT_ACTOR, 0};
+static const int cancel_options[] = {CLI_OPT_ENVELOPE, CLI_OPT_ACTOR, 0};
+static const int actor_options[] = {CLI_OPT_ACTOR, 0};
+static const int prune_options[] = {CLI_OPT_OLDER_THAN, 0};
 static const int no_options[] = {0};
 
 static const cli_command commands[] = {
-    {"migrate", cli_cmd_migrate, CLI_ENGINE, no_options, 0, 0,
+    {"migrate", cli_cmd_migrate, CLI_ENGINE, migrate_options, 0, 0,
      "apply the database migrations (idempotent)",
-     "Usage: cairnloop migrate [COMMON OPTIONS]\n"
+     "Usage: cairnloop migrate [--status] [COMMON OPTIONS]\n"
      "\n"
-     "Creates or updates the tables in the schema.  Running it again is a no-op.\n"},
+     "Creates or updates the tables in the schema and prints each migration it\n"
+     "applied (with --json: one object whose \"applied\" lists them).  Running it\n"
+     "again applies nothing and says the schema is up to date.\n"
+     "\n"
+     "Options:\n"
+     "  --status                 apply nothing: list every migration, applied (with\n"
+     "                           when) or pending, one a line\n"},
     {"trigger", cli_cmd_trigger, CLI_ENGINE, trigger_options, 1, 1,
      "trigger one outbound message to a conversation",
      "Usage: cairnloop trigger CONVERSATION_ID --template ID [OPTIONS]\n"
@@ -159,7 +182,8 @@ static const cli_command commands[] = {
     {"work", cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
-     "                      [--backoff-base-ms MS]\n"
+     "                      [--backoff-base-ms MS] [--retention-completed D]\n"
+     "                      [--retention-failed D]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
@@ -178,7 +202,97 @@ static const cli_command commands[] = {
      "                           worker may rescue it (default 60)\n"
      "  --backoff-base-ms MS     retry backoff base: a failed attempt n is retried\n"
      "                           after min(MS * 2^n, 1 hour) plus up to 10% jitter\n"
-     "                           (default 1000: 2 s, 4 s, 8 s, ...)\n"},
+     "                           (default 1000: 2 s, 4 s, 8 s, ...)\n"
+     "  --retention-completed D  delete completed jobs this long after they finished\n"
+     "                           (a duration such as 36h or 7d, or off; default 1d)\n"
+     "  --retention-failed D     the same for discarded and cancelled jobs (default\n"
+     "                           7d)\n"
+     "\n"
+     "The worker deletes finished jobs past their retention itself, a few hundred\n"
+     "at a time every 30 s, never waiting on a row another session holds.\n"
+     "Messages and envelopes are never deleted.  While delivery is paused\n"
+     "(cairnloop pause) it claims nothing and says so once in its log.\n"},
+    {"jobs", cli_cmd_jobs, CLI_ENGINE, jobs_options, 0, 0,
+     "list delivery jobs, newest first",
+     "Usage: cairnloop jobs [--state S] [--envelope ID] [--template ID] [--limit N]\n"
+     "\n"
+     "Lists delivery jobs, newest first, with their attempts, due and finishing\n"
+     "times and the reason of the latest failed attempt.  Finished jobs are\n"
+     "deleted after their retention (see work); their messages stay.\n"
+     "\n"
+     "Options:\n"
+     "  --state S                only jobs in state S: available, scheduled,\n"
+     "                           executing, retryable, completed, discarded, cancelled\n"
+     "  --envelope ID            only the jobs of this bulk envelope\n"
+     "  --template ID            only jobs of this template\n"
+     "  --limit N                at most N jobs, 1 to 10000 (default 50)\n"},
+    {"stats", cli_cmd_stats, CLI_ENGINE, stats_options, 0, 0,
+     "count jobs by state; the oldest due job's wait; paused or not",
+     "Usage: cairnloop stats [--envelope ID]\n"
+     "\n"
+     "Counts the delivery jobs in each state, says how long the oldest due job\n"
+     "has waited and whether delivery is paused.  With --json, one object with\n"
+     "the keys available, scheduled, executing, retryable, completed, discarded,\n"
+     "cancelled, oldest_due_age_seconds and paused.  An envelope's progress by\n"
+     "message status is in `cairnloop envelopes`.\n"
+     "\n"
+     "Options:\n"
+     "  --envelope ID            only the jobs of this bulk envelope\n"},
+    {"retry", cli_cmd_retry, CLI_ENGINE, retry_options, 0, CL_JOBS_MAX_LIMIT,
+     "deliver failed jobs again, with every attempt",
+     "Usage: cairnloop retry (JOB_ID... | --envelope ID | --all-discarded) [--actor A]\n"
+     "\n"
+     "Makes discarded jobs (out of attempts) and retryable ones (waiting for\n"
+     "their backoff) available now, with every attempt allowed again, and their\n"
+     "messages pending.  Other jobs named are left alone.  This is how a failed\n"
+     "message is sent again: triggering it again is a duplicate and sends\n"
+     "nothing.  Audited as retry_jobs.  Prints how many jobs it changed.\n"
+     "\n"
+     "Options:\n"
+     "  --envelope ID            the failed jobs of this bulk envelope\n"
+     "  --all-discarded          every discarded job\n"
+     "  --actor A                who asks; passed through the actor resolver\n"},
+    {"cancel", cli_cmd_cancel, CLI_ENGINE, cancel_options, 0, CL_JOBS_MAX_LIMIT,
+     "cancel jobs not started yet, and their messages",
+     "Usage: cairnloop cancel (JOB_ID... | --envelope ID) [--actor A]\n"
+     "\n"
+     "Cancels the jobs named that are not started (available, scheduled,\n"
+     "retryable): they become cancelled and their messages' status cancelled.  A\n"
+     "job being delivered right now finishes.  Audited as cancel_jobs.  Prints\n"
+     "how many jobs it cancelled.\n"
+     "\n"
+     "Options:\n"
+     "  --envelope ID            every job of this bulk envelope not started yet\n"
+     "  --actor A                who asks; passed through the actor resolver\n"},
+    {"pause", cli_cmd_pause, CLI_ENGINE, actor_options, 0, 0,
+     "stop every worker of the schema from claiming jobs",
+     "Usage: cairnloop pause [--actor A]\n"
+     "\n"
+     "Workers of the schema, on every machine, claim nothing until `cairnloop\n"
+     "resume`; deliveries in flight finish.  Audited as pause_delivery.\n"
+     "\n"
+     "Options:\n"
+     "  --actor A                who asks; passed through the actor resolver\n"},
+    {"resume", cli_cmd_resume, CLI_ENGINE, actor_options, 0, 0,
+     "let workers claim jobs again after a pause",
+     "Usage: cairnloop resume [--actor A]\n"
+     "\n"
+     "Ends a pause and wakes idle workers at once.  Audited as resume_delivery.\n"
+     "\n"
+     "Options:\n"
+     "  --actor A                who asks; passed through the actor resolver\n"},
+    {"prune", cli_cmd_prune, CLI_ENGINE, prune_options, 0, 0,
+     "delete finished jobs now (messages stay)",
+     "Usage: cairnloop prune [--older-than DURATION]\n"
+     "\n"
+     "Deletes completed, discarded and cancelled jobs past their retention (1 day\n"
+     "for completed ones, 7 days for the others), or finished longer ago than\n"
+     "DURATION, in batches that skip rows others hold.  Messages and envelopes\n"
+     "are never deleted, and a message keeps its trigger a duplicate.  Workers\n"
+     "do the same by themselves (see work).  Prints how many jobs it deleted.\n"
+     "\n"
+     "Options:\n"
+     "  --older-than DURATION    e.g. 36h, 7d, 90m, 0s (units s, m, h, d, w)\n"},
     {"db", cli_cmd_db, 0, no_options, 1, 1,
      "manage the embedded PostgreSQL cluster under ./.cairnloop",
      "Usage: cairnloop db start|stop|status|url\n"

@@ -233,14 +233,34 @@ static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64
   return text ? cli_parse_i64(name, text, min, max, out) : 0;
 }
 
+/* A retention flag: a duration of at least 1 s, or "off" (-1: kept
+ * forever); 0 (the engine's default) when absent. */
+static int retention_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t *out) {
+  const char *text = cli_opt(ctx, id);
+  *out = 0;
+  if (!text) return 0;
+  if (strcmp(text, "off") == 0) {
+    *out = -1;
+    return 0;
+  }
+  int rc = cli_parse_duration(name, text, out);
+  if (rc == 0 && *out == 0)
+    rc = cli_fail(CL_INVALID_ARGUMENT, "%s: at least 1s (or off to keep jobs)", name);
+  return rc;
+}
+
 int cli_cmd_work(cli_ctx *ctx) {
-  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0, backoff = 0;
+  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0, backoff = 0, keep_completed,
+          keep_failed;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
   if (rc == 0)
     rc = int_flag(ctx, CLI_OPT_BACKOFF_BASE_MS, "--backoff-base-ms", 1, BACKOFF_BASE_MAX_MS,
                   &backoff);
+  if (rc == 0)
+    rc = retention_flag(ctx, CLI_OPT_RETENTION_COMPLETED, "--retention-completed", &keep_completed);
+  if (rc == 0) rc = retention_flag(ctx, CLI_OPT_RETENTION_FAILED, "--retention-failed", &keep_failed);
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
 
@@ -256,6 +276,8 @@ int cli_cmd_work(cli_ctx *ctx) {
   cfg.max_attempts = (int)max_attempts; /* 0: the engine's default */
   cfg.lease_seconds = (int)lease;
   cfg.backoff_base_ms = (int)backoff; /* 0: the engine's default, 1000 ms */
+  cfg.retention_completed_seconds = keep_completed; /* 0: the engine's default */
+  cfg.retention_failed_seconds = keep_failed;
   cfg.log = log_line;
   cfg.log_ud = &w;
   if (!once && (rc = setup_signals()) != 0) return rc;

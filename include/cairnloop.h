@@ -132,6 +132,16 @@ typedef struct cl_config {
   /* Retry backoff after failed attempt n: min(base * 2^n, 1 hour) plus up
    * to 10% jitter.  0: a base of 1,000 ms (2 s, 4 s, 8 s, ...). */
   int backoff_base_ms;
+  /* Retention of finished jobs, in seconds: completed ones, and discarded
+   * and cancelled ones.  0: the defaults, 1 day and 7 days; negative: kept
+   * forever.  Messages and envelopes are never deleted. */
+  int64_t retention_completed_seconds;
+  int64_t retention_failed_seconds;
+  /* How often a worker's cl_work_batch deletes expired finished jobs (a
+   * pass of at most 500 per kind, SKIP LOCKED), in ms.  0: every 30 s,
+   * the first pass one interval after cl_open; negative: never (prune on
+   * demand with cl_prune). */
+  int retention_interval_ms;
 } cl_config;
 
 /* Fills `cfg` with the defaults (all zero/NULL, log level info). */
@@ -348,7 +358,9 @@ typedef struct cl_trigger_result {
  * Triggers one outbound message: one message row (pending) and one delivery
  * job in one transaction, with the auditor in it.  A duplicate
  * (conversation_id, template_id, bulk_envelope_id) writes nothing and
- * returns the existing rows with duplicate = 1.  `res` is filled on CL_OK
+ * returns the existing rows with duplicate = 1; the key lives on the
+ * message, so it holds after the job was pruned (delivery_job.id is then 0,
+ * its state and scheduled_at NULL).  `res` is filled on CL_OK
  * and must be released with cl_trigger_result_clear() in any case.
  * Returns CL_OK, CL_INVALID_ARGUMENT, CL_ACTOR_REJECTED, CL_AUDIT_REJECTED,
  * CL_UNKNOWN_CONVERSATION, CL_HOOK_ERROR or CL_DB_ERROR.
@@ -537,6 +549,200 @@ CL_API cl_status cl_query(cl_engine *eng, const char *sql, int nparams, const ch
 /* The auditor's list_events(opts) as a malloc'd JSON text; "[]" without one. */
 CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json,
                                  cl_error *err);
+
+
+/* ------------------------------------------------------------------ */
+/* Operating the queue                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The states of a delivery job: enum suffix and name (the `state` column,
+ * Lua's job tables and stats keys, the CLI).  Unfinished: available,
+ * scheduled, executing, retryable; finished: completed, discarded (out of
+ * attempts), cancelled (by cl_cancel).
+ */
+#define CL_JOB_STATE_MAP(XX)  \
+  XX(AVAILABLE, "available")  \
+  XX(SCHEDULED, "scheduled")  \
+  XX(EXECUTING, "executing")  \
+  XX(RETRYABLE, "retryable")  \
+  XX(COMPLETED, "completed")  \
+  XX(DISCARDED, "discarded")  \
+  XX(CANCELLED, "cancelled")
+
+typedef enum cl_job_state {
+#define CL__JOB_STATE_ENUM(name, str) CL_JOB_##name,
+  CL_JOB_STATE_MAP(CL__JOB_STATE_ENUM)
+#undef CL__JOB_STATE_ENUM
+  CL_JOB_STATE__COUNT
+} cl_job_state;
+
+/* "available", ...; NULL if out of range. */
+CL_API const char *cl_job_state_name(cl_job_state state);
+/* Parses a state name; CL_INVALID_ARGUMENT (naming the accepted ones) if unknown. */
+CL_API cl_status cl_job_state_parse(const char *name, cl_job_state *state, cl_error *err);
+
+/* Jobs one cl_jobs call returns when the query's limit is 0, and the
+ * largest limit it accepts; also the most ids one retry or cancel takes. */
+#define CL_JOBS_DEFAULT_LIMIT 50
+#define CL_JOBS_MAX_LIMIT 10000
+
+typedef struct cl_job_query {
+  const char *state;       /* NULL: any; else a name of CL_JOB_STATE_MAP */
+  const char *envelope_id; /* NULL: any; a UUID */
+  const char *template_id; /* NULL: any */
+  int limit;               /* 0: CL_JOBS_DEFAULT_LIMIT; at most CL_JOBS_MAX_LIMIT */
+} cl_job_query;
+
+typedef struct cl_job {
+  cl_delivery_job job;      /* id, worker, state, scheduled_at and the args */
+  int attempt;              /* attempts made (0 after a retry) */
+  int max_attempts;
+  const char *attempted_at; /* ISO 8601, UTC; NULL: never attempted */
+  const char *finished_at;  /* when completed, discarded or cancelled; NULL: unfinished */
+  const char *inserted_at;
+  const char *last_error;   /* the latest failed attempt's reason; NULL: none */
+} cl_job;
+
+typedef struct cl_job_list {
+  cl_job *items;
+  size_t count;
+  void *priv_;
+} cl_job_list;
+
+/*
+ * Lists delivery jobs, newest first, filtered by state, envelope and
+ * template.  `query` may be NULL (every job, the default limit).  `out`
+ * must be released with cl_job_list_clear().  Returns CL_OK,
+ * CL_INVALID_ARGUMENT (an unknown state, a bad UUID or limit) or CL_DB_ERROR.
+ */
+CL_API cl_status cl_jobs(cl_engine *eng, const cl_job_query *query, cl_job_list *out,
+                         cl_error *err);
+CL_API void cl_job_list_clear(cl_job_list *list);
+
+typedef struct cl_queue_stats {
+  int64_t count[CL_JOB_STATE__COUNT]; /* jobs per state, indexed by cl_job_state */
+  int64_t oldest_due_age_seconds;     /* how long the longest-waiting due job has
+                                         waited; 0 when none waits */
+  int paused;                         /* 1: delivery is paused (cl_pause) */
+} cl_queue_stats;
+
+/*
+ * Counts the jobs per state (of one envelope when `envelope_id` is not
+ * NULL), the oldest due job's age and whether delivery is paused.  Pruned
+ * jobs are not counted: their messages keep the outcome
+ * (cl_envelopes_progress).  Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
+ */
+CL_API cl_status cl_stats(cl_engine *eng, const char *envelope_id, cl_queue_stats *out,
+                          cl_error *err);
+
+/*
+ * Which jobs a retry or cancel changes: exactly one of `ids` (count of
+ * them, positive and distinct, at most CL_JOBS_MAX_LIMIT), `envelope_id`
+ * (every job of that envelope) or, for a retry only, `all_discarded`.
+ * `actor` (may be NULL) goes through the actor resolver and to the auditor.
+ */
+typedef struct cl_job_selector {
+  const int64_t *ids;
+  size_t count;
+  const char *envelope_id;
+  int all_discarded;
+  const char *actor;
+} cl_job_selector;
+
+/*
+ * Retries jobs that failed: discarded (out of attempts) and retryable ones
+ * (waiting for their backoff) become available now with every attempt
+ * allowed again (attempt restarts at 0; errors are kept), and their
+ * messages pending.  Other jobs of the selection are left alone.  This is
+ * how a discarded message is sent again: triggering it again is a
+ * duplicate (the key holds) and sends nothing.  With an auditor, the
+ * change and the audit call ("retry_jobs", metadata exactly
+ * {count, bulk_envelope_id}) share one transaction; the auditor is not
+ * called when nothing would change.  *retried (may be NULL) is the number
+ * of jobs changed.  Returns CL_OK, CL_INVALID_ARGUMENT, CL_ACTOR_REJECTED,
+ * CL_AUDIT_REJECTED, CL_HOOK_ERROR or CL_DB_ERROR.
+ */
+CL_API cl_status cl_retry(cl_engine *eng, const cl_job_selector *selector, int64_t *retried,
+                          cl_error *err);
+
+/*
+ * Cancels jobs not started: available, scheduled and retryable ones become
+ * cancelled (finished; pruned after the discarded jobs' retention), their
+ * messages' status "cancelled".  A job being delivered right now finishes
+ * its delivery.  Audited as "cancel_jobs" (metadata exactly {count,
+ * bulk_envelope_id}), and emits cairnloop.outbound.delivery.cancelled
+ * ({count}; {outcome = "cancelled"}) when jobs were cancelled.  `selector`
+ * takes ids or envelope_id (all_discarded is refused).  Statuses as cl_retry.
+ */
+CL_API cl_status cl_cancel(cl_engine *eng, const cl_job_selector *selector, int64_t *cancelled,
+                           cl_error *err);
+
+/*
+ * Pauses delivery: every worker of the schema claims nothing (jobs being
+ * delivered finish) until cl_resume, which also wakes idle workers.  The
+ * flag lives in the database, so it reaches workers on every machine.
+ * Audited as "pause_delivery" / "resume_delivery" (metadata {}).  `actor`
+ * may be NULL.  Returns CL_OK, CL_ACTOR_REJECTED, CL_AUDIT_REJECTED,
+ * CL_HOOK_ERROR or CL_DB_ERROR.
+ */
+CL_API cl_status cl_pause(cl_engine *eng, const char *actor, cl_error *err);
+CL_API cl_status cl_resume(cl_engine *eng, const char *actor, cl_error *err);
+
+/*
+ * Deletes finished jobs (completed, discarded, cancelled) finished more
+ * than `older_than_seconds` ago, or, when it is negative, past the
+ * engine's retention periods (cl_config).  Deletes in batches, each
+ * committed on its own and skipping rows others hold, until none is left.
+ * Messages and envelopes stay.  *deleted (may be NULL) is the number of
+ * jobs deleted.  Returns CL_OK or CL_DB_ERROR.
+ */
+CL_API cl_status cl_prune(cl_engine *eng, int64_t older_than_seconds, int64_t *deleted,
+                          cl_error *err);
+
+/* An envelope's delivery progress: its messages by status. */
+typedef struct cl_envelope_progress {
+  int64_t pending, sent, failed, cancelled;
+} cl_envelope_progress;
+
+/*
+ * Fills out[i] with the progress of envelope_ids[i] (zeros for an envelope
+ * without messages), for `count` ids (at most CL_ENVELOPES_MAX_LIMIT).
+ * Messages are never pruned, so the counts stay whole.  Returns CL_OK,
+ * CL_INVALID_ARGUMENT (a bad UUID) or CL_DB_ERROR.
+ */
+CL_API cl_status cl_envelopes_progress(cl_engine *eng, const char *const *envelope_ids,
+                                       size_t count, cl_envelope_progress *out, cl_error *err);
+
+/* One migration: its version (the file name without .sql) and when it was
+ * applied (ISO 8601, UTC), NULL while pending. */
+typedef struct cl_migration {
+  const char *version;
+  const char *applied_at;
+} cl_migration;
+
+typedef struct cl_migration_list {
+  cl_migration *items;
+  size_t count;
+  void *priv_;
+} cl_migration_list;
+
+/*
+ * As cl_migrate, and lists in `applied` the migrations this call applied,
+ * in order (none when the schema was up to date).  `applied` may be NULL;
+ * otherwise release it with cl_migration_list_clear().
+ */
+CL_API cl_status cl_migrate_report(cl_engine *eng, cl_migration_list *applied, cl_error *err);
+
+/*
+ * Lists every migration the library carries, in order, with applied_at
+ * NULL for a pending one, then any recorded as applied that this library
+ * does not know (a newer library migrated the schema).  Reads only: an
+ * unmigrated database lists everything pending.  Release `out` with
+ * cl_migration_list_clear().  Returns CL_OK or CL_DB_ERROR.
+ */
+CL_API cl_status cl_migrations(cl_engine *eng, cl_migration_list *out, cl_error *err);
+CL_API void cl_migration_list_clear(cl_migration_list *list);
 
 #ifdef __cplusplus
 }

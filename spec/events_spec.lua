@@ -55,6 +55,9 @@ describe("cairnloop.EVENTS", function()
     engine:notifier(function() return false, "mailbox full" end)
     assert(engine:trigger(11, { template_id = "failed" }))
     assert(engine:work { limit = 100 })
+    -- An operator cancels a job not started yet.
+    local later = assert(engine:trigger(12, { template_id = "later", schedule_in = 3600 }))
+    assert(engine:cancel { ids = { later.delivery_job.id } })
     engine:close()
 
     for _, name in ipairs(EVENTS) do

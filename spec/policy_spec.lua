@@ -242,7 +242,7 @@ describe("the policy sandbox", function()
       local m = require "cairnloop.metrics"
       require("cairnloop").auditor { audit = function() return #m.EVENTS end }
     ]])
-    assert.equals(10, assert(engine:trigger(1, { template_id = "t" })).audit)
+    assert.equals(11, assert(engine:trigger(1, { template_id = "t" })).audit)
     engine:close()
   end)
 

@@ -129,6 +129,7 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   eng->log = cfg->log ? cfg->log : stderr_log;
   eng->log_ud = cfg->log_ud;
   eng->log_level = cfg->log_level;
+  cl__ops_init(&eng->ops, cfg);
 
   const char *db = cfg->database;
   if (!db) db = getenv("CAIRNLOOP_DATABASE_URL");

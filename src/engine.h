@@ -11,6 +11,7 @@
 
 #include "cairnloop.h"
 #include "db.h"
+#include "ops.h"
 #include "telemetry.h"
 
 #include <stdarg.h>
@@ -64,6 +65,8 @@ struct cl_engine {
   int lease_seconds;
   int backoff_base_ms;
   char worker_id[96];
+  /* Retention settings and the workers' pass and pause notice (ops.c). */
+  cl__ops ops;
 
   cl__telemetry tel;
   struct cl_tx tx;

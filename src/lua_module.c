@@ -849,6 +849,224 @@ static int engine_detach(lua_State *L) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Operating the queue                                                  */
+/* ------------------------------------------------------------------ */
+
+static void drop_job_list(void *p) { cl_job_list_clear((cl_job_list *)p); }
+
+/*
+ * opts.ids at `idx` as a list of integers without holes, copied into a
+ * userdata pushed on the stack (NULL and n = 0 when absent).  False with
+ * `err` set on a wrong shape.
+ */
+static bool opt_ids(lua_State *L, int idx, int64_t **ids, size_t *n, cl_error *err) {
+  size_t i, keys = 0;
+  *ids = NULL;
+  *n = 0;
+  lua_getfield(L, idx, "ids"); /* ... ids */
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return true;
+  }
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "ids must be a list of job ids, got a %s",
+             luaL_typename(L, -1));
+    return false;
+  }
+  *n = compat_rawlen(L, -1);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    keys++;
+  }
+  if (keys != *n || *n == 0 || *n > CL_JOBS_MAX_LIMIT) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "ids must be a list of 1 to %d job ids without holes",
+             CL_JOBS_MAX_LIMIT);
+    return false;
+  }
+  *ids = (int64_t *)compat_newuserdata(L, *n * sizeof **ids); /* ... ids buf */
+  for (i = 0; i < *n; i++) {
+    bool ok;
+    lua_rawgeti(L, -2, (int)i + 1);
+    ok = check_id(L, -1, "job id", &(*ids)[i], err);
+    lua_pop(L, 1);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* opts[name] as a boolean (nil: false); false with `err` set otherwise. */
+static bool opt_flag(lua_State *L, int idx, const char *name, int *out, cl_error *err) {
+  lua_getfield(L, idx, name);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {
+    lua_pop(L, 1);
+    cl__fail(err, CL_INVALID_ARGUMENT, "%s must be a boolean", name);
+    return false;
+  }
+  *out = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return true;
+}
+
+/* { id, worker, state, scheduled_at, args = {...}, attempt, max_attempts,
+ *   attempted_at, finished_at, inserted_at, last_error }: a trigger's job
+ * table with what an operator reads. */
+static void push_job_info(lua_State *L, const cl_job *j) {
+  push_job(L, &j->job);
+  glue_setint(L, "attempt", j->attempt);
+  glue_setint(L, "max_attempts", j->max_attempts);
+  glue_setstr(L, "attempted_at", j->attempted_at);
+  glue_setstr(L, "finished_at", j->finished_at);
+  glue_setstr(L, "inserted_at", j->inserted_at);
+  glue_setstr(L, "last_error", j->last_error);
+}
+
+/* engine:jobs([{ state =, envelope_id =, template_id =, limit = 50 }]) -> list | nil, code, msg */
+static int engine_jobs(lua_State *L) {
+  static const char *const allowed[] = {"state", "envelope_id", "template_id", "limit", NULL};
+  lengine *le = check_engine(L, "jobs", false);
+  cl_job_query q;
+  cl_job_list *list;
+  cl__box *box;
+  cl_error err;
+  cl_status st;
+  int64_t limit = CL_JOBS_DEFAULT_LIMIT;
+  size_t i;
+  lua_settop(L, 2);
+  memset(&q, 0, sizeof q);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) || !opt_string(L, 2, "state", &q.state, &err) ||
+       !opt_string(L, 2, "envelope_id", &q.envelope_id, &err) ||
+       !opt_string(L, 2, "template_id", &q.template_id, &err) ||
+       !opt_int(L, 2, "limit", 1, CL_JOBS_MAX_LIMIT, &limit, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  q.limit = (int)limit;
+  box = glue_newbox(L, sizeof *list);
+  list = (cl_job_list *)box->p;
+  st = cl_jobs(le->eng, &q, list, &err);
+  box->drop = drop_job_list;
+  if (st != CL_OK) {
+    cl__box_release(box);
+    return glue_push_failure(L, st, &err);
+  }
+  lua_createtable(L, (int)list->count, 0);
+  for (i = 0; i < list->count; i++) {
+    push_job_info(L, &list->items[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  cl__box_release(box);
+  return 1;
+}
+
+/* engine:stats([{ envelope_id = }]) -> { available =, scheduled =, executing =, retryable =,
+ *   completed =, discarded =, cancelled =, oldest_due_age_seconds =, paused = } | nil, code, msg */
+static int engine_stats(lua_State *L) {
+  static const char *const allowed[] = {"envelope_id", NULL};
+  lengine *le = check_engine(L, "stats", false);
+  const char *envelope_id = NULL;
+  cl_queue_stats stats;
+  cl_error err;
+  cl_status st;
+  int i;
+  lua_settop(L, 2);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) || !opt_string(L, 2, "envelope_id", &envelope_id, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  st = cl_stats(le->eng, envelope_id, &stats, &err);
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_createtable(L, 0, CL_JOB_STATE__COUNT + 2);
+  for (i = 0; i < CL_JOB_STATE__COUNT; i++)
+    glue_setint(L, cl_job_state_name((cl_job_state)i), stats.count[i]);
+  glue_setint(L, "oldest_due_age_seconds", stats.oldest_due_age_seconds);
+  lua_pushboolean(L, stats.paused);
+  lua_setfield(L, -2, "paused");
+  return 1;
+}
+
+/* engine:retry{...} and engine:cancel{...}: the shared body.  The opts
+ * table is required (misuse raises); its values are checked here. */
+static int change_jobs(lua_State *L, bool retry) {
+  static const char *const retry_keys[] = {"ids", "envelope_id", "all_discarded", "actor", NULL};
+  static const char *const cancel_keys[] = {"ids", "envelope_id", "actor", NULL};
+  lengine *le = check_engine(L, retry ? "retry" : "cancel", false);
+  cl_job_selector sel;
+  int64_t *ids, n = 0;
+  size_t count;
+  cl_error err;
+  cl_status st;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  memset(&sel, 0, sizeof sel);
+  if (!check_keys(L, 2, retry ? retry_keys : cancel_keys, &err) ||
+      !opt_ids(L, 2, &ids, &count, &err) ||
+      !opt_string(L, 2, "envelope_id", &sel.envelope_id, &err) ||
+      !opt_string(L, 2, "actor", &sel.actor, &err) ||
+      (retry && !opt_flag(L, 2, "all_discarded", &sel.all_discarded, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  sel.ids = ids;
+  sel.count = count;
+  le->audit_ref = LUA_NOREF;
+  st = retry ? cl_retry(le->eng, &sel, &n, &err) : cl_cancel(le->eng, &sel, &n, &err);
+  drop_audit(L, le); /* the auditor's answer is its own record here */
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_createtable(L, 0, 1);
+  glue_setint(L, retry ? "retried" : "cancelled", n);
+  return 1;
+}
+
+/* engine:retry{ ids = {...} | envelope_id = | all_discarded = true [, actor =] }
+ *   -> { retried = n } | nil, code, msg; raises if opts is not a table */
+static int engine_retry(lua_State *L) { return change_jobs(L, true); }
+
+/* engine:cancel{ ids = {...} | envelope_id = [, actor =] }
+ *   -> { cancelled = n } | nil, code, msg; raises if opts is not a table */
+static int engine_cancel(lua_State *L) { return change_jobs(L, false); }
+
+static int set_paused(lua_State *L, bool paused) {
+  static const char *const allowed[] = {"actor", NULL};
+  lengine *le = check_engine(L, paused ? "pause" : "resume", false);
+  const char *actor = NULL;
+  cl_error err;
+  cl_status st;
+  lua_settop(L, 2);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) || !opt_string(L, 2, "actor", &actor, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  le->audit_ref = LUA_NOREF;
+  st = paused ? cl_pause(le->eng, actor, &err) : cl_resume(le->eng, actor, &err);
+  drop_audit(L, le);
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* engine:pause([{ actor = }]) -> true | nil, code, msg */
+static int engine_pause(lua_State *L) { return set_paused(L, true); }
+
+/* engine:resume([{ actor = }]) -> true | nil, code, msg */
+static int engine_resume(lua_State *L) { return set_paused(L, false); }
+
+/* engine:prune([{ older_than_seconds = }]) -> { deleted = n } | nil, code, msg;
+ * without older_than_seconds, the engine's retention periods apply */
+static int engine_prune(lua_State *L) {
+  static const char *const allowed[] = {"older_than_seconds", NULL};
+  lengine *le = check_engine(L, "prune", false);
+  int64_t older = -1, deleted = 0;
+  cl_error err;
+  cl_status st;
+  lua_settop(L, 2);
+  if (opt_table(L, 2) &&
+      (!check_keys(L, 2, allowed, &err) ||
+       !opt_int(L, 2, "older_than_seconds", 0, INT64_MAX / 1000000, &older, &err)))
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  st = cl_prune(le->eng, older, &deleted, &err);
+  if (st != CL_OK) return glue_push_failure(L, st, &err);
+  lua_createtable(L, 0, 1);
+  glue_setint(L, "deleted", deleted);
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
 /* The module                                                           */
 /* ------------------------------------------------------------------ */
 
@@ -873,6 +1091,13 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
       {"attach_many", engine_attach_many},
       {"detach", engine_detach},
       {"close", engine_close},
+      {"jobs", engine_jobs},
+      {"stats", engine_stats},
+      {"retry", engine_retry},
+      {"cancel", engine_cancel},
+      {"pause", engine_pause},
+      {"resume", engine_resume},
+      {"prune", engine_prune},
       {NULL, NULL}};
   static const luaL_Reg metamethods[] = {
       {"__gc", engine_gc}, {"__close", engine_gc}, {"__tostring", engine_tostring}, {NULL, NULL}};

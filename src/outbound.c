@@ -294,7 +294,10 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   const char *status = dup ? intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATUS)) : "pending";
   const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, CL__TRIGGER_SCHEDULED_AT));
   const char *state = intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATE));
-  if (!tid || !body || !sched || !state || (envelope_id[0] && !env)) {
+  /* A duplicate whose job was pruned (finished, then deleted): the message
+   * is the record; the job reads as id 0 with no state or time. */
+  bool pruned = dup && !cl_rows_value(rows, 0, CL__TRIGGER_JOB_ID);
+  if (!tid || !body || (!pruned && (!sched || !state)) || (envelope_id[0] && !env)) {
     /* Rows may be committed by now: say so rather than pretend a rollback. */
     st = cl__fail(err, CL_DB_ERROR, "out of memory reading the result");
     goto fail;

@@ -280,6 +280,8 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
     return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
                     CL_WORK_MAX_LIMIT, limit);
   ensure_worker_id(eng);
+  /* Finished jobs past their retention, at most once an interval (ops.c). */
+  cl__ops_retention_pass(eng);
 
   char p_limit[16], p_lease[16], p_max[16];
   snprintf(p_limit, sizeof p_limit, "%d", limit);
@@ -393,6 +395,7 @@ cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl
       st = cl__db_exec(db, CL__STMT_NEXT_DUE, false, CL__NPARAMS(params), params, &rows, err);
     if (st != CL_OK) return st;
   }
+  cl__ops_note_paused(eng, cl_rows_value(rows, 0, CL__NEXT_DUE_PAUSED)[0] == 't');
   const char *v = cl_rows_value(rows, 0, CL__NEXT_DUE_IN_MS);
   int64_t wait = max_ms < 0 ? 0 : max_ms;
   if (v) {

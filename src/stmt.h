@@ -111,14 +111,63 @@ enum cl__no_op_col { CL__NO_OP_COLS(CL__COL_ENUM) };
   X(CL__COMPLETE_RECORDED, recorded)
 enum cl__complete_col { CL__COMPLETE_COLS(CL__COL_ENUM) };
 
-#define CL__NEXT_DUE_COLS(X) X(CL__NEXT_DUE_IN_MS, due_in_ms) X(CL__NEXT_DUE_LISTENING, listening)
+#define CL__NEXT_DUE_COLS(X)                                   \
+  X(CL__NEXT_DUE_IN_MS, due_in_ms)                             \
+  X(CL__NEXT_DUE_LISTENING, listening)                         \
+  X(CL__NEXT_DUE_PAUSED, paused)
 enum cl__next_due_col { CL__NEXT_DUE_COLS(CL__COL_ENUM) };
+
+/* Operating the queue (ops.c).  cl_ops_jobs: one job per row. */
+#define CL__OPS_JOBS_COLS(X)                                   \
+  X(CL__OPS_JOBS_ID, id)                                       \
+  X(CL__OPS_JOBS_STATE, state)                                 \
+  X(CL__OPS_JOBS_SCHEDULED_AT, scheduled_at)                   \
+  X(CL__OPS_JOBS_MESSAGE_ID, message_id)                       \
+  X(CL__OPS_JOBS_CONVERSATION_ID, conversation_id)             \
+  X(CL__OPS_JOBS_TEMPLATE_ID, template_id)                     \
+  X(CL__OPS_JOBS_ENVELOPE_ID, bulk_envelope_id)                \
+  X(CL__OPS_JOBS_ATTEMPT, attempt)                             \
+  X(CL__OPS_JOBS_MAX_ATTEMPTS, max_attempts)                   \
+  X(CL__OPS_JOBS_ATTEMPTED_AT, attempted_at)                   \
+  X(CL__OPS_JOBS_FINISHED_AT, finished_at)                     \
+  X(CL__OPS_JOBS_INSERTED_AT, inserted_at)                     \
+  X(CL__OPS_JOBS_LAST_ERROR, last_error)
+enum cl__ops_jobs_col { CL__OPS_JOBS_COLS(CL__COL_ENUM) };
+
+/* cl_ops_stats: one row per state, the queue-wide values on every row. */
+#define CL__OPS_STATS_COLS(X)                                  \
+  X(CL__OPS_STATS_STATE, state)                                \
+  X(CL__OPS_STATS_COUNT, count)                                \
+  X(CL__OPS_STATS_OLDEST, oldest_due_age_seconds)              \
+  X(CL__OPS_STATS_PAUSED, paused)
+enum cl__ops_stats_col { CL__OPS_STATS_COLS(CL__COL_ENUM) };
+
+#define CL__OPS_TARGETS_COLS(X) X(CL__OPS_TARGETS_IDS, ids) X(CL__OPS_TARGETS_COUNT, count)
+enum cl__ops_targets_col { CL__OPS_TARGETS_COLS(CL__COL_ENUM) };
+#define CL__OPS_RETRY_COLS(X) X(CL__OPS_RETRY_RETRIED, retried)
+#define CL__OPS_CANCEL_COLS(X) X(CL__OPS_CANCEL_CANCELLED, cancelled)
+#define CL__OPS_PAUSE_COLS(X) X(CL__OPS_PAUSE_PAUSED, paused)
+#define CL__OPS_PRUNE_COLS(X) X(CL__OPS_PRUNE_DELETED, deleted)
+/* The single count of a retry, cancel or prune is column 0. */
+enum { CL__OPS_CHANGED = 0 };
+
+#define CL__ENVELOPE_PROGRESS_COLS(X)                          \
+  X(CL__PROGRESS_ENVELOPE_ID, envelope_id)                     \
+  X(CL__PROGRESS_PENDING, pending)                             \
+  X(CL__PROGRESS_SENT, sent)                                   \
+  X(CL__PROGRESS_FAILED, failed)                               \
+  X(CL__PROGRESS_CANCELLED, cancelled)
+enum cl__envelope_progress_col { CL__ENVELOPE_PROGRESS_COLS(CL__COL_ENUM) };
 
 /* The migration lock's statements return nothing anyone reads. */
 #define CL__MIGRATE_LOCK_COLS(X) X(CL__MIGRATE_LOCKED, locked)
 #define CL__MIGRATE_UNLOCK_COLS(X) X(CL__MIGRATE_UNLOCKED, unlocked)
 #define CL__MIGRATE_APPLIED_COLS(X) X(CL__MIGRATE_APPLIED_VERSION, version)
 enum cl__migrate_applied_col { CL__MIGRATE_APPLIED_COLS(CL__COL_ENUM) };
+#define CL__MIGRATE_STATUS_COLS(X)                             \
+  X(CL__MIGRATE_STATUS_VERSION, version)                       \
+  X(CL__MIGRATE_STATUS_APPLIED_AT, applied_at)
+enum cl__migrate_status_col { CL__MIGRATE_STATUS_COLS(CL__COL_ENUM) };
 
 /*
  * XX(id, prepared statement name, file, parameters, result columns).
@@ -143,7 +192,17 @@ enum cl__migrate_applied_col { CL__MIGRATE_APPLIED_COLS(CL__COL_ENUM) };
   XX(NEXT_DUE, "cl_next_due", next_due, 1, CL__NEXT_DUE_COLS)               \
   XX(MIGRATE_LOCK, "cl_migrate_lock", migrate_lock, 1, CL__MIGRATE_LOCK_COLS) \
   XX(MIGRATE_UNLOCK, "cl_migrate_unlock", migrate_unlock, 1, CL__MIGRATE_UNLOCK_COLS) \
-  XX(MIGRATE_APPLIED, "cl_migrate_applied", migrate_applied, 0, CL__MIGRATE_APPLIED_COLS)
+  XX(MIGRATE_APPLIED, "cl_migrate_applied", migrate_applied, 0, CL__MIGRATE_APPLIED_COLS) \
+  XX(MIGRATE_STATUS, "cl_migrate_status", migrate_status, 0, CL__MIGRATE_STATUS_COLS) \
+  XX(OPS_JOBS, "cl_ops_jobs", ops_jobs, 4, CL__OPS_JOBS_COLS)               \
+  XX(OPS_STATS, "cl_ops_stats", ops_stats, 1, CL__OPS_STATS_COLS)           \
+  XX(OPS_TARGETS, "cl_ops_targets", ops_targets, 4, CL__OPS_TARGETS_COLS)   \
+  XX(OPS_RETRY, "cl_ops_retry", ops_retry, 4, CL__OPS_RETRY_COLS)           \
+  XX(OPS_CANCEL, "cl_ops_cancel", ops_cancel, 3, CL__OPS_CANCEL_COLS)       \
+  XX(OPS_PAUSE, "cl_ops_pause", ops_pause, 2, CL__OPS_PAUSE_COLS)           \
+  XX(OPS_PRUNE, "cl_ops_prune", ops_prune, 3, CL__OPS_PRUNE_COLS)           \
+  XX(ENVELOPE_PROGRESS, "cl_envelope_progress", envelope_progress, 1,       \
+     CL__ENVELOPE_PROGRESS_COLS)
 
 /* The embedded texts (generated), @S standing for the quoted schema. */
 #define CL__SQL_DECLARE(id, name, file, nparams, cols) extern const char cl__sql_##file[];

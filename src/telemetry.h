@@ -30,6 +30,7 @@
   XX(DELIVERY_SENT, "cairnloop", "outbound", "delivery", "sent")                          \
   XX(DELIVERY_FAILED, "cairnloop", "outbound", "delivery", "failed")                      \
   XX(DELIVERY_NO_OP, "cairnloop", "outbound", "delivery", "no_op")                        \
+  XX(DELIVERY_CANCELLED, "cairnloop", "outbound", "delivery", "cancelled")                \
   XX(TRACE_TRIGGER_STARTED, "cairnloop", "outbound", "trace", "trigger_started")          \
   XX(TRACE_TRIGGER_COMPLETED, "cairnloop", "outbound", "trace", "trigger_completed")      \
   XX(TRACE_TRIGGER_FAILED, "cairnloop", "outbound", "trace", "trigger_failed")            \

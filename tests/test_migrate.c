@@ -2,7 +2,7 @@
  * test_migrate.c - cl_migrate and the schema it builds: re-running is a
  * no-op, concurrent migrators are safe, the bulk-envelope table is the
  * seed migration column for column (plus its CHECK constraints), the
- * delivery queue's unique key treats a missing envelope id as a value, and
+ * at-most-once key on the messages treats a missing envelope id as a value, and
  * the schema is configurable and validated at cl_open.
  */
 #include "support.h"
@@ -278,20 +278,23 @@ static void test_migrate__bulk_envelope_checks_reject_invalid_rows(void **state)
   cl_close(eng);
 }
 
-static void test_migrate__delivery_jobs_unique_key_treats_null_envelope_as_value(void **state) {
+/* The key lives on the messages, which the engine never deletes, so that
+ * pruning finished jobs cannot re-open it (migration 20260701000000); the
+ * jobs carry no copy of it. */
+static void test_migrate__outbound_key_on_messages_treats_null_envelope_as_value(void **state) {
   (void)state;
   cl_engine *eng = ct_open(NULL);
-  assert_int_equal(
-      ct_int("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-             "WHERE n.nspname = '%s' AND c.relname = 'cairnloop_delivery_jobs' "
-             "AND i.indisunique AND i.indnullsnotdistinct AND i.indpred IS NULL "
-             "AND (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) "
-             "     WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a "
-             "     ON a.attrelid = c.oid AND a.attnum = k.attnum) "
-             "    = ARRAY['conversation_id', 'template_id', 'bulk_envelope_id']",
-             CT_SCHEMA),
-      1);
+  static const char *const key_query =
+      "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "WHERE n.nspname = '%s' AND c.relname = '%s' "
+      "AND i.indisunique AND i.indnullsnotdistinct "
+      "AND (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) "
+      "     WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a "
+      "     ON a.attrelid = c.oid AND a.attnum = k.attnum) "
+      "    = ARRAY['conversation_id', 'template_id', 'bulk_envelope_id']";
+  assert_int_equal(ct_int(key_query, CT_SCHEMA, "cairnloop_messages"), 1);
+  assert_int_equal(ct_int(key_query, CT_SCHEMA, "cairnloop_delivery_jobs"), 0);
   cl_close(eng);
 }
 
@@ -432,7 +435,7 @@ int main(void) {
       cmocka_unit_test(test_migrate__bulk_envelope_columns_match_the_seed),
       cmocka_unit_test(test_migrate__bulk_envelope_indexes_match_the_seed),
       cmocka_unit_test(test_migrate__bulk_envelope_checks_reject_invalid_rows),
-      cmocka_unit_test(test_migrate__delivery_jobs_unique_key_treats_null_envelope_as_value),
+      cmocka_unit_test(test_migrate__outbound_key_on_messages_treats_null_envelope_as_value),
       cmocka_unit_test(test_migrate__tables_have_the_designed_columns),
       cmocka_unit_test(test_migrate__custom_schema_holds_every_table),
       cmocka_unit_test(test_open__rejects_bad_schema_names),

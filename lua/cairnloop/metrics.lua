@@ -29,7 +29,7 @@ end
 -- The values a label may take; anything else becomes "other".
 local ENUMS = {
   outcome = set { "triggered", "failed", "duplicate", "exception", "submitted",
-    "refused_cap_exceeded", "refused_cap_exceeded_audit_failed", "sent", "no_op" },
+    "refused_cap_exceeded", "refused_cap_exceeded_audit_failed", "sent", "no_op", "cancelled" },
   kind = set { "hook_error", "db_error" },
   reason = set { "notifier_ok", "notifier_returned_error", "no_notifier_configured" },
 }
@@ -60,10 +60,13 @@ local FAMILIES = {
     "Recipients of refused bulk triggers, by outcome." },
   delivery = { "cairnloop_outbound_delivery_total", "counter",
     "Delivery attempts, by outcome and reason." },
+  delivery_cancelled = { "cairnloop_outbound_delivery_cancelled_total", "counter",
+    "Deliveries cancelled by an operator before they started." },
 }
 
 -- What each event adds: family, label names, and the value ("one": 1,
--- "count": metadata.count, "duration": measurements.duration in ns).
+-- "count": metadata.count, "measured": measurements.count, "duration":
+-- measurements.duration in ns).
 local RULES = {
   ["cairnloop.outbound.triggered.start"] = { { "trigger_started", {}, "one" } },
   ["cairnloop.outbound.triggered.stop"] = {
@@ -80,6 +83,7 @@ local RULES = {
   ["cairnloop.outbound.delivery.sent"] = { { "delivery", { "outcome", "reason" }, "one" } },
   ["cairnloop.outbound.delivery.failed"] = { { "delivery", { "outcome", "reason" }, "one" } },
   ["cairnloop.outbound.delivery.no_op"] = { { "delivery", { "outcome", "reason" }, "one" } },
+  ["cairnloop.outbound.delivery.cancelled"] = { { "delivery_cancelled", { "outcome" }, "measured" } },
 }
 
 local function escape(v)
@@ -160,7 +164,8 @@ function M.new()
         s.sum = s.sum + (measurements.duration or 0) / 1e9
         s.count = s.count + 1
       else
-        local add = kind == "count" and (metadata.count or 0) or 1
+        local add = kind == "count" and (metadata.count or 0)
+          or kind == "measured" and (measurements.count or 0) or 1
         fam[labels] = (fam[labels] or 0) + add
       end
     end

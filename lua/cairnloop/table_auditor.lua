@@ -1,7 +1,9 @@
 --- cairnloop.table_auditor: an auditor that writes one row of
--- cairnloop_audit_events per trigger and bulk_trigger, inside the
--- operation's own transaction (so a rolled-back operation leaves no audit
--- row), and lists the rows back for engine:audit_events.
+-- cairnloop_audit_events per trigger and bulk_trigger (and per retry,
+-- cancel, pause and resume of the queue: their rows have no template and
+-- carry count and bulk_envelope_id), inside the operation's own
+-- transaction (so a rolled-back operation leaves no audit row), and lists
+-- the rows back for engine:audit_events.
 --
 --   cairnloop --policy lua/cairnloop/table_auditor.lua ...     as a policy file
 --   require("cairnloop.table_auditor").install(cl)              from a policy script

@@ -33,8 +33,9 @@ WITH prior AS (
          jsonb_build_object('template_id', $2::text, 'status', 'pending',
                             'bulk_envelope_id', $1::uuid) AS metadata
 ), msgs AS (
-  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)
-  SELECT t.cid, $3, 'system_outbound', env.metadata
+  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata, template_id,
+         bulk_envelope_id)
+  SELECT t.cid, $3, 'system_outbound', env.metadata, $2, $1::uuid
   FROM env, unnest($4::bigint[]) AS t(cid)
   RETURNING id, conversation_id
 ), jobs AS (

@@ -13,7 +13,9 @@
 --             message_conversation_ids, job_ids, job_message_ids, scheduled_at.
 --
 -- Fails, rather than quietly writes nothing, on a stored envelope id
--- (23505, then cl_prior reads it) and on an unknown conversation (23503):
+-- (23505, then cl_prior reads it; the messages' key raises the same for a
+-- recipient that trigger() already sent under this envelope id) and on an
+-- unknown conversation (23503):
 -- the auditor path can then commit without looking at the rows first.
 -- cl_bulk writes the same rows: keep the two in step.
 WITH env AS (
@@ -27,8 +29,9 @@ WITH env AS (
          jsonb_build_object('template_id', $2::text, 'status', 'pending',
                             'bulk_envelope_id', $1::uuid) AS metadata
 ), msgs AS (
-  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)
-  SELECT t.cid, $3, 'system_outbound', env.metadata
+  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata, template_id,
+         bulk_envelope_id)
+  SELECT t.cid, $3, 'system_outbound', env.metadata, $2, $1::uuid
   FROM env, unnest($4::bigint[]) AS t(cid)
   RETURNING id, conversation_id
 ), jobs AS (

@@ -19,6 +19,10 @@
 -- job finished or claimed since the snapshot is skipped rather than
 -- claimed twice.
 --
+-- While delivery is paused (cl_pause: a row of cairnloop_queue_control)
+-- nothing is claimed, not even an expired lease: a one-row lookup per
+-- claim, planned once as a one-time filter.
+--
 -- The claim changes no indexed column, so it is a HOT update (see
 -- migration 20260527064000).  The claiming worker's max_attempts is
 -- stamped on the job so the row shows the limit that governs it.
@@ -28,6 +32,7 @@ WITH due AS (
   SELECT id, state = 'executing' AS rescued FROM @S.cairnloop_delivery_jobs
   WHERE completed_at IS NULL AND discarded_at IS NULL AND scheduled_at <= now()
     AND (state <> 'executing' OR lease_expires_at < now())
+    AND NOT EXISTS (SELECT 1 FROM @S.cairnloop_queue_control WHERE paused)
   ORDER BY scheduled_at, id LIMIT $1::int FOR UPDATE SKIP LOCKED
 ), claimed AS (
   UPDATE @S.cairnloop_delivery_jobs j

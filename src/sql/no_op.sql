@@ -6,7 +6,8 @@
 --             lease had expired).
 --
 -- Without a notifier there is nothing to deliver, so the same jobs are
--- picked the same way as cl_claim's `due` (keep the two in step) and end
+-- picked the same way as cl_claim's `due` (keep the two in step: nothing
+-- while delivery is paused) and end
 -- exactly as a claim followed by a no_op completion would leave them
 -- (attempt + 1, attempted_at, completed_at, lease cleared, message sent),
 -- each job row written once instead of twice, which doubles the rate.
@@ -14,6 +15,7 @@ WITH due AS (
   SELECT id, state = 'executing' AS rescued FROM @S.cairnloop_delivery_jobs
   WHERE completed_at IS NULL AND discarded_at IS NULL AND scheduled_at <= now()
     AND (state <> 'executing' OR lease_expires_at < now())
+    AND NOT EXISTS (SELECT 1 FROM @S.cairnloop_queue_control WHERE paused)
   ORDER BY scheduled_at, id LIMIT $1::int FOR UPDATE SKIP LOCKED
 ), done AS (
   UPDATE @S.cairnloop_delivery_jobs j

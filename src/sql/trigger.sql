@@ -8,13 +8,15 @@
 --
 -- Inserts optimistically and fails, rather than quietly inserting nothing,
 -- on anything that must not be written: an unknown conversation through
--- the foreign key (23503), a duplicate through the jobs' unique key
--- (23505).  That lets the auditor path commit without looking at the rows
+-- the foreign key (23503), a duplicate through the messages' key
+-- (conversation_id, template_id, bulk_envelope_id; 23505, migration
+-- 20260701000000), which deleting finished jobs never re-opens.  That lets the auditor path commit without looking at the rows
 -- first, and saves a probe on every call.
 WITH msg AS (
-  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata)
+  INSERT INTO @S.cairnloop_messages (conversation_id, content, role, metadata, template_id,
+         bulk_envelope_id)
   VALUES ($1::bigint, $3, 'system_outbound', jsonb_build_object('template_id', $2::text,
-          'status', 'pending', 'bulk_envelope_id', $4::uuid))
+          'status', 'pending', 'bulk_envelope_id', $4::uuid), $2, $4::uuid)
   RETURNING id
 ), job AS (
   INSERT INTO @S.cairnloop_delivery_jobs (message_id, conversation_id, template_id,

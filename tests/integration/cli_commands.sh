@@ -13,10 +13,14 @@ bulk_tpl="recovery_$$_$RANDOM"
 # --- migrate
 cl migrate
 exits 0 "migrate succeeds"
-is "$out" "schema cairnloop is up to date" "migrate says which schema is up to date"
+like "$out" "^(applied [0-9a-z_]+"$'\n'")*schema cairnloop(: [0-9]+ migrations? applied| is up to date)$" \
+  "migrate names each migration it applied, or says the schema is up to date"
+cl migrate
+is "$out" "schema cairnloop is up to date" "migrate again says which schema is up to date"
 cl migrate --json
 exits 0 "migrate again is a no-op"
 is "$(jget 'r.migrated and r.schema')" "cairnloop" "migrate --json: {migrated, schema}"
+is "$(jget '#r.applied')" "0" "migrate --json lists what it applied: nothing"
 
 seed_conversations 1 40
 big=9007199254740993 # 2^53 + 1: a double would round it
@@ -99,11 +103,11 @@ exits 3 "CAIRNLOOP_MAX_BATCH_SIZE=2 refuses 3 recipients"
 cl envelopes --template "$bulk_tpl"
 exits 0 "envelopes succeeds"
 header=$(head -n 1 <<<"$out")
-like "$header" "^ID +STATUS +COUNT +CAP +TEMPLATE +REQUESTED_AT +REQUESTED_BY +REFUSED_REASON$" \
-  "envelopes prints a table header"
-like "$out" "refused_cap_exceeded +3 +2 +$bulk_tpl .* batch_size 3 exceeds cap 2" \
-  "the refused lane is listed with its reason"
-like "$out" "$eid +submitted +2 +25 +$bulk_tpl" "the submitted lane is listed"
+like "$header" "^ID +STATUS +COUNT +PENDING +SENT +FAILED +CANCELLED +CAP +TEMPLATE +REQUESTED_AT +REQUESTED_BY +REFUSED_REASON$" \
+  "envelopes prints a table header, delivery progress after the count"
+like "$out" "refused_cap_exceeded +3 +0 +0 +0 +0 +2 +$bulk_tpl .* batch_size 3 exceeds cap 2" \
+  "the refused lane is listed with its reason (and no messages)"
+like "$out" "$eid +submitted +2 +2 +0 +0 +0 +25 +$bulk_tpl" "the submitted lane is listed, its messages pending"
 # Columns line up: STATUS starts at the same offset on every line.
 offsets=$(awk '{ print index($0, $2) }' <<<"$out" | sort -u | wc -l)
 is "$offsets" "1" "the columns are aligned"

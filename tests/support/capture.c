@@ -21,6 +21,7 @@ const char *const ct_all_events[] = {
     "cairnloop.outbound.delivery.sent",
     "cairnloop.outbound.delivery.failed",
     "cairnloop.outbound.delivery.no_op",
+    "cairnloop.outbound.delivery.cancelled",
     "cairnloop.outbound.trace.trigger_started",
     "cairnloop.outbound.trace.trigger_completed",
     "cairnloop.outbound.trace.trigger_failed",

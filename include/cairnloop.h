@@ -699,8 +699,8 @@ CL_API int cl_async_fd(const cl_async *a);
  * thread, in submission order, and clears the descriptor's readiness.
  * Never blocks (it only takes a lock the engine thread holds for a few
  * instructions).  Operations completing meanwhile wait for the next call.
- * Returns how many callbacks ran: 0 when none was ready, for NULL, and
- * from inside a callback.
+ * Returns how many callbacks ran: 0 when none was ready, for NULL, from
+ * inside a callback and on the engine thread (from a hook).
  */
 CL_API int cl_async_poll(cl_async *a);
 
@@ -726,8 +726,9 @@ typedef enum cl_async_close_mode {
  * returns.  Submissions made meanwhile (from those callbacks, from other
  * threads) are refused with "async: engine is closing"; a thread that may
  * race with close must have made its last submission before close returns
- * (the host joins it).  Called from a completion callback,
- * close does nothing: close after cl_async_poll() returns.  NULL is a no-op.
+ * (the host joins it).  Called from a completion callback or on the
+ * engine thread (from a hook), close does nothing: close after
+ * cl_async_poll() returns, from the host's thread.  NULL is a no-op.
  */
 CL_API void cl_async_close(cl_async *a, cl_async_close_mode mode);
 

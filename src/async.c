@@ -443,9 +443,14 @@ fail_fd:
   return st;
 }
 
+/* True on the engine thread (a hook, cl_async_call's function): a->thread
+ * was stored before any operation was queued, under the mutex. */
+static bool on_engine_thread(const cl_async *a) { return pthread_equal(pthread_self(), a->thread); }
+
 void cl_async_close(cl_async *a, cl_async_close_mode mode) {
-  /* From a callback, deliver() is still walking its list: refuse. */
-  if (!a || a->in_callbacks) return;
+  /* From a callback, deliver() is still walking its list; from the engine
+   * thread, close would wait for itself: refuse both. */
+  if (!a || on_engine_thread(a) || a->in_callbacks) return;
   pthread_mutex_lock(&a->mu);
   a->closing = true;
   a->drain = mode == CL_ASYNC_DRAIN;
@@ -481,7 +486,8 @@ void cl_async_close(cl_async *a, cl_async_close_mode mode) {
 int cl_async_fd(const cl_async *a) { return a ? a->fd : -1; }
 
 int cl_async_poll(cl_async *a) {
-  if (!a || a->in_callbacks) return 0;
+  /* Callbacks run on the host's thread only, and never nested. */
+  if (!a || on_engine_thread(a) || a->in_callbacks) return 0;
   pthread_mutex_lock(&a->mu);
   op *list = a->done_head;
   if (list) {

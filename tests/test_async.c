@@ -567,6 +567,58 @@ static void test_async__callbacks_may_submit_but_not_poll_or_close(void **state)
   ct_assert_counts(S, 0, 2, 2);
 }
 
+/* A function on the engine thread (as a hook would) tries to poll and close. */
+typedef struct inside {
+  rec r;
+  cl_async *a;
+  int poll_result;
+  cl_status submit_st;
+  rec later;
+} inside;
+
+static cl_status poll_and_close_inside(void *ud, cl_engine *eng, cl_error *err) {
+  inside *in = ud;
+  in->poll_result = cl_async_poll(in->a);
+  cl_async_close(in->a, CL_ASYNC_CANCEL); /* ignored: it would wait for itself */
+  cl_error e;
+  in->submit_st = submit_trigger(in->a, 3, "from_engine", &in->later, &e); /* queued after */
+  return CL_OK;
+}
+
+static void on_inside_done(void *ud, cl_status st, const cl_error *err) {
+  inside *in = ud;
+  note(&in->r, st, err);
+}
+
+static void test_async__the_engine_thread_cannot_poll_or_close(void **state) {
+  prepare(5);
+  cl_async *a = open_async(NULL);
+  tally t;
+  tally_init(&t);
+  inside in = {.a = a};
+  rec unpolled;
+  recs_init(&in.r, 1, &t);
+  recs_init(&in.later, 1, &t);
+  recs_init(&unpolled, 1, &t);
+  cl_error err;
+  /* Completed, not yet polled, when the function runs: its callback must
+   * wait for the host's poll, not run on the engine thread. */
+  trigger_ok(a, 1, "unpolled", &unpolled);
+  ct_assert_ok(cl_async_call(a, poll_and_close_inside, on_inside_done, &in, &err), &err);
+  drain(a);
+  ct_assert_ok(in.r.status, &in.r.err);
+  assert_int_equal(in.poll_result, 0);
+  assert_int_equal(in.submit_st, CL_OK);
+  assert_int_equal(t.off_host, 0);
+  assert_int_equal(unpolled.calls, 1);
+  assert_true(unpolled.seq < in.r.seq);
+  assert_int_equal(in.later.calls, 1);
+  ct_assert_ok(in.later.status, &in.later.err);
+  assert_string_equal(in.later.template_id, "from_engine");
+  cl_async_close(a, CL_ASYNC_CANCEL);
+  ct_assert_counts(S, 0, 2, 2);
+}
+
 /* A callback run by close cannot queue anything new. */
 static void resubmitting_trigger(void *ud, cl_status st, const cl_error *err,
                                  cl_trigger_result *res) {
@@ -1231,6 +1283,7 @@ int main(void) {
       cmocka_unit_test(test_async__close_drain_runs_every_queued_operation_first),
       cmocka_unit_test(test_async__callbacks_may_submit_but_not_poll_or_close),
       cmocka_unit_test(test_async__callbacks_run_by_close_cannot_submit),
+      cmocka_unit_test(test_async__the_engine_thread_cannot_poll_or_close),
       cmocka_unit_test(test_async__fd_becomes_readable_when_a_completion_is_ready),
       cmocka_unit_test(test_async__reads_work_migrate_and_call_complete_with_their_results),
       cmocka_unit_test(test_async__a_callback_may_take_its_result),

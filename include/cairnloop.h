@@ -565,8 +565,9 @@ CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **e
  *     their release functions, at close), the setup function itself and the
  *     function given to cl_async_call();
  *   - the thread that calls cl_async_poll() or cl_async_close() runs every
- *     completion callback, and nothing else runs there.  A host's own state
- *     (its Lua state, its game objects) is thus touched from its thread only.
+ *     completion callback, and never a hook or a sink of the engine.  A
+ *     host's own state (its Lua state, its game objects) is thus touched
+ *     from its thread only.
  * The engine thread blocks every signal, so signals reach the host's threads.
  *
  * Submissions may come from any thread.  cl_async_poll() and

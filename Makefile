@@ -29,17 +29,23 @@ LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
         -Wno-unused-parameter
-ifneq ($(SANITIZE),)
+# SANITIZE=1: AddressSanitizer + UBSan; SANITIZE=thread: ThreadSanitizer
+# (tests/integration/async_tsan.sh builds build/tsan with it).
+ifeq ($(SANITIZE),thread)
+  OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+  SAN_LDFLAGS := -fsanitize=thread
+else ifneq ($(SANITIZE),)
   OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
   SAN_LDFLAGS := -fsanitize=address,undefined
 endif
 # -MMD: each object records the headers it included (build/**/*.d, read
 # below), so an edited header rebuilds exactly what uses it.
-CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fPIC -fvisibility=hidden -MMD -MP
+# -pthread: the asynchronous engine (src/async.c) runs a thread of its own.
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -pthread $(OPT) $(WARN) -fPIC -fvisibility=hidden -MMD -MP
 CFLAGS_ALL := $(CFLAGS_BASE) -Iinclude -Isrc -I$(BUILD)/gen $(PKG_CFLAGS) $(CFLAGS)
 # The command is a host like any other: it sees only the public header.
 CLI_CFLAGS := $(CFLAGS_BASE) -Iinclude $(shell pkg-config --cflags lua5.4 jansson 2>/dev/null) $(CFLAGS)
-LDFLAGS_ALL := $(SAN_LDFLAGS) $(LDFLAGS)
+LDFLAGS_ALL := $(SAN_LDFLAGS) -pthread $(LDFLAGS)
 
 # The engine library: everything in src/ but the host Lua module.
 LIB_SRCS := $(filter-out src/lua_module.c,$(wildcard src/*.c))

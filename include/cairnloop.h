@@ -744,6 +744,201 @@ CL_API cl_status cl_migrate_report(cl_engine *eng, cl_migration_list *applied, c
 CL_API cl_status cl_migrations(cl_engine *eng, cl_migration_list *out, cl_error *err);
 CL_API void cl_migration_list_clear(cl_migration_list *list);
 
+/* ------------------------------------------------------------------ */
+/* Asynchronous engine (hosts that never block)                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * An asynchronous engine runs one cl_engine on a background thread of its
+ * own, so that a host whose thread must never wait for the database (a
+ * 60 Hz game loop, a libuv server) submits operations and receives their
+ * outcomes later, on its own thread:
+ *
+ *   1. cl_async_open() starts the engine thread, which opens the engine,
+ *      loads the policy files and runs the setup function;
+ *   2. the host submits operations (cl_async_trigger, ...); each copies its
+ *      inputs and returns at once, and the engine thread runs them one at a
+ *      time, in submission order, through the blocking calls above;
+ *   3. cl_async_fd() becomes readable when outcomes are ready; the host
+ *      watches it in its loop (poll, epoll, uv_poll_t) or simply calls
+ *      cl_async_poll() once per tick, which runs the ready callbacks on the
+ *      calling thread and never blocks.
+ *
+ * Which thread runs what:
+ *   - the engine thread runs everything the engine calls: the log sink of
+ *     cl_config, the policy scripts and every hook they register, the C
+ *     hooks and telemetry handlers installed by the setup function (and
+ *     their release functions, at close), the setup function itself and the
+ *     function given to cl_async_call();
+ *   - the thread that calls cl_async_poll() or cl_async_close() runs every
+ *     completion callback, and never a hook or a sink of the engine.  A
+ *     host's own state (its Lua state, its game objects) is thus touched
+ *     from its thread only.
+ * The engine thread blocks every signal, so signals reach the host's threads.
+ *
+ * Submissions may come from any thread.  cl_async_poll() and
+ * cl_async_close() belong to one thread, the host's, and are never called
+ * concurrently.  After a database restart the engine reconnects by itself
+ * on the next operation; the operations that met the lost connection
+ * complete with CL_DB_ERROR, like the blocking calls they are.
+ */
+typedef struct cl_async cl_async;
+
+/* Operations in flight when cl_async_options.queue_capacity is 0. */
+#define CL_ASYNC_DEFAULT_QUEUE_CAPACITY 1024
+
+/* The signature of the functions that run on the engine thread with the
+ * engine (the setup function, cl_async_call).  They may call any function
+ * of the blocking API on `eng`, never cl_close(). */
+typedef cl_status (*cl_async_engine_fn)(void *ud, cl_engine *eng, cl_error *err);
+
+typedef struct cl_async_options {
+  /* Operations in flight at once: submitted, and whose callback has not run
+   * yet (queued, running, or completed but not yet polled), so a host that
+   * stops polling also stops queueing.  0: CL_ASYNC_DEFAULT_QUEUE_CAPACITY. */
+  size_t queue_capacity;
+  /* Lua policy files loaded on the engine thread, in order, before any
+   * operation (as cl_load_policy). */
+  const char *const *policies;
+  size_t policy_count;
+  /* Runs once on the engine thread after the policies are loaded and
+   * before any operation: where a host installs C hooks and telemetry
+   * handlers (cl_set_auditor, cl_set_notifier, cl_attach, ...), which then
+   * run on the engine thread.  May be NULL. */
+  cl_async_engine_fn setup;
+  void *setup_ud;
+} cl_async_options;
+
+/* Fills `opts` with the defaults (all zero/NULL). */
+CL_API void cl_async_options_init(cl_async_options *opts);
+
+/*
+ * Starts an asynchronous engine.  Blocks until its thread has opened the
+ * engine with `cfg` (as cl_open; may be NULL), loaded opts->policies and
+ * run opts->setup (a connection: call it at start-up, not in a tick), so
+ * that the outcome is reported here.  `cfg`, `opts` (may be NULL) and what
+ * they point to are borrowed for the call, except the log sink, which the
+ * engine keeps and calls on its thread.  On CL_OK *out owns the engine
+ * until cl_async_close(); otherwise *out is NULL and nothing is left
+ * running.  Returns CL_OK; CL_INVALID_ARGUMENT (a bad option or
+ * configuration, an unreadable policy); CL_HOOK_ERROR (a policy raised
+ * while loading); the setup function's own status; CL_DB_ERROR (no
+ * connection, no thread, no file descriptor, out of memory).
+ */
+CL_API cl_status cl_async_open(cl_async **out, const cl_config *cfg,
+                               const cl_async_options *opts, cl_error *err);
+
+/*
+ * Completion callbacks.  Each runs once per accepted submission, on the
+ * thread that calls cl_async_poll() (or cl_async_close()), with the `ud`
+ * given at submission.  `status` and `err` are the operation's outcome as
+ * its blocking call returned them (err->code == status).  The result is
+ * valid during the callback only: it is cleared when the callback returns.
+ * A callback that wants to keep it takes it: it copies the struct and
+ * zeroes the original (`mine = *res; memset(res, 0, sizeof *res);`), then
+ * releases its copy with the matching cl_*_clear().  For rows, it takes
+ * *rows and sets *rows to NULL, then releases them with cl_rows_free().
+ * A callback may submit further operations; it may not call
+ * cl_async_poll() (which then returns 0) or cl_async_close() (ignored).
+ */
+typedef void (*cl_async_done_cb)(void *ud, cl_status status, const cl_error *err);
+typedef void (*cl_async_trigger_cb)(void *ud, cl_status status, const cl_error *err,
+                                    cl_trigger_result *res);
+typedef void (*cl_async_bulk_cb)(void *ud, cl_status status, const cl_error *err,
+                                 cl_bulk_result *res);
+typedef void (*cl_async_work_cb)(void *ud, cl_status status, const cl_error *err,
+                                 const cl_work_stats *stats);
+typedef void (*cl_async_envelopes_cb)(void *ud, cl_status status, const cl_error *err,
+                                      cl_envelope_list *list);
+typedef void (*cl_async_rows_cb)(void *ud, cl_status status, const cl_error *err,
+                                 cl_rows **rows);
+
+/*
+ * Submitting.  Each call copies its inputs (strings, id arrays, options),
+ * so the caller's buffers are free when it returns, and queues the
+ * operation; the engine thread later runs the blocking call of the same
+ * name, which validates the inputs as usual (an invalid argument is then
+ * an outcome like any other).  `cb` may be NULL: the outcome is dropped.
+ * Returns CL_OK, after which `cb` runs exactly once, later; or, with
+ * nothing queued and `cb` never called:
+ *   CL_INVALID_ARGUMENT "async: queue full: N operations in flight
+ *     (queue_capacity N)": poll to run completed ones, then submit again;
+ *   CL_INVALID_ARGUMENT "async: engine is closing" (from a callback that
+ *     cl_async_close() runs);
+ *   CL_INVALID_ARGUMENT for a NULL engine; CL_DB_ERROR when out of memory.
+ */
+CL_API cl_status cl_async_trigger(cl_async *a, int64_t conversation_id,
+                                  const cl_trigger_opts *opts, cl_async_trigger_cb cb, void *ud,
+                                  cl_error *err);
+CL_API cl_status cl_async_bulk_trigger(cl_async *a, const int64_t *conversation_ids,
+                                       size_t count, const cl_bulk_opts *opts,
+                                       cl_async_bulk_cb cb, void *ud, cl_error *err);
+CL_API cl_status cl_async_work(cl_async *a, int limit, cl_async_work_cb cb, void *ud,
+                               cl_error *err);
+CL_API cl_status cl_async_envelope_get(cl_async *a, const char *envelope_id,
+                                       cl_async_envelopes_cb cb, void *ud, cl_error *err);
+CL_API cl_status cl_async_envelopes_list(cl_async *a, const cl_envelope_query *query,
+                                         cl_async_envelopes_cb cb, void *ud, cl_error *err);
+CL_API cl_status cl_async_query(cl_async *a, const char *sql, int nparams,
+                                const char *const *params, cl_async_rows_cb cb, void *ud,
+                                cl_error *err);
+CL_API cl_status cl_async_migrate(cl_async *a, cl_async_done_cb cb, void *ud, cl_error *err);
+/*
+ * Runs `fn(ud, eng, err)` on the engine thread, in turn with the other
+ * operations, then `cb(ud, status, err)` on the host's: for any blocking
+ * call without an asynchronous twin (cl_work_batch, cl_set_max_batch_size,
+ * cl_attach, ...).  Nothing is copied: what `ud` points to belongs to `fn`
+ * until `cb` runs.  If the operation is cancelled, `fn` never runs.
+ */
+CL_API cl_status cl_async_call(cl_async *a, cl_async_engine_fn fn, cl_async_done_cb cb,
+                               void *ud, cl_error *err);
+
+/*
+ * The completion descriptor: an eventfd (non-blocking, close-on-exec),
+ * readable while completed operations wait for cl_async_poll().  Owned by
+ * the engine (never read or close it); valid until cl_async_close().
+ * -1 for NULL.
+ */
+CL_API int cl_async_fd(const cl_async *a);
+
+/*
+ * Runs the callbacks of the operations completed so far, on the calling
+ * thread, in submission order, and clears the descriptor's readiness.
+ * Never blocks (it only takes a lock the engine thread holds for a few
+ * instructions).  Operations completing meanwhile wait for the next call.
+ * Returns how many callbacks ran: 0 when none was ready, for NULL, from
+ * inside a callback and on the engine thread (from a hook).
+ */
+CL_API int cl_async_poll(cl_async *a);
+
+/* Operations in flight: submitted, and whose callback has not run yet. */
+CL_API size_t cl_async_pending(cl_async *a);
+
+typedef enum cl_async_close_mode {
+  CL_ASYNC_CANCEL, /* operations not yet started are cancelled */
+  CL_ASYNC_DRAIN   /* every queued operation runs first */
+} cl_async_close_mode;
+
+/*
+ * Stops the engine and frees everything; blocks until then.  First the
+ * operation running (if any) finishes with its own outcome; with
+ * CL_ASYNC_DRAIN every queued operation then runs too, while with
+ * CL_ASYNC_CANCEL every operation not yet started completes with
+ * CL_DB_ERROR "async: engine closed before the operation ran" (nothing of
+ * it ran).  Then the engine is closed on its thread (hooks are released
+ * there), and every callback still due -- completed operations not yet
+ * polled, the one that was running, the cancelled ones -- runs on the
+ * calling thread, in submission order, before close returns.  So each
+ * accepted submission's callback runs exactly once, and none after close
+ * returns.  Submissions made meanwhile (from those callbacks, from other
+ * threads) are refused with "async: engine is closing"; a thread that may
+ * race with close must have made its last submission before close returns
+ * (the host joins it).  Called from a completion callback or on the
+ * engine thread (from a hook), close does nothing: close after
+ * cl_async_poll() returns, from the host's thread.  NULL is a no-op.
+ */
+CL_API void cl_async_close(cl_async *a, cl_async_close_mode mode);
+
 #ifdef __cplusplus
 }
 #endif

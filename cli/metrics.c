@@ -45,28 +45,30 @@
 /* Label values are these enums only, whatever a policy's notifier does;
  * anything else is counted as "other".  Reasons are the delivery events'
  * (queue.c) and the webhook notifier's (API.md). */
-#define OUTCOME_MAP(XX) XX(SENT, "sent") XX(FAILED, "failed") XX(NO_OP, "no_op") XX(OTHER, "other")
-#define REASON_MAP(XX)                                                                  \
-  XX(NOTIFIER_OK, "notifier_ok")                                                        \
-  XX(NOTIFIER_RETURNED_ERROR, "notifier_returned_error")                                \
-  XX(NO_NOTIFIER_CONFIGURED, "no_notifier_configured")                                  \
-  XX(HTTP_STATUS, "http_status")                                                        \
-  XX(HTTP_TIMEOUT, "http_timeout")                                                      \
-  XX(HTTP_ERROR, "http_error")                                                          \
-  XX(NOT_ALLOWED, "not_allowed")                                                        \
+#define OUTCOME_MAP(XX) \
+  XX(SENT, "sent")      \
+  XX(FAILED, "failed")  \
+  XX(NO_OP, "no_op")    \
+  XX(OTHER, "other")
+#define REASON_MAP(XX)                                   \
+  XX(NOTIFIER_OK, "notifier_ok")                         \
+  XX(NOTIFIER_RETURNED_ERROR, "notifier_returned_error") \
+  XX(NO_NOTIFIER_CONFIGURED, "no_notifier_configured")   \
+  XX(HTTP_STATUS, "http_status")                         \
+  XX(HTTP_TIMEOUT, "http_timeout")                       \
+  XX(HTTP_ERROR, "http_error")                           \
+  XX(NOT_ALLOWED, "not_allowed")                         \
   XX(OTHER, "other")
 
 enum outcome {
 #define XX(name, str) OUTCOME_##name,
   OUTCOME_MAP(XX)
 #undef XX
-  N_OUTCOMES
 };
 enum reason {
 #define XX(name, str) REASON_##name,
   REASON_MAP(XX)
 #undef XX
-  N_REASONS
 };
 static const char *const outcome_names[] = {
 #define XX(name, str) str,
@@ -78,14 +80,29 @@ static const char *const reason_names[] = {
     REASON_MAP(XX)
 #undef XX
 };
+/* The enums' sizes, from the tables (integer constant expressions). */
+#define N_OUTCOMES ((int)(sizeof outcome_names / sizeof outcome_names[0]))
+#define N_REASONS ((int)(sizeof reason_names / sizeof reason_names[0]))
 
 /* Upper bounds of the duration buckets, in seconds, as text and as
  * numbers: a notifier that answers in under a millisecond up to a slow
  * webhook near its timeout.  +Inf is the last bucket. */
-#define BUCKET_MAP(XX)                                                                  \
-  XX("0.0005", 0.0005) XX("0.001", 0.001) XX("0.0025", 0.0025) XX("0.005", 0.005)       \
-  XX("0.01", 0.01) XX("0.025", 0.025) XX("0.05", 0.05) XX("0.1", 0.1) XX("0.25", 0.25)  \
-  XX("0.5", 0.5) XX("1", 1.0) XX("2.5", 2.5) XX("5", 5.0) XX("10", 10.0) XX("30", 30.0)
+#define BUCKET_MAP(XX) \
+  XX("0.0005", 0.0005) \
+  XX("0.001", 0.001)   \
+  XX("0.0025", 0.0025) \
+  XX("0.005", 0.005)   \
+  XX("0.01", 0.01)     \
+  XX("0.025", 0.025)   \
+  XX("0.05", 0.05)     \
+  XX("0.1", 0.1)       \
+  XX("0.25", 0.25)     \
+  XX("0.5", 0.5)       \
+  XX("1", 1.0)         \
+  XX("2.5", 2.5)       \
+  XX("5", 5.0)         \
+  XX("10", 10.0)       \
+  XX("30", 30.0)
 static const char *const bucket_text[] = {
 #define XX(text, value) text,
     BUCKET_MAP(XX)
@@ -147,8 +164,7 @@ static void publish(cli_metrics *m, bool force) {
 
 static void observe(snapshot *s, double seconds, uint64_t n) {
   size_t i = 0;
-  while (i < N_BUCKETS && seconds > bucket_le[i])
-    i++;
+  while (i < N_BUCKETS && seconds > bucket_le[i]) i++;
   s->bucket[i] += n;
   s->duration_sum += seconds * (double)n;
   s->duration_count += n;
@@ -164,8 +180,8 @@ static int lookup(const char *const *names, int n, const cl_kv *kv) {
 /* The telemetry handler of cairnloop.outbound.delivery.{sent,failed,no_op}:
  * metadata {outcome, reason}, measurements {count} and, when the engine
  * measures it, {duration} in ns (the notifier call). */
-static void on_delivery(const char *const *event, const cl_measurements *ms,
-                        const cl_metadata *md, void *config) {
+static void on_delivery(const char *const *event, const cl_measurements *ms, const cl_metadata *md,
+                        void *config) {
   cli_metrics *m = config;
   int o = lookup(outcome_names, N_OUTCOMES, cl_map_get(md, "outcome"));
   int r = lookup(reason_names, N_REASONS, cl_map_get(md, "reason"));
@@ -212,8 +228,7 @@ void cli_metrics_batch_end(cli_metrics *m, bool ok, const cl_work_stats *s,
      * (claim, notifier calls, completion) shared out evenly. */
     uint64_t untimed = m->batch_deliveries - m->batch_timed;
     if (untimed > 0)
-      observe(l, (double)(mono_ns() - m->batch_t0_ns) / 1e9 / (double)m->batch_deliveries,
-              untimed);
+      observe(l, (double)(mono_ns() - m->batch_t0_ns) / 1e9 / (double)m->batch_deliveries, untimed);
     l->batches++;
     l->claimed += (uint64_t)b->claimed;
     l->rescued += (uint64_t)b->rescued;
@@ -332,8 +347,8 @@ static void render(text *t, const snapshot *s) {
       {"cairnloop_worker_jobs_claimed_total",
        "Jobs this worker claimed, due ones and rescued expired leases.",
        offsetof(snapshot, claimed)},
-      {"cairnloop_worker_jobs_rescued_total",
-       "Claimed jobs whose previous lease had expired.", offsetof(snapshot, rescued)},
+      {"cairnloop_worker_jobs_rescued_total", "Claimed jobs whose previous lease had expired.",
+       offsetof(snapshot, rescued)},
       {"cairnloop_worker_jobs_released_total",
        "Claimed jobs handed back unstarted (stopping, or half the lease spent).",
        offsetof(snapshot, released)},
@@ -373,8 +388,8 @@ static void render(text *t, const snapshot *s) {
   put(t, "cairnloop_worker_paused %d\n", s->queue.paused ? 1 : 0);
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body,
-                             size_t len, bool owned, const char *type) {
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
+                             bool owned, const char *type) {
   struct MHD_Response *res = MHD_create_response_from_buffer(
       len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
   if (!res) {
@@ -390,18 +405,18 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char 
 
 /* libmicrohttpd's request callback, on its polling thread. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
-  static char not_found[] = "not found: the metrics are at /metrics\n";
-  static char not_allowed[] = "method not allowed: GET /metrics\n";
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
   const char *plain = "text/plain; charset=utf-8";
   cli_metrics *m = cls;
-  if (strcmp(url, "/metrics") != 0)
+  if (strcmp(url, "/metrics") != 0) {
+    static char not_found[] = "not found: the metrics are at /metrics\n";
     return reply(conn, MHD_HTTP_NOT_FOUND, not_found, strlen(not_found), false, plain);
-  if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-    return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, not_allowed, strlen(not_allowed), false,
-                 plain);
+  }
+  if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+    static char not_allowed[] = "method not allowed: GET /metrics\n";
+    return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, not_allowed, strlen(not_allowed), false, plain);
+  }
   snapshot s;
   pthread_mutex_lock(&m->lock);
   s = m->shared;
@@ -442,7 +457,7 @@ static int split(const char *hostport, char *host, size_t hostsz, char *port, si
   if (hlen == 0 || hlen >= hostsz || plen == 0 || plen > 5 || plen >= portsz) return -1;
   for (size_t i = 0; i < plen; i++)
     if (p[i] < '0' || p[i] > '9') return -1;
-  if (atoi(p) > 65535) return -1;
+  if (strtol(p, NULL, 10) > 65535) return -1;
   memcpy(host, hostport, hlen);
   host[hlen] = '\0';
   memcpy(port, p, plen + 1);
@@ -489,8 +504,8 @@ int cli_metrics_start(const char *hostport, cli_metrics **out) {
   if (gai != 0)
     return cli_fail(CL_INVALID_ARGUMENT, "--metrics %s: cannot resolve %s: %s", hostport, host,
                     gai_strerror(gai));
-  int family = AF_INET;
-  int fd = listen_on(ai, &family);
+  int af = AF_INET;
+  int fd = listen_on(ai, &af);
   int saved = errno;
   freeaddrinfo(ai);
   if (fd < 0)
@@ -511,7 +526,7 @@ int cli_metrics_start(const char *hostport, cli_metrics **out) {
   sigaddset(&block, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
-  if (family == AF_INET6) flags |= MHD_USE_IPv6;
+  if (af == AF_INET6) flags |= MHD_USE_IPv6;
   m->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m, MHD_OPTION_LISTEN_SOCKET, fd,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNECTIONS,
                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
@@ -527,6 +542,7 @@ int cli_metrics_start(const char *hostport, cli_metrics **out) {
   /* Say where it listens: with port 0 this is how a supervisor (or a
    * test) learns the port. */
   struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof sa);
   socklen_t salen = sizeof sa;
   char addr[INET6_ADDRSTRLEN] = "?";
   unsigned bound = 0;

@@ -30,8 +30,7 @@ int cli_metrics_attach(cli_metrics *m, cl_engine *eng);
 /* Around each cl_work_batch: the batch time, the in-progress flag, and on
  * success its counts (ok false: the batch failed, nothing to count). */
 void cli_metrics_batch_begin(cli_metrics *m);
-void cli_metrics_batch_end(cli_metrics *m, bool ok, const cl_work_stats *s,
-                           const cl_batch_info *b);
+void cli_metrics_batch_end(cli_metrics *m, bool ok, const cl_work_stats *s, const cl_batch_info *b);
 
 /* Refreshes the queue gauges with cl_stats, at most once every few
  * seconds whatever the call rate (`force`: now). */

@@ -26,6 +26,8 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
 LUA54_A := $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)/liblua5.4.a
 LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null)
+# The command's --metrics endpoint (cli/metrics.c) is served by libmicrohttpd.
+CLI_LIBS := $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -pthread
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
         -Wno-unused-parameter
@@ -155,7 +157,7 @@ $(SHARED_LIB): $(ENGINE_OBJ)
 # (a host Lua state of its own, on the system's Lua 5.4).
 $(CLI_BIN): $(CLI_OBJS) $(BUILD)/obj/lua_module.o $(STATIC_LIB)
 	$(CC) -o $@ $(CLI_OBJS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(LDFLAGS_ALL) $(PKG_LIBS) \
-	    $(LUA_LIBS) -lm -ldl
+	    $(LUA_LIBS) $(CLI_LIBS) -lm -ldl
 
 # The Lua modules: the host interpreter provides the lua_* symbols the
 # binding uses; only luaopen_cairnloop is exported.
@@ -188,7 +190,7 @@ build/fuzz/fuzz_args: tests/fuzz/fuzz_args.c $(CLI_SRCS) cli/cli.h $(BUILD)/obj/
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -DCLI_NO_MAIN -Iinclude -Icli \
 	    $(shell pkg-config --cflags lua5.4 jansson 2>/dev/null) -o $@ tests/fuzz/fuzz_args.c \
-	    $(CLI_SRCS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(PKG_LIBS) $(LUA_LIBS) -lm -ldl
+	    $(CLI_SRCS) $(BUILD)/obj/lua_module.o $(STATIC_LIB) $(PKG_LIBS) $(LUA_LIBS) $(CLI_LIBS) -lm -ldl
 # The OpenResty example's JSON bodies, in LuaJIT as nginx runs them (run
 # from the checkout: it loads examples/openresty/cairnloop_http.lua).
 build/fuzz/fuzz_json_body: tests/fuzz/fuzz_json_body.c

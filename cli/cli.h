@@ -49,6 +49,7 @@ enum cli_opt {
   CLI_OPT_RETENTION_COMPLETED,
   CLI_OPT_RETENTION_FAILED,
   CLI_OPT_MIGRATE_STATUS, /* migrate --status: a flag, unlike envelopes --status S */
+  CLI_OPT_METRICS,
   CLI_OPT_END
 };
 

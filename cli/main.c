@@ -61,6 +61,7 @@ static const struct option all_options[] = {
     {"retention-completed", required_argument, NULL, CLI_OPT_RETENTION_COMPLETED},
     {"retention-failed", required_argument, NULL, CLI_OPT_RETENTION_FAILED},
     {"status", no_argument, NULL, CLI_OPT_MIGRATE_STATUS},
+    {"metrics", required_argument, NULL, CLI_OPT_METRICS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -79,7 +80,7 @@ static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OP
 static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
                                    CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS,
                                    CLI_OPT_RETENTION_COMPLETED,
-                                   CLI_OPT_RETENTION_FAILED, 0};
+                                   CLI_OPT_RETENTION_FAILED, CLI_OPT_METRICS, 0};
 static const int migrate_options[] = {CLI_OPT_MIGRATE_STATUS, 0};
 static const int jobs_options[] = {CLI_OPT_STATE, CLI_OPT_ENVELOPE, CLI_OPT_TEMPLATE,
                                    CLI_OPT_LIMIT, 0};
@@ -183,7 +184,7 @@ static const cli_command commands[] = {
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
      "                      [--backoff-base-ms MS] [--retention-completed D]\n"
-     "                      [--retention-failed D]\n"
+     "                      [--retention-failed D] [--metrics HOST:PORT]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
@@ -207,6 +208,11 @@ static const cli_command commands[] = {
      "                           (a duration such as 36h or 7d, or off; default 1d)\n"
      "  --retention-failed D     the same for discarded and cancelled jobs (default\n"
      "                           7d)\n"
+     "  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics\n"
+     "                           (127.0.0.1:9100, [::1]:9100, localhost:9100; port 0\n"
+     "                           picks a free one, logged at start): deliveries by\n"
+     "                           outcome and reason, delivery durations, batches,\n"
+     "                           queue depth by state, oldest due age, paused\n"
      "\n"
      "The worker deletes finished jobs past their retention itself, a few hundred\n"
      "at a time every 30 s, never waiting on a row another session holds.\n"

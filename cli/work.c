@@ -6,9 +6,11 @@
  * due, or the 5 s fallback poll; rides out a database that goes away with
  * capped exponential backoff.  Shows progress on a terminal, periodic
  * counts otherwise, and prints the totals as its result.  Uses the public
- * API (cl_work_batch, the stoppable batch, and cl_work_wait, the idle wait).
+ * API (cl_work_batch, the stoppable batch, and cl_work_wait, the idle wait);
+ * --metrics serves what it records through metrics.c.
  */
 #include "cli.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -99,6 +101,7 @@ typedef struct worker {
   bool tty;            /* stderr is a terminal: a progress line is drawn */
   bool progress_shown; /* the progress line is on screen (no newline yet) */
   cl_work_stats total;
+  cli_metrics *metrics; /* NULL without --metrics */
   int64_t last_report_ms;
   long long last_report_jobs;
 } worker;
@@ -190,7 +193,9 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
   while (!stop_signal) {
     cl_work_stats s;
     cl_batch_info b;
+    cli_metrics_batch_begin(w->metrics);
     cl_status st = cl_work_batch(eng, limit, &stop_signal, &s, &b, &err);
+    cli_metrics_batch_end(w->metrics, st == CL_OK, &s, &b);
     if (st == CL_DB_ERROR) {
       outage(eng, &err, &delay_ms);
       continue;
@@ -207,6 +212,7 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
              "work: handed back %d claimed jobs not yet started%s", b.released,
              stop_signal ? "" : " (half their lease was spent: lower --limit or raise --lease-seconds)");
     progress(w, false);
+    cli_metrics_refresh(w->metrics, eng, false);
     /* A full batch suggests more is due: go again without asking. */
     if (b.claimed == limit) continue;
     /* Due jobs that could not be claimed are locked by someone else (a
@@ -263,6 +269,9 @@ int cli_cmd_work(cli_ctx *ctx) {
   if (rc == 0) rc = retention_flag(ctx, CLI_OPT_RETENTION_FAILED, "--retention-failed", &keep_failed);
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
+  const char *metrics_at = cli_opt(ctx, CLI_OPT_METRICS);
+  if (once && metrics_at)
+    return cli_fail(CL_INVALID_ARGUMENT, "--metrics serves a running worker, not --once");
 
   /* The redrawn line needs a terminal that understands "\033[K": not a
    * dumb one (TERM=dumb or unset), nor one whose user asked for plain
@@ -281,9 +290,19 @@ int cli_cmd_work(cli_ctx *ctx) {
   cfg.log = log_line;
   cfg.log_ud = &w;
   if (!once && (rc = setup_signals()) != 0) return rc;
+  /* Listen before connecting: a port in use fails at once. */
+  if (metrics_at && (rc = cli_metrics_start(metrics_at, &w.metrics)) != 0) return rc;
 
   cl_engine *eng;
-  if ((rc = cli_open_config(ctx, &cfg, &eng)) != 0) return rc;
+  if ((rc = cli_open_config(ctx, &cfg, &eng)) != 0) {
+    cli_metrics_stop(w.metrics);
+    return rc;
+  }
+  if ((rc = cli_metrics_attach(w.metrics, eng)) != 0) {
+    cl_close(eng);
+    cli_metrics_stop(w.metrics);
+    return rc;
+  }
 
   if (once) {
     cl_work_stats s;
@@ -295,6 +314,7 @@ int cli_cmd_work(cli_ctx *ctx) {
   }
 
   w.last_report_ms = now_ms();
+  cli_metrics_refresh(w.metrics, eng, true);
   rc = run_loop(&w, eng, (int)limit);
   if (w.progress_shown) {
     fputs("\n", stderr);
@@ -306,6 +326,7 @@ int cli_cmd_work(cli_ctx *ctx) {
     rc = print_result(&w, &w.total);
   }
   cl_close(eng);
+  cli_metrics_stop(w.metrics); /* after the engine: its handler points here */
   close(wake_pipe[0]);
   close(wake_pipe[1]);
   return rc;

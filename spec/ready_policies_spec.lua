@@ -122,12 +122,15 @@ describe("cairnloop.metrics", function()
     has('cairnloop_outbound_bulk_refused_total{outcome="refused_cap_exceeded"} 1')
     has('cairnloop_outbound_bulk_refused_recipients_total{outcome="refused_cap_exceeded"} 2')
     has('cairnloop_outbound_delivery_total{outcome="no_op",reason="no_notifier_configured"} 3')
-    has("# TYPE cairnloop_outbound_trigger_duration_seconds summary")
+    has("# TYPE cairnloop_outbound_trigger_duration_seconds histogram")
     has('cairnloop_outbound_trigger_duration_seconds_count{outcome="triggered"} 3')
-    -- Every sample line is a metric name, enum labels and a number.
+    has('cairnloop_outbound_trigger_duration_seconds_bucket{outcome="triggered",le="+Inf"} 3')
+    -- The delivery events carry no duration: counted, never timed.
+    assert.is_nil(text:find("cairnloop_outbound_delivery_duration_seconds", 1, true))
+    -- Every sample line is a metric name, enum labels (and le) and a number.
     for line in text:gmatch("[^\n]+") do
       if not line:find("^#") then
-        assert.matches('^cairnloop_[a-z_]+{?[a-z_="%,]*}? [%d%.e%-]+$', line)
+        assert.matches('^cairnloop_[a-z_]+{?[a-z_="%,%d%.%+I]*}? [%d%.e%-]+$', line)
       end
     end
     engine:close()
@@ -140,6 +143,46 @@ describe("cairnloop.metrics", function()
     assert.is_truthy(m.render():find('cairnloop_outbound_trigger_total{outcome="other"} 1', 1, true))
     m.reset()
     assert.equals("", m.render())
+  end)
+
+  it("renders durations as cumulative histograms in seconds, at full precision", function()
+    local m = require("cairnloop.metrics").new { buckets = { 0.001, 0.5 } }
+    local stop = { "cairnloop", "outbound", "triggered", "stop" }
+    m.handler(stop, { duration = 1234567891 }, { outcome = "triggered" }) -- 1.234567891 s
+    m.handler(stop, { duration = 250000 }, { outcome = "triggered" })     -- 0.00025 s
+    m.handler(stop, { duration = 1000000 }, { outcome = "triggered" })    -- 0.001 s: le is inclusive
+    local text = m.render()
+    local prefix = 'cairnloop_outbound_trigger_duration_seconds'
+    local want = table.concat({
+      "# TYPE " .. prefix .. " histogram",
+      prefix .. '_bucket{outcome="triggered",le="0.001"} 2',
+      prefix .. '_bucket{outcome="triggered",le="0.5"} 2',
+      prefix .. '_bucket{outcome="triggered",le="+Inf"} 3',
+      prefix .. '_sum{outcome="triggered"} 1.235817891',
+      prefix .. '_count{outcome="triggered"} 3',
+    }, "\n")
+    assert.is_truthy(text:find(want, 1, true), text)
+  end)
+
+  it("prints floats as the shortest decimal that reads back exactly", function()
+    local number = require("cairnloop.metrics").number
+    assert.equals("0.1", number(0.1))
+    assert.equals("1.234567891", number(1.234567891)) -- %g would print 1.23457
+    assert.equals("0.3333333333333333", number(1 / 3))
+    assert.equals("42", number(42))
+    assert.equals("+Inf", number(math.huge))
+  end)
+
+  it("times delivery events that carry a duration, by outcome", function()
+    local m = require("cairnloop.metrics").new()
+    local sent = { "cairnloop", "outbound", "delivery", "sent" }
+    m.handler(sent, { count = 1 }, { outcome = "sent", reason = "notifier_ok" })
+    assert.is_nil(m.render():find("delivery_duration", 1, true))
+    m.handler(sent, { count = 1, duration = 20000000 }, { outcome = "sent", reason = "notifier_ok" })
+    local text = m.render()
+    assert.is_truthy(text:find('cairnloop_outbound_delivery_duration_seconds_bucket{outcome="sent",le="0.025"} 1', 1, true), text)
+    assert.is_truthy(text:find('cairnloop_outbound_delivery_duration_seconds_sum{outcome="sent"} 0.02', 1, true), text)
+    assert.is_truthy(text:find('cairnloop_outbound_delivery_total{outcome="sent",reason="notifier_ok"} 2', 1, true), text)
   end)
 
   it("loads as a policy file", function()

@@ -6,6 +6,11 @@
 --   ... engine:trigger(...) ...
 --   io.write(metrics:render())
 --
+-- Durations are histograms in seconds (buckets M.BUCKETS, or opts.buckets
+-- of M.new), from the events' `duration` measurement in ns; an event that
+-- carries none is counted but not timed.  Floats print at full precision
+-- (the shortest decimal that reads back as the same number).
+--
 -- Only the bounded lane is counted, and label values are only the enum
 -- values API.md lists (anything else is counted as "other"), so the number
 -- of series stays fixed whatever the traffic: no ids, actors or templates.
@@ -40,7 +45,7 @@ local FAMILIES = {
     "Outbound trigger spans started." },
   trigger = { "cairnloop_outbound_trigger_total", "counter",
     "Outbound trigger spans finished, by outcome." },
-  trigger_duration = { "cairnloop_outbound_trigger_duration_seconds", "summary",
+  trigger_duration = { "cairnloop_outbound_trigger_duration_seconds", "histogram",
     "Duration of finished outbound trigger spans." },
   trigger_exceptions = { "cairnloop_outbound_trigger_exceptions_total", "counter",
     "Outbound trigger spans ended by an exception, by kind." },
@@ -50,7 +55,7 @@ local FAMILIES = {
     "Bulk trigger spans finished, by outcome." },
   bulk_recipients = { "cairnloop_outbound_bulk_recipients_total", "counter",
     "Recipients of finished bulk trigger spans, by outcome." },
-  bulk_duration = { "cairnloop_outbound_bulk_duration_seconds", "summary",
+  bulk_duration = { "cairnloop_outbound_bulk_duration_seconds", "histogram",
     "Duration of finished bulk trigger spans." },
   bulk_exceptions = { "cairnloop_outbound_bulk_exceptions_total", "counter",
     "Bulk trigger spans ended by an exception, by kind." },
@@ -60,6 +65,8 @@ local FAMILIES = {
     "Recipients of refused bulk triggers, by outcome." },
   delivery = { "cairnloop_outbound_delivery_total", "counter",
     "Delivery attempts, by outcome and reason." },
+  delivery_duration = { "cairnloop_outbound_delivery_duration_seconds", "histogram",
+    "Duration of delivery attempts that carry a duration measurement, by outcome." },
   delivery_cancelled = { "cairnloop_outbound_delivery_cancelled_total", "counter",
     "Deliveries cancelled by an operator before they started." },
 }
@@ -80,9 +87,12 @@ local RULES = {
   ["cairnloop.outbound.bulk.triggered"] = {
     { "bulk_refused", { "outcome" }, "one" },
     { "bulk_refused_recipients", { "outcome" }, "count" } },
-  ["cairnloop.outbound.delivery.sent"] = { { "delivery", { "outcome", "reason" }, "one" } },
-  ["cairnloop.outbound.delivery.failed"] = { { "delivery", { "outcome", "reason" }, "one" } },
-  ["cairnloop.outbound.delivery.no_op"] = { { "delivery", { "outcome", "reason" }, "one" } },
+  ["cairnloop.outbound.delivery.sent"] = {
+    { "delivery", { "outcome", "reason" }, "one" }, { "delivery_duration", { "outcome" }, "duration" } },
+  ["cairnloop.outbound.delivery.failed"] = {
+    { "delivery", { "outcome", "reason" }, "one" }, { "delivery_duration", { "outcome" }, "duration" } },
+  ["cairnloop.outbound.delivery.no_op"] = {
+    { "delivery", { "outcome", "reason" }, "one" }, { "delivery_duration", { "outcome" }, "duration" } },
   ["cairnloop.outbound.delivery.cancelled"] = { { "delivery_cancelled", { "outcome" }, "measured" } },
 }
 
@@ -132,41 +142,82 @@ local function rules_of(event)
   return rules
 end
 
--- Counts print as integers, sums as floats (no math.type: LuaJIT hosts too).
+-- Upper bounds of the duration buckets, in seconds: from a sub-millisecond
+-- transaction to a span stuck behind a lock.  +Inf is implied.
+M.BUCKETS = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
+
+-- Counts print as integers, other numbers as the shortest decimal that
+-- reads back as the same double (%.17g always would print 0.1 as
+-- 0.10000000000000001; %g keeps only 6 digits).  No math.type: LuaJIT too.
 local function number(v)
-  if v % 1 == 0 and v < 2 ^ 53 then return string.format("%d", v) end
-  return string.format("%.9g", v)
+  if v % 1 == 0 and v < 2 ^ 53 and v > -2 ^ 53 then return string.format("%d", v) end
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "+Inf" end
+  if v == -math.huge then return "-Inf" end
+  for prec = 1, 17 do
+    local s = string.format("%." .. prec .. "g", v)
+    if tonumber(s) == v then return s end
+  end
+  return string.format("%.17g", v)
 end
+M.number = number
 
 --- A new collector: { events, handler, render, reset }.
 -- `handler` is a plain function (no self) to give to attach_many.
-function M.new()
-  local series = {} -- family key -> label string -> value (counter) or {sum, count}
+-- opts.buckets: the histograms' upper bounds in seconds, ascending
+-- (default M.BUCKETS).
+function M.new(opts)
+  local buckets = opts and opts.buckets or M.BUCKETS
+  for i = 1, #buckets do
+    assert(type(buckets[i]) == "number" and (i == 1 or buckets[i] > buckets[i - 1]),
+      "metrics: buckets must be ascending numbers")
+  end
+  local nb = #buckets
+  -- The "le" label values, printed once.
+  local le = {}
+  for i = 1, nb do le[i] = number(buckets[i]) end
+  le[nb + 1] = "+Inf"
+  -- family key -> label string -> value (counter) or
+  -- { sum, count, per-bucket counts (not cumulative; nb + 1 is +Inf) }
+  local series = {}
   local c = { events = M.EVENTS }
+
+  -- One observation of `secs` in a histogram series.
+  local function observe(fam, labels, secs)
+    local s = fam[labels]
+    if not s then
+      s = { sum = 0.0, count = 0, buckets = {} }
+      for i = 1, nb + 1 do s.buckets[i] = 0 end
+      fam[labels] = s
+    end
+    local i = 1
+    while i <= nb and secs > buckets[i] do i = i + 1 end
+    s.buckets[i] = s.buckets[i] + 1
+    s.sum = s.sum + secs
+    s.count = s.count + 1
+  end
 
   function c.handler(event, measurements, metadata)
     local rules = rules_of(event)
     if not rules then return end
+    local ns = measurements.duration
     for _, rule in ipairs(rules) do
       local family, kind = rule[1], rule[3]
-      local labels = labels_of(rule[2], metadata)
-      local fam = series[family]
-      if not fam then
-        fam = {}
-        series[family] = fam
-      end
-      if kind == "duration" then
-        local s = fam[labels]
-        if not s then
-          s = { sum = 0.0, count = 0 }
-          fam[labels] = s
+      -- An untimed event adds no observation, and no empty family.
+      if kind ~= "duration" or type(ns) == "number" then
+        local labels = labels_of(rule[2], metadata)
+        local fam = series[family]
+        if not fam then
+          fam = {}
+          series[family] = fam
         end
-        s.sum = s.sum + (measurements.duration or 0) / 1e9
-        s.count = s.count + 1
-      else
-        local add = kind == "count" and (metadata.count or 0)
-          or kind == "measured" and (measurements.count or 0) or 1
-        fam[labels] = (fam[labels] or 0) + add
+        if kind == "duration" then
+          observe(fam, labels, ns / 1e9)
+        else
+          local add = kind == "count" and (metadata.count or 0)
+            or kind == "measured" and (measurements.count or 0) or 1
+          fam[labels] = (fam[labels] or 0) + add
+        end
       end
     end
   end
@@ -186,7 +237,13 @@ function M.new()
       for _, labels in ipairs(labelsets) do
         local v = series[key][labels]
         local braces = labels ~= "" and "{" .. labels .. "}" or ""
-        if kind == "summary" then
+        if kind == "histogram" then
+          local prefix = name .. "_bucket{" .. (labels ~= "" and labels .. "," or "") .. 'le="'
+          local cum = 0
+          for i = 1, nb + 1 do
+            cum = cum + v.buckets[i]
+            out[#out + 1] = prefix .. le[i] .. '"} ' .. number(cum)
+          end
           out[#out + 1] = name .. "_sum" .. braces .. " " .. number(v.sum)
           out[#out + 1] = name .. "_count" .. braces .. " " .. number(v.count)
         else

@@ -57,6 +57,8 @@ static void txcache_clear(cl__db *db);
 
 static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
+  /* A send that failed leaves the connection in an unknown state. */
+  db->lost = true;
   return cl__fail(err, CL_DB_ERROR, "%s: %s", what, msg && *msg ? msg : "unknown error");
 }
 
@@ -169,16 +171,42 @@ static cl_status check_columns(cl__stmt id, const PGresult *res, cl_error *err) 
   return CL_OK;
 }
 
+/*
+ * Reads what an idle connection has been sent since the last call.  A
+ * server that went away (an immediate restart, an administrator's
+ * pg_terminate_backend) has said so and closed the socket before the
+ * engine's next statement: noticed here, the statement goes to a fresh
+ * connection instead of failing on the dead one.  Notifications read on
+ * the way stay queued in libpq for cl__db_wait.  The goodbye and the end
+ * of the stream may arrive in separate reads, hence the few rounds.
+ */
+static void probe_idle(cl__db *db) {
+  PGconn *c = db->conn;
+  for (int round = 0; round < 4 && !db->lost; round++) {
+    struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
+    if (fd.fd < 0) {
+      db->lost = true;
+      break;
+    }
+    if (poll(&fd, 1, 0) <= 0) break;
+    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK) db->lost = true;
+  }
+}
+
 /* Reconnects a connection that went bad since the last call.  Prepared
- * statements and any transaction died with the old session. */
+ * statements and any transaction died with the old session: inside a
+ * transaction that is the caller's failure, not something to paper over
+ * with a fresh session that would run the rest outside it. */
 static cl_status ensure_conn(cl__db *db, cl_error *err) {
   if (!db->conn) return cl__fail(err, CL_DB_ERROR, "engine has no connection");
-  if (PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
+  if (!db->lost && PQstatus(db->conn) == CONNECTION_OK && !db->in_tx) probe_idle(db);
+  if (!db->lost && PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
+  if (db->in_tx) return cl__fail(err, CL_DB_ERROR, "connection lost inside a transaction");
   PQreset(db->conn);
   db->prepared = 0;
   txcache_clear(db);
-  db->in_tx = false;
   if (PQstatus(db->conn) != CONNECTION_OK) return conn_fail(db, err, "connection lost");
+  db->lost = false;
   PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
   return CL_OK;
 }
@@ -197,7 +225,13 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
   set_sqlstate(db, res);
   const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
   if (!msg) msg = PQerrorMessage(db->conn);
-  if (PQstatus(db->conn) != CONNECTION_OK) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);
+  /* Class 08 (connection exception) and 57P (the server shuts down or
+   * terminated this session): the session is gone even though libpq may
+   * not have read the end of the stream yet. */
+  if (strncmp(db->sqlstate, "08", 2) == 0 || strncmp(db->sqlstate, "57P", 3) == 0)
+    db->lost = true;
+  if (PQstatus(db->conn) != CONNECTION_OK) db->lost = true;
+  if (db->lost) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);
   return cl__fail(err, CL_DB_ERROR, "%s", msg && *msg ? msg : "server error");
 }
 
@@ -597,7 +631,7 @@ void cl__db_rollback(cl__db *db) {
   cl_error ignore;
   if (refuse_in_audit(db, "ROLLBACK", &ignore) != CL_OK) return; /* tx_close rolls back */
   db->in_tx = false;
-  if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return;
+  if (!db->conn || db->lost || PQstatus(db->conn) != CONNECTION_OK) return;
   db->round_trips++;
   PQclear(PQexec(db->conn, "ROLLBACK"));
 }
@@ -648,7 +682,7 @@ cl_status cl__db_ensure(cl__db *db, cl_error *err) {
 }
 
 int cl__db_session(const cl__db *db) {
-  return db->conn && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;
+  return db->conn && !db->lost && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;
 }
 
 cl_status cl__db_listen(cl__db *db, const char *channel, cl_error *err) {

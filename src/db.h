@@ -50,6 +50,9 @@ typedef struct cl__db {
   int ntxcache;
   uint64_t round_trips;       /* client waits for the server: one per Sync */
   char sqlstate[6];           /* of the last server error, "" if none */
+  /* The connection failed (a send, a read, or the server said it is going
+   * away): reset it before the next statement, whatever PQstatus says. */
+  bool lost;
 } cl__db;
 
 /* Connects and registers every statement of the table for `schema`

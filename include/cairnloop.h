@@ -417,8 +417,11 @@ typedef struct cl_conversation {
 } cl_conversation;
 
 /*
- * The notifier delivers one message.  `idempotency_key` ("<message id>:<attempt>")
- * is stable per attempt so an external sender can deduplicate retries.
+ * The notifier delivers one message.  `idempotency_key` is
+ * "cl-msg-<message id>" (e.g. "cl-msg-42"): the same on every attempt,
+ * after a retry and after a rescue from a dead worker, so a receiver that
+ * has seen the key can drop the repeat (it fits Standard Webhooks'
+ * webhook-id).  `attempt` is 1, 2, ... for that message's job.
  * Return CL_OK when delivered; anything else is a failed attempt and
  * err->message is recorded as its reason (the job is retried with backoff
  * until max_attempts, then discarded).  Everything passed is valid for the

@@ -413,7 +413,7 @@ describe("engine:notifier and engine:work (host)", function()
     assert.equals("hello", got[1].message.content)
     assert.equals(4, got[1].conversation.id)
     assert.equals(1, got[1].ctx.attempt)
-    assert.equals(res.message.id .. ":1", got[1].ctx.idempotency_key)
+    assert.equals("cl-msg-" .. res.message.id, got[1].ctx.idempotency_key)
   end)
 
   it("counts a notifier that returns nil, reason or raises as failed", function()

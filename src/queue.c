@@ -9,8 +9,9 @@
  * notifier, claiming and completing are one statement.  Jobs are only
  * completed after delivery, so a worker that dies loses nothing: its lease
  * expires and another claim rescues the job (at-least-once delivery; the
- * idempotency key tells the repeats apart).  Uses db.c (the statement
- * table), telemetry.c and the notifier's call point in hooks.c.
+ * idempotency key, "cl-msg-<message id>", is the same on every attempt, so
+ * a receiver drops the repeats).  Uses db.c (the statement table),
+ * telemetry.c and the notifier's call point in hooks.c.
  */
 #include "engine.h"
 #include "hooks.h"
@@ -333,8 +334,10 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
         .subject = cl_rows_value(rows, i, CL__CLAIM_SUBJECT),
         .customer_ref = cl_rows_value(rows, i, CL__CLAIM_CUSTOMER_REF),
     };
+    /* Stable per message: the same on every attempt and after a rescue,
+     * so a receiver can drop the repeats the queue produces. */
     char key[48];
-    snprintf(key, sizeof key, "%" PRId64 ":%d", msg.id, attempt);
+    snprintf(key, sizeof key, "cl-msg-%" PRId64, msg.id);
     cl_error nerr;
     cl_status ns = cl__deliver(eng, &msg, &conv, key, attempt, &nerr);
     char kind = ns == CL_OK ? 's' : 'f';

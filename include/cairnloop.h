@@ -458,6 +458,10 @@ typedef struct cl_batch_info {
   int rescued;  /* of them, jobs whose previous lease had expired */
   int released; /* claimed but handed back unstarted (stop, or half the lease spent) */
   int lost;     /* delivered, but the lease had passed to another worker */
+  /* Outcomes of an earlier batch, delivered before its connection was
+   * lost, recorded first thing in this call (their counts are in this
+   * call's stats; the failed call reported none of them). */
+  int recorded_late;
 } cl_batch_info;
 
 /*
@@ -467,6 +471,11 @@ typedef struct cl_batch_info {
  * statement, so another worker takes them at once.  The same happens, flag
  * or not, once half the lease is spent, so a slow notifier never holds jobs
  * past their lease.  `stats` and `batch` may be NULL.
+ * When the connection is lost after deliveries and stays lost while the
+ * batch is being recorded, the call returns CL_DB_ERROR (its stats count
+ * nothing) and the engine keeps the outcomes: the next cl_work or
+ * cl_work_batch records them before it claims anything, so those messages
+ * are not delivered again (cl_close makes one last try).
  * Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
  */
 CL_API cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,

@@ -36,6 +36,8 @@ struct cl_tx {
   char failure[CL_ERROR_MESSAGE_MAX];
 };
 
+struct cl__pending; /* queue.c: delivered outcomes not yet recorded */
+
 struct cl_engine {
   cl__db db;
   char schema[64];
@@ -73,6 +75,10 @@ struct cl_engine {
   /* Set while a hook runs: a hook calling back into its own engine fails
    * loudly instead of corrupting the transaction in progress. */
   bool in_hook;
+  /* Outcomes of a delivered batch whose completion failed (the connection
+   * was lost): recorded first by the next cl_work_batch, while this
+   * worker's lease still names it.  Freed by cl__queue_release(). */
+  struct cl__pending *pending;
 };
 
 /* Fills `err` (may be NULL) with `code` and a printf-formatted line; returns code. */
@@ -104,6 +110,9 @@ void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap);
 
 /* Frees the policy state (policy.c). NULL-safe. */
 void cl__policy_free(struct cl__policy *policy);
+
+/* Tries once more to record eng->pending, then frees it (queue.c; cl_close). */
+void cl__queue_release(cl_engine *eng);
 
 /* Validation helpers shared by outbound.c, envelope.c and the bindings. */
 bool cl__utf8_valid(const char *s, size_t len);

@@ -241,6 +241,16 @@ typedef struct cl_rows cl_rows;
  * cl_rows_free().  An SQL error returns CL_DB_ERROR with the server's
  * message and aborts the operation's transaction; using `tx` after its
  * call returns CL_INVALID_ARGUMENT.
+ * The statement may only read and write rows: it must start with SELECT,
+ * INSERT, UPDATE, DELETE, WITH, VALUES or TABLE (after comments and
+ * parentheses) and be a single statement.  Anything else (COMMIT, SET,
+ * DEALLOCATE, ...) is refused before it is sent: CL_HOOK_ERROR, which
+ * fails the hook (the operation rolls back whatever the hook then
+ * returns).  Before the
+ * transaction commits, the engine checks that the hook's statements left
+ * the session as they found it (no setting, role, relation or advisory
+ * lock of theirs); if not, the operation fails with CL_HOOK_ERROR "...
+ * tx:exec changed the session (<what>)" and nothing is written.
  */
 CL_API cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams,
                             const char *const *params, cl_rows **rows, cl_error *err);

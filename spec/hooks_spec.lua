@@ -127,7 +127,7 @@ describe("engine:auditor (host)", function()
   it("raises SQL errors inside the hook: hook_error when not caught", function()
     local caught
     engine:auditor { audit = function(tx)
-      local ok, err = pcall(tx.exec, tx, "SELEC 1")
+      local ok, err = pcall(tx.exec, tx, "SELECT 1 +")
       caught = not ok and err
       error(caught, 0)
     end }
@@ -141,7 +141,7 @@ describe("engine:auditor (host)", function()
 
   it("fails the operation when the script swallows an SQL error", function()
     engine:auditor { audit = function(tx)
-      pcall(tx.exec, tx, "SELEC 1")
+      pcall(tx.exec, tx, "SELECT 1 +")
       return "fine?"
     end }
     local before = H.written(schema)

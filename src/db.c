@@ -211,6 +211,9 @@ static cl_status ensure_conn(cl__db *db, cl_error *err) {
   return CL_OK;
 }
 
+/* Every wait for a result goes through here. */
+static PGresult *get_result(cl__db *db) { return PQgetResult(db->conn); }
+
 static void set_sqlstate(cl__db *db, const PGresult *res) {
   const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
   if (st) {
@@ -237,9 +240,10 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
 
 /* Reads results up to the pipeline's next Sync marker.  Bounded: a dead
  * socket yields NULLs forever. */
-static void drain_to_sync(PGconn *c) {
+static void drain_to_sync(cl__db *db) {
+  PGconn *c = db->conn;
   for (int idle = 0; idle < 64;) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) {
       if (PQstatus(c) != CONNECTION_OK) break;
       idle++;
@@ -285,7 +289,7 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   st = CL_OK;
   db->sqlstate[0] = '\0';
   for (int i = 0; i < steps; i++) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) { /* connection dropped mid-pipeline */
       st = result_fail(db, NULL, err);
       break;
@@ -301,9 +305,9 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
     if (i == steps - 1 && st == CL_OK) keep = r;
     else PQclear(r);
     /* Each command's results end with a NULL. */
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
-  drain_to_sync(c);
+  drain_to_sync(db);
   PQexitPipelineMode(c);
 
   if (prepared_now) db->prepared |= 1u << id;
@@ -339,10 +343,70 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
   return run(db, begin ? "BEGIN" : NULL, id, NULL, nparams, params, rows, err);
 }
 
-cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
-                          cl_rows **rows, cl_error *err) {
+cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
+                           cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
   if (db->pipe_open) return pipe_exec(db, sql, nparams, params, rows, err);
-  return run(db, NULL, CL__STMT__COUNT, sql, nparams, params, rows, err);
+  if (db->in_tx && !db->ro_open)
+    return cl__fail(err, CL_HOOK_ERROR, "a hook statement inside a transaction it does not own");
+  /* The first statement opens the read-only transaction in its own round
+   * trip; a failure there has closed it again (run). */
+  bool open = !db->ro_open;
+  cl_status st = run(db, open ? "BEGIN READ ONLY" : NULL, CL__STMT__COUNT, sql, nparams, params,
+                     rows, err);
+  if (open && db->in_tx) db->ro_open = true;
+  return st;
+}
+
+/* A failed session check: its own message is the list of what changed.
+ * Any other failure of the check (the hook set a statement_timeout it
+ * cannot meet, or a role that may not run it) is the hook's doing too,
+ * unless the connection went away. */
+static cl_status session_fail(cl__db *db, const PGresult *r, cl_error *err) {
+  cl_status st = result_fail(db, r, err);
+  if (db->lost) return st;
+  const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  if (!msg) msg = "?";
+  db->session_changed = true;
+  if (strcmp(db->sqlstate, "CL001") == 0)
+    return cl__fail(err, CL_HOOK_ERROR, "tx:exec changed the session (%s)", msg);
+  return cl__fail(err, CL_HOOK_ERROR, "tx:exec left a session the check cannot verify: %s", msg);
+}
+
+/* Session-level advisory locks survive a rollback: a hook's are released
+ * with the transaction it ran in. */
+static const char unlock_all_sql[] = "SELECT pg_catalog.pg_advisory_unlock_all()";
+
+cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err) {
+  bool ro = db->ro_open;
+  db->ro_open = false;
+  db->in_tx = false;
+  if (!db->conn || db->lost || PQstatus(db->conn) != CONNECTION_OK) return CL_OK; /* gone with it */
+  PGconn *c = db->conn;
+  check = check && ro;
+  if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
+  /* The check runs inside the transaction and may abort it: the ROLLBACK
+   * then goes after a Sync of its own, which leaves the block aborted. */
+  int sent = !check || (PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL, NULL, 0) &&
+                        PQpipelineSync(c));
+  if (sent && ro) sent = PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent) sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) &&
+                   PQpipelineSync(c);
+  if (!sent) {
+    PQexitPipelineMode(c);
+    return conn_fail(db, err, "cannot send");
+  }
+  db->round_trips++;
+  cl_status st = CL_OK;
+  if (check) {
+    PGresult *r = get_result(db);
+    if (r && PQresultStatus(r) != PGRES_COMMAND_OK) st = session_fail(db, r, err);
+    PQclear(r);
+    drain_to_sync(db);
+  }
+  drain_to_sync(db);
+  PQexitPipelineMode(c);
+  return st;
 }
 
 cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
@@ -352,11 +416,18 @@ cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
   if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
   st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
   if (st != CL_OK) return st;
-  st = cl__db_commit(db, err);
-  if (st != CL_OK) {
+  /* Rolled back, not committed: a read needs no commit, and a
+   * set_config() in the query then ends with it instead of staying in the
+   * session for every later call. */
+  db->in_tx = false;
+  db->round_trips++;
+  PGresult *r = PQexec(db->conn, "ROLLBACK");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    st = result_fail(db, r, err);
     cl_rows_free(*rows);
     *rows = NULL;
   }
+  PQclear(r);
   return st;
 }
 
@@ -385,7 +456,7 @@ enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
 static void pipe_collect(cl__db *db, cl__stmt id) {
   bool prepared_now = false;
   for (int i = 0; i < db->pipe_npending; i++) {
-    PGresult *r = PQgetResult(db->conn);
+    PGresult *r = get_result(db);
     if (!r) {
       if (db->pipe_status == CL_OK) {
         cl_error e;
@@ -414,7 +485,7 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
     }
     if (db->pipe_pending[i] == PIPE_KEEP && good) db->pipe_kept = r;
     else PQclear(r);
-    while ((r = PQgetResult(db->conn)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
   db->pipe_npending = 0;
 }
@@ -513,13 +584,13 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
   cl_status st = CL_OK;
   PGresult *keep = NULL, *r;
   if (slot >= 0 && !known) { /* the PREPARE's result: its error is the one to report */
-    r = PQgetResult(c);
+    r = get_result(db);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) db->txcache[slot].ready = true;
     else if (r && PQresultStatus(r) != PGRES_PIPELINE_ABORTED) st = result_fail(db, r, err);
     PQclear(r);
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
-  r = PQgetResult(c);
+  r = get_result(db);
   if (!r) {
     if (st == CL_OK) st = result_fail(db, NULL, err);
   } else {
@@ -534,7 +605,7 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
                : result_fail(db, r, err);
       PQclear(r);
     }
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
   if (st != CL_OK) return st;
   if (rows) {
@@ -549,17 +620,28 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
   return CL_OK;
 }
 
-cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err) {
+cl_status cl__db_tx_close(cl__db *db, bool commit, bool check, cl_rows **rows, cl_error *err) {
   PGconn *c = db->conn;
   cl_status st = CL_OK;
   *rows = NULL;
   db->pipe_open = false;
   db->in_tx = false;
+  db->session_changed = false;
   /* A transaction doomed on the client side (refuse_in_audit) is still good
    * on the server, where a bare Sync would commit it. */
   if (db->pipe_status != CL_OK) commit = false;
-  int sent = commit || PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
-  if (!sent || !PQpipelineSync(c)) {
+  /* Committing: the session check goes first, and its error aborts the
+   * implicit transaction so that the Sync rolls it back.  Rolling back:
+   * the hook's session-level advisory locks go after the Sync. */
+  bool unlock = check && !commit;
+  check = check && commit;
+  int sent = commit ? !check || PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL,
+                                                  NULL, 0)
+                    : PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent) sent = PQpipelineSync(c);
+  if (sent && unlock)
+    sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
+  if (!sent) {
     st = conn_fail(db, err, "cannot send");
     PQexitPipelineMode(c);
     PQclear(db->pipe_kept);
@@ -568,10 +650,17 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
   }
   db->round_trips++;
   pipe_collect(db, db->pipe_id);
+  if (check) {
+    PGresult *r = get_result(db);
+    ExecStatusType s = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (r && s != PGRES_COMMAND_OK && s != PGRES_PIPELINE_ABORTED) st = session_fail(db, r, err);
+    PQclear(r);
+    while (r && (r = get_result(db)) != NULL) PQclear(r);
+  }
   /* What is left before the Sync marker: ROLLBACK's result, or an error
    * raised while committing (a deferred constraint, say). */
   for (int idle = 0; idle < 64;) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) {
       if (PQstatus(c) != CONNECTION_OK) {
         if (st == CL_OK) st = result_fail(db, NULL, err);
@@ -586,11 +675,18 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
     PQclear(r);
     if (s == PGRES_PIPELINE_SYNC) break;
   }
+  if (unlock) drain_to_sync(db);
   PQexitPipelineMode(c);
   /* Not expected after a Sync; a safety net so nothing ever runs inside a
    * transaction left behind. */
   if (PQtransactionStatus(c) == PQTRANS_INERROR || PQtransactionStatus(c) == PQTRANS_INTRANS)
     cl__db_rollback(db);
+  /* The check failed and the transaction is gone, but a session-level
+   * advisory lock is not: one more round trip, on this failure path only. */
+  if (db->session_changed && !db->lost && PQstatus(c) == CONNECTION_OK) {
+    db->round_trips++;
+    PQclear(PQexec(c, unlock_all_sql));
+  }
 
   PGresult *kept = db->pipe_kept;
   db->pipe_kept = NULL;

@@ -33,6 +33,8 @@ struct cl_tx {
   cl_engine *eng;
   bool active;         /* true only during the auditor call */
   bool failed;         /* a statement failed: the transaction is aborted */
+  cl_status fail_code; /* CL_DB_ERROR (SQL), CL_HOOK_ERROR (refused) */
+  int sent;            /* statements sent to the server during this call */
   char failure[CL_ERROR_MESSAGE_MAX];
 };
 
@@ -75,6 +77,9 @@ struct cl_engine {
   /* Set while a hook runs: a hook calling back into its own engine fails
    * loudly instead of corrupting the transaction in progress. */
   bool in_hook;
+  /* Set while list_events runs: its tx:exec statements go to a read-only
+   * transaction that hooks.c rolls back when the call ends. */
+  bool listing;
   /* Outcomes of a delivered batch whose completion failed (the connection
    * was lost): recorded first by the next cl_work_batch, while this
    * worker's lease still names it.  Freed by cl__queue_release(). */

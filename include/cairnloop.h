@@ -244,9 +244,10 @@ typedef struct cl_rows cl_rows;
  * The statement may only read and write rows: it must start with SELECT,
  * INSERT, UPDATE, DELETE, WITH, VALUES or TABLE (after comments and
  * parentheses) and be a single statement.  Anything else (COMMIT, SET,
- * DEALLOCATE, ...) is refused before it is sent: CL_HOOK_ERROR, which
- * fails the hook (the operation rolls back whatever the hook then
- * returns).  Before the
+ * DEALLOCATE, ...) is refused before it is sent; that, and a statement
+ * still running when the hook's wall-clock budget (hook_time_limit_ms) runs
+ * out, which is cancelled, return CL_HOOK_ERROR and fail the hook (the
+ * operation rolls back whatever the hook then returns).  Before the
  * transaction commits, the engine checks that the hook's statements left
  * the session as they found it (no setting, role, relation or advisory
  * lock of theirs); if not, the operation fails with CL_HOOK_ERROR "...

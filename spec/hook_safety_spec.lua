@@ -81,7 +81,7 @@ describe("hook safety in the policy state", function()
   end)
 
   it("stops a hook past its wall-clock deadline (time spent in tx:exec)", function()
-    refuses("sleep", "^auditor%.audit: time limit exceeded %(150 ms%)$")
+    refuses("sleep", "^auditor%.audit: .*time budget %(150 ms%)$")
   end)
 
   it("fails on an SQL error, caught or not", function()

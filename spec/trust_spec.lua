@@ -1,17 +1,19 @@
 -- Issue 10 ("Trust"), reproduced as a hostile policy script would try it:
 -- tx:exec cannot end, split or escape the operation's transaction nor
--- leave session state behind (from audit or from list_events), and the
--- idempotency key is stable per message.  Each case asserts hook_error, that nothing was written, and
+-- leave session state behind (from audit or from list_events), SQL time
+-- counts against the hook's budget, and the idempotency key is stable per
+-- message.  Each case asserts hook_error, that nothing was written, and
 -- that the next call behaves as on a fresh connection.
 --
 -- Bugs: COMMIT through tx:exec stored the envelope, messages and jobs of
 -- a refused bulk; BEGIN/ROLLBACK lost them behind a success (and, from
 -- list_events, opened a transaction under the next bulk); SET ROLE,
 -- default_transaction_read_only, DEALLOCATE ALL, search_path and
--- session_replication_role outlived the operation; the key was
--- "<message id>:<attempt>".  Fixed in src/hooks.c (cl_tx_exec: keyword
--- test), src/db.c (session check before the commit, read-only list_events
--- transaction) and src/queue.c (the key).
+-- session_replication_role outlived the operation; pg_sleep(8) under a
+-- 5 s budget returned ok after 8 s; the key was "<message id>:<attempt>".
+-- Fixed in src/hooks.c (cl_tx_exec: keyword test, deadline), src/db.c
+-- (session check before the commit, read-only list_events transaction,
+-- cancelled wait) and src/queue.c (the key).
 local H = require "spec.support.helper"
 
 -- The policy: its auditor misbehaves according to the template id.
@@ -42,6 +44,7 @@ local try = {
   end,
   temp = function(tx) tx:exec("SELECT * INTO TEMP kept FROM generate_series(1, 3)"); return true end,
   lock = function(tx) tx:exec("SELECT pg_advisory_lock(4711)"); return true end,
+  sleep = function(tx) tx:exec("SELECT pg_sleep(5)"); return true end,
 }
 cl.auditor {
   audit = function(tx, action, actor, metadata)
@@ -156,6 +159,13 @@ describe("tx:exec (issue 10)", function()
     refused("cfg_replica", "changed the session %(session_replication_role%)")
     refused("temp", "changed the session %(temporary relation kept%)")
     refused("lock", "changed the session %(advisory lock%)")
+  end)
+
+  it("counts SQL time against the hook's budget", function()
+    local started = os.time()
+    refused("sleep", "time budget %(300 ms%)")
+    -- pg_sleep(5) was cancelled at 300 ms (the clock here counts seconds).
+    assert.is_true(os.time() - started <= 3)
   end)
 
   it("still runs what reads and writes rows", function()

@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 struct cl_rows {
@@ -60,6 +61,12 @@ static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   /* A send that failed leaves the connection in an unknown state. */
   db->lost = true;
   return cl__fail(err, CL_DB_ERROR, "%s: %s", what, msg && *msg ? msg : "unknown error");
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 cl_status cl__db_connect(cl__db *db, const char *conninfo, const char *schema, cl_error *err) {
@@ -211,8 +218,44 @@ static cl_status ensure_conn(cl__db *db, cl_error *err) {
   return CL_OK;
 }
 
-/* Every wait for a result goes through here. */
-static PGresult *get_result(cl__db *db) { return PQgetResult(db->conn); }
+/*
+ * PQgetResult for a hook's statement, bounded by db->deadline_ns: waits on
+ * the socket while the result is not in, and at the deadline asks the
+ * server to cancel the statement (the hook's own code cannot undo that, as
+ * it could a statement_timeout).  If even the cancellation does not come
+ * back within a grace period, the connection is shut down: the server
+ * rolls back what it was doing, and the next call reconnects.  Without a
+ * deadline this is PQgetResult.
+ */
+#define CANCEL_GRACE_NS (2000LL * 1000000) /* a live server answers in milliseconds */
+
+static PGresult *get_result(cl__db *db) {
+  PGconn *c = db->conn;
+  while (db->deadline_ns && PQisBusy(c)) {
+    int64_t left = db->deadline_ns - mono_ns();
+    if (left <= 0) {
+      if (db->timed_out) {
+        shutdown(PQsocket(c), SHUT_RDWR);
+        db->lost = true;
+        break;
+      }
+      char why[256];
+      PGcancel *cancel = PQgetCancel(c);
+      if (!cancel || !PQcancel(cancel, why, sizeof why)) db->lost = true;
+      PQfreeCancel(cancel);
+      db->timed_out = true;
+      db->deadline_ns = mono_ns() + CANCEL_GRACE_NS;
+      continue;
+    }
+    struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
+    if (fd.fd < 0) break;
+    int64_t ms = left / 1000000 + 1;
+    int r = poll(&fd, 1, ms > 60000 ? 60000 : (int)ms); /* a far deadline: wake now and then */
+    if (r < 0 && errno != EINTR) break;
+    if (r > 0 && !PQconsumeInput(c)) break;
+  }
+  return PQgetResult(c);
+}
 
 static void set_sqlstate(cl__db *db, const PGresult *res) {
   const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -346,6 +389,7 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
 cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
   if (rows) *rows = NULL;
+  db->timed_out = false;
   if (db->pipe_open) return pipe_exec(db, sql, nparams, params, rows, err);
   if (db->in_tx && !db->ro_open)
     return cl__fail(err, CL_HOOK_ERROR, "a hook statement inside a transaction it does not own");
@@ -381,6 +425,7 @@ cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err) {
   bool ro = db->ro_open;
   db->ro_open = false;
   db->in_tx = false;
+  db->timed_out = false;
   if (!db->conn || db->lost || PQstatus(db->conn) != CONNECTION_OK) return CL_OK; /* gone with it */
   PGconn *c = db->conn;
   check = check && ro;

@@ -53,6 +53,12 @@ typedef struct cl__db {
   /* The connection failed (a send, a read, or the server said it is going
    * away): reset it before the next statement, whatever PQstatus says. */
   bool lost;
+  /* A hook's statements (cl__db_hook_exec): the deadline of the hook call
+   * in progress (CLOCK_MONOTONIC ns, 0: none), set by hooks.c around each
+   * statement; timed_out once a wait ran past it and the statement was
+   * cancelled. */
+  int64_t deadline_ns;
+  bool timed_out;
   /* list_events' read-only transaction is open (cl__db_hook_end closes it). */
   bool ro_open;
   /* The last cl__db_tx_close failed its session check. */
@@ -78,8 +84,10 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
  * auditor's transaction when it is open, otherwise in a READ ONLY
  * transaction of its own that the first statement opens and
  * cl__db_hook_end rolls back (list_events).  Always through the extended
- * protocol, so a string of several statements is an error.  The caller
- * has checked the statement's keyword (sqlguard.h).
+ * protocol, so a string of several statements is an error.  The wait is
+ * bounded by db->deadline_ns: past it the statement is cancelled and
+ * db->timed_out set.  The caller has checked the statement's keyword
+ * (sqlguard.h).
  */
 cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err);

@@ -33,7 +33,7 @@ struct cl_tx {
   cl_engine *eng;
   bool active;         /* true only during the auditor call */
   bool failed;         /* a statement failed: the transaction is aborted */
-  cl_status fail_code; /* CL_DB_ERROR (SQL), CL_HOOK_ERROR (refused) */
+  cl_status fail_code; /* CL_DB_ERROR (SQL), CL_HOOK_ERROR (refused, over budget) */
   int sent;            /* statements sent to the server during this call */
   char failure[CL_ERROR_MESSAGE_MAX];
 };
@@ -77,6 +77,10 @@ struct cl_engine {
   /* Set while a hook runs: a hook calling back into its own engine fails
    * loudly instead of corrupting the transaction in progress. */
   bool in_hook;
+  /* The wall-clock deadline of the hook call in progress (CLOCK_MONOTONIC
+   * ns), set by every call point in hooks.c: the SQL a hook runs is
+   * bounded by what is left of it (hook_time_limit_ms per call). */
+  int64_t hook_deadline_ns;
   /* Set while list_events runs: its tx:exec statements go to a read-only
    * transaction that hooks.c rolls back when the call ends. */
   bool listing;

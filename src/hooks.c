@@ -5,19 +5,30 @@
  * the audited transaction with its cl_tx handle, the notifier), the
  * cl_set_* setters and cl_audit_events.  Each call point sets in_hook for
  * the duration of the call, so that the entry guard (cl__enter) refuses a
- * hook that calls back into its own engine.  cl_tx_exec is where a hook's
- * SQL is held to its bounds: the keyword test (sqlguard.c), and
- * afterwards the session check (db.c).  Uses db.c (the
+ * hook that calls back into its own engine, and the call's wall-clock
+ * deadline, which bounds the SQL the hook runs.  cl_tx_exec is where a
+ * hook's SQL is held to its bounds: the keyword test (sqlguard.c), the
+ * deadline, and afterwards the session check (db.c).  Uses db.c (the
  * auditor's transaction), sqlguard.c and nothing of the operations that
  * call it.
  */
 #include "hooks.h"
 #include "sqlguard.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Starts the wall clock of one hook call (C and Lua hooks alike: the Lua
+ * runtime keeps its own deadline for Lua code, this one bounds the SQL). */
+static void arm_deadline(cl_engine *eng) {
+  int64_t now = cl__monotonic_ns();
+  /* A limit too large to add (the C config takes any int64) is no limit. */
+  eng->hook_deadline_ns = eng->hook_time_limit_ms > (INT64_MAX - now) / 1000000
+                              ? INT64_MAX
+                              : now + eng->hook_time_limit_ms * 1000000;
+}
 
 /* ------------------------------------------------------------------ */
 /* Call points                                                          */
@@ -31,6 +42,7 @@ cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *actio
     return CL_OK;
   }
   eng->in_hook = true;
+  arm_deadline(eng);
   cl_status st = eng->resolver.resolve(eng->resolver.ud, actor, action, resolved, err);
   eng->in_hook = false;
   if (st != CL_OK && (!err || err->code != st || !err->message[0]))
@@ -61,6 +73,7 @@ static cl_status call_auditor(cl_engine *eng, const char *action, const char *ac
   tx->failed = false;
   tx->sent = 0;
   eng->in_hook = true;
+  arm_deadline(eng);
   cl_status st = eng->auditor.audit(eng->auditor.ud, tx, action, actor, &map, audit_json, err);
   eng->in_hook = false;
   tx->active = false;
@@ -94,8 +107,9 @@ static cl_status tx_fail(cl_tx *tx, cl_status code, const cl_error *err) {
 
 /*
  * The one door of a hook's SQL.  Before anything is sent: the statement's
- * keyword (rows only).  Then the statement runs in the auditor's
- * transaction (or list_events' read-only one).  What a permitted statement
+ * keyword (rows only), and what is left of the call's time.  Then the
+ * statement runs in the auditor's transaction (or list_events' read-only
+ * one) with its wait bounded by the deadline.  What a permitted statement
  * can still do to the session is caught when the hook's transaction ends
  * (cl__db_tx_close, cl__db_hook_end).
  */
@@ -118,8 +132,24 @@ cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const 
   char why[CL_ERROR_MESSAGE_MAX];
   if (!cl__sql_hook_allowed(sql, why, sizeof why))
     return tx_fail(tx, cl__fail(err, CL_HOOK_ERROR, "%s", why), err);
+  if (cl__monotonic_ns() >= eng->hook_deadline_ns)
+    return tx_fail(tx,
+                   cl__fail(err, CL_HOOK_ERROR, "the hook's time budget (%" PRId64 " ms) is spent",
+                            eng->hook_time_limit_ms),
+                   err);
   tx->sent++;
+  db->deadline_ns = eng->hook_deadline_ns;
   cl_status st = cl__db_hook_exec(db, sql, nparams, params, rows, err);
+  db->deadline_ns = 0;
+  if (db->timed_out) {
+    cl_rows_free(rows ? *rows : NULL);
+    if (rows) *rows = NULL;
+    return tx_fail(tx,
+                   cl__fail(err, CL_HOOK_ERROR,
+                            "the statement was cancelled at the hook's time budget (%" PRId64 " ms)",
+                            eng->hook_time_limit_ms),
+                   err);
+  }
   return st == CL_OK ? st : tx_fail(tx, st, err);
 }
 
@@ -157,6 +187,7 @@ cl_status cl__deliver(cl_engine *eng, const cl_message *msg, const cl_conversati
                       const char *idempotency_key, int attempt, cl_error *err) {
   cl__ok(err);
   eng->in_hook = true;
+  arm_deadline(eng);
   cl_status st = eng->notifier.deliver(eng->notifier.ud, msg, conv, idempotency_key, attempt, err);
   eng->in_hook = false;
   return st;
@@ -219,6 +250,7 @@ cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_j
   eng->tx.failed = false;
   eng->in_hook = true;
   eng->listing = true;
+  arm_deadline(eng);
   cl_status st = eng->auditor.list_events(eng->auditor.ud, opts_json ? opts_json : "{}",
                                           events_json, err);
   eng->listing = false;

@@ -1,7 +1,8 @@
 /*
  * test_trust_tx.c - what a hook's SQL (cl_tx_exec, Lua's tx:exec) may do
- * (issue 10, section 1): it stays inside the operation's transaction and
- * leaves the session as it found it.  Each case runs an auditor that
+ * (issue 10, sections 1 and 2): it stays inside the operation's
+ * transaction, leaves the session as it found it, and its time counts
+ * against the hook's wall-clock budget.  Each case runs an auditor that
  * tries, catches nothing of what the engine says and then accepts or
  * refuses; each asserts hook_error, that nothing was written, and that the
  * next call behaves as on a fresh connection (its writes stored, the
@@ -10,9 +11,10 @@
  * Bugs (found by trying): COMMIT through tx:exec committed the operation's
  * writes before the auditor refused; BEGIN or ROLLBACK lost them behind a
  * success; SET, set_config() in a SELECT, DEALLOCATE, SELECT INTO TEMP and
- * advisory locks outlived the operation.  Fixed in hooks.c (the keyword
- * test of sqlguard.c in cl_tx_exec) and db.c (the session check before the
- * commit).
+ * advisory locks outlived the operation; pg_sleep(8) under a 5 s budget
+ * returned ok after 8 s.  Fixed in hooks.c (the keyword test of sqlguard.c
+ * in cl_tx_exec, the call's deadline) and db.c (the session check before
+ * the commit, the cancelled wait).
  */
 #include "support.h"
 
@@ -247,6 +249,45 @@ static void test_trust_tx__row_statements_commit_with_the_operation(void **state
   assert_fresh_session(w->eng);
 }
 
+/* SQL time is hook time: a statement still running at the budget is
+ * cancelled there, the hook fails and nothing is written. */
+static void test_trust_tx__a_statement_past_the_time_budget_is_cancelled(void **state) {
+  (void)state;
+  cl_config cfg;
+  cl_config_init(&cfg);
+  cfg.hook_time_limit_ms = 300;
+  ct_world *w = ct_world_new(10, &cfg);
+  const char *sql[] = {"SELECT pg_sleep(5)", NULL};
+  trier t = {.sql = sql, .verdict = CL_OK};
+  install(w->eng, &t);
+  ct_counts before = ct_counts_of(S);
+  int64_t ids[] = {1, 2};
+  cl_bulk_opts opts = {.template_id = "slow", .rendered_body = "b"};
+  cl_bulk_result res;
+  cl_error err;
+  int64_t t0 = now_ms();
+  cl_status st = cl_bulk_trigger(w->eng, ids, 2, &opts, &res, &err);
+  int64_t elapsed = now_ms() - t0;
+  print_message("# bulk with pg_sleep(5) under a 300 ms budget: %lld ms\n", (long long)elapsed);
+  ct_assert_error(st, &err, CL_HOOK_ERROR, "time budget (300 ms)");
+  assert_true(elapsed >= 250);
+  assert_true(elapsed < 3000);
+  ct_assert_counts(S, before.envelopes, before.messages, before.jobs);
+  /* The budget is per call: the next call has all of it again. */
+  const char *quick[] = {"SELECT pg_sleep(0.05)", NULL};
+  t = (trier){.sql = quick, .verdict = CL_OK};
+  ct_assert_ok(cl_bulk_trigger(w->eng, ids, 2, &opts, &res, &err), &err);
+  cl_bulk_result_clear(&res);
+  /* Time the hook spent before its statement counts too: none is left. */
+  t = (trier){.sql = quick, .verdict = CL_OK, .busy_ms = 400};
+  ct_assert_error(cl_bulk_trigger(w->eng, ids, 2, &opts, &res, &err), &err, CL_HOOK_ERROR,
+                  "time budget (300 ms) is spent");
+  ct_assert_counts(S, before.envelopes + 1, before.messages + 2, before.jobs + 2);
+  uninstall(w->eng);
+  assert_fresh_session(w->eng);
+  ct_world_free(w);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, ct_world_setup, ct_world_teardown)
   const struct CMUnitTest tests[] = {
@@ -257,6 +298,7 @@ int main(void) {
       T(test_trust_tx__set_config_in_a_select_is_caught_by_the_session_check),
       T(test_trust_tx__relations_and_advisory_locks_are_caught),
       T(test_trust_tx__row_statements_commit_with_the_operation),
+      cmocka_unit_test(test_trust_tx__a_statement_past_the_time_budget_is_cancelled),
   };
 #undef T
   return cmocka_run_group_tests_name("trust_tx", tests, NULL, ct_group_teardown);

@@ -179,34 +179,17 @@ static cl_status check_columns(cl__stmt id, const PGresult *res, cl_error *err) 
 }
 
 /*
- * Reads what an idle connection has been sent since the last call.  A
- * server that went away (an immediate restart, an administrator's
- * pg_terminate_backend) has said so and closed the socket before the
- * engine's next statement: noticed here, the statement goes to a fresh
- * connection instead of failing on the dead one.  Notifications read on
- * the way stay queued in libpq for cl__db_wait.  The goodbye and the end
- * of the stream may arrive in separate reads, hence the few rounds.
+ * Reconnects a connection that went bad since the last call: the one call
+ * that met the loss has failed (db_error, nothing written), the next one
+ * reconnects.  A session the server ended is known lost from that call's
+ * error (db->lost), even while libpq has not yet read the end of the
+ * stream and still calls the connection good.  Prepared statements and
+ * any transaction died with the old session: inside a transaction that is
+ * the caller's failure, not something to paper over with a fresh session
+ * that would run the rest outside it.
  */
-static void probe_idle(cl__db *db) {
-  PGconn *c = db->conn;
-  for (int round = 0; round < 4 && !db->lost; round++) {
-    struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
-    if (fd.fd < 0) {
-      db->lost = true;
-      break;
-    }
-    if (poll(&fd, 1, 0) <= 0) break;
-    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK) db->lost = true;
-  }
-}
-
-/* Reconnects a connection that went bad since the last call.  Prepared
- * statements and any transaction died with the old session: inside a
- * transaction that is the caller's failure, not something to paper over
- * with a fresh session that would run the rest outside it. */
 static cl_status ensure_conn(cl__db *db, cl_error *err) {
   if (!db->conn) return cl__fail(err, CL_DB_ERROR, "engine has no connection");
-  if (!db->lost && PQstatus(db->conn) == CONNECTION_OK && !db->in_tx) probe_idle(db);
   if (!db->lost && PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
   if (db->in_tx) return cl__fail(err, CL_DB_ERROR, "connection lost inside a transaction");
   PQreset(db->conn);
@@ -271,10 +254,12 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
   set_sqlstate(db, res);
   const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
   if (!msg) msg = PQerrorMessage(db->conn);
-  /* Class 08 (connection exception) and 57P (the server shuts down or
-   * terminated this session): the session is gone even though libpq may
-   * not have read the end of the stream yet. */
-  if (strncmp(db->sqlstate, "08", 2) == 0 || strncmp(db->sqlstate, "57P", 3) == 0)
+  /* Class 08 (connection exception), 57P (the server shuts down or
+   * terminated this session), or no SQLSTATE at all (libpq's own error:
+   * "server closed the connection unexpectedly"): the session is gone,
+   * even while libpq, in pipeline mode, still calls the connection good. */
+  if (!db->sqlstate[0] || strncmp(db->sqlstate, "08", 2) == 0 ||
+      strncmp(db->sqlstate, "57P", 3) == 0)
     db->lost = true;
   if (PQstatus(db->conn) != CONNECTION_OK) db->lost = true;
   if (db->lost) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);

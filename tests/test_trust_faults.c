@@ -8,12 +8,13 @@
  *     recording it keeps the outcomes and records them once it reconnects,
  *     so no message reaches the notifier twice.
  *
- * Bugs: two calls in a row failed after an immediate restart (the server's
- * goodbye was read as one statement's error, the end of the stream only by
- * the next); a batch whose completion could not be recorded within the
- * retry window was delivered again after its lease.  Fixed in db.c (a
- * lost session is noticed before the next statement, idle input read
- * first) and queue.c (pending outcomes on the engine).
+ * Bugs: two calls in a row failed after an immediate restart (libpq's
+ * "server closed the connection unexpectedly" came back as one statement's
+ * error while the connection still looked good, so the next call used it
+ * again); a batch whose completion could not be recorded within the retry
+ * window was delivered again after its lease.  Fixed in db.c (the call
+ * that meets a lost session marks it, the next one reconnects) and
+ * queue.c (pending outcomes on the engine).
  */
 #include "support.h"
 

@@ -682,10 +682,12 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, bool check, cl_rows **rows, c
   pipe_collect(db, db->pipe_id);
   if (check) {
     PGresult *r = get_result(db);
-    ExecStatusType s = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (r && s != PGRES_COMMAND_OK && s != PGRES_PIPELINE_ABORTED) st = session_fail(db, r, err);
-    PQclear(r);
-    while (r && (r = get_result(db)) != NULL) PQclear(r);
+    if (r) { /* else the connection is gone: the loop below reports it */
+      ExecStatusType s = PQresultStatus(r);
+      if (s != PGRES_COMMAND_OK && s != PGRES_PIPELINE_ABORTED) st = session_fail(db, r, err);
+      PQclear(r);
+      while ((r = get_result(db)) != NULL) PQclear(r);
+    }
   }
   /* What is left before the Sync marker: ROLLBACK's result, or an error
    * raised while committing (a deferred constraint, say). */

@@ -251,6 +251,17 @@ typedef struct cl_rows cl_rows;
  * cl_rows_free().  An SQL error returns CL_DB_ERROR with the server's
  * message and aborts the operation's transaction; using `tx` after its
  * call returns CL_INVALID_ARGUMENT.
+ * The statement may only read and write rows: it must start with SELECT,
+ * INSERT, UPDATE, DELETE, WITH, VALUES or TABLE (after comments and
+ * parentheses) and be a single statement.  Anything else (COMMIT, SET,
+ * DEALLOCATE, ...) is refused before it is sent; that, and a statement
+ * still running when the hook's wall-clock budget (hook_time_limit_ms) runs
+ * out, which is cancelled, return CL_HOOK_ERROR and fail the hook (the
+ * operation rolls back whatever the hook then returns).  Before the
+ * transaction commits, the engine checks that the hook's statements left
+ * the session as they found it (no setting, role, relation or advisory
+ * lock of theirs); if not, the operation fails with CL_HOOK_ERROR "...
+ * tx:exec changed the session (<what>)" and nothing is written.
  */
 CL_API cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams,
                             const char *const *params, cl_rows **rows, cl_error *err);
@@ -429,8 +440,11 @@ typedef struct cl_conversation {
 } cl_conversation;
 
 /*
- * The notifier delivers one message.  `idempotency_key` ("<message id>:<attempt>")
- * is stable per attempt so an external sender can deduplicate retries.
+ * The notifier delivers one message.  `idempotency_key` is
+ * "cl-msg-<message id>" (e.g. "cl-msg-42"): the same on every attempt,
+ * after a retry and after a rescue from a dead worker, so a receiver that
+ * has seen the key can drop the repeat (it fits Standard Webhooks'
+ * webhook-id).  `attempt` is 1, 2, ... for that message's job.
  * Return CL_OK when delivered; anything else is a failed attempt and
  * err->message is recorded as its reason (the job is retried with backoff
  * until max_attempts, then discarded).  Everything passed is valid for the
@@ -467,6 +481,10 @@ typedef struct cl_batch_info {
   int rescued;  /* of them, jobs whose previous lease had expired */
   int released; /* claimed but handed back unstarted (stop, or half the lease spent) */
   int lost;     /* delivered, but the lease had passed to another worker */
+  /* Outcomes of an earlier batch, delivered before its connection was
+   * lost, recorded first thing in this call (their counts are in this
+   * call's stats; the failed call reported none of them). */
+  int recorded_late;
 } cl_batch_info;
 
 /*
@@ -476,6 +494,11 @@ typedef struct cl_batch_info {
  * statement, so another worker takes them at once.  The same happens, flag
  * or not, once half the lease is spent, so a slow notifier never holds jobs
  * past their lease.  `stats` and `batch` may be NULL.
+ * When the connection is lost after deliveries and stays lost while the
+ * batch is being recorded, the call returns CL_DB_ERROR (its stats count
+ * nothing) and the engine keeps the outcomes: the next cl_work or
+ * cl_work_batch records them before it claims anything, so those messages
+ * are not delivered again (cl_close makes one last try).
  * Returns CL_OK, CL_INVALID_ARGUMENT or CL_DB_ERROR.
  */
 CL_API cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,

@@ -145,7 +145,7 @@ describe("engine:auditor (host)", function()
   it("raises SQL errors inside the hook: hook_error when not caught", function()
     local caught
     engine:auditor { audit = function(tx)
-      local ok, err = pcall(tx.exec, tx, "SELEC 1")
+      local ok, err = pcall(tx.exec, tx, "SELECT 1 +")
       caught = not ok and err
       error(caught, 0)
     end }
@@ -159,7 +159,7 @@ describe("engine:auditor (host)", function()
 
   it("fails the operation when the script swallows an SQL error", function()
     engine:auditor { audit = function(tx)
-      pcall(tx.exec, tx, "SELEC 1")
+      pcall(tx.exec, tx, "SELECT 1 +")
       return "fine?"
     end }
     local before = H.written(schema)
@@ -431,7 +431,7 @@ describe("engine:notifier and engine:work (host)", function()
     assert.equals("hello", got[1].message.content)
     assert.equals(4, got[1].conversation.id)
     assert.equals(1, got[1].ctx.attempt)
-    assert.equals(res.message.id .. ":1", got[1].ctx.idempotency_key)
+    assert.equals("cl-msg-" .. res.message.id, got[1].ctx.idempotency_key)
   end)
 
   it("counts a notifier that returns nil, reason or raises as failed", function()

@@ -140,7 +140,7 @@ describe("ids on " .. C.runtime, function()
     end
     assert.equals(2, seen[4].c)
     for _, s in ipairs(seen) do
-      assert.equals(tostring(s.id) .. ":1", s.key)
+      assert.equals("cl-msg-" .. tostring(s.id), s.key)
     end
   end)
 end)

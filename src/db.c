@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 struct cl_rows {
@@ -57,7 +58,15 @@ static void txcache_clear(cl__db *db);
 
 static cl_status conn_fail(cl__db *db, cl_error *err, const char *what) {
   const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
+  /* A send that failed leaves the connection in an unknown state. */
+  db->lost = true;
   return cl__fail(err, CL_DB_ERROR, "%s: %s", what, msg && *msg ? msg : "unknown error");
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 cl_status cl__db_connect(cl__db *db, const char *conninfo, const char *schema, cl_error *err) {
@@ -169,18 +178,66 @@ static cl_status check_columns(cl__stmt id, const PGresult *res, cl_error *err) 
   return CL_OK;
 }
 
-/* Reconnects a connection that went bad since the last call.  Prepared
- * statements and any transaction died with the old session. */
+/*
+ * Reconnects a connection that went bad since the last call: the one call
+ * that met the loss has failed (db_error, nothing written), the next one
+ * reconnects.  A session the server ended is known lost from that call's
+ * error (db->lost), even while libpq has not yet read the end of the
+ * stream and still calls the connection good.  Prepared statements and
+ * any transaction died with the old session: inside a transaction that is
+ * the caller's failure, not something to paper over with a fresh session
+ * that would run the rest outside it.
+ */
 static cl_status ensure_conn(cl__db *db, cl_error *err) {
   if (!db->conn) return cl__fail(err, CL_DB_ERROR, "engine has no connection");
-  if (PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
+  if (!db->lost && PQstatus(db->conn) == CONNECTION_OK) return CL_OK;
+  if (db->in_tx) return cl__fail(err, CL_DB_ERROR, "connection lost inside a transaction");
   PQreset(db->conn);
   db->prepared = 0;
   txcache_clear(db);
-  db->in_tx = false;
   if (PQstatus(db->conn) != CONNECTION_OK) return conn_fail(db, err, "connection lost");
+  db->lost = false;
   PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
   return CL_OK;
+}
+
+/*
+ * PQgetResult for a hook's statement, bounded by db->deadline_ns: waits on
+ * the socket while the result is not in, and at the deadline asks the
+ * server to cancel the statement (the hook's own code cannot undo that, as
+ * it could a statement_timeout).  If even the cancellation does not come
+ * back within a grace period, the connection is shut down: the server
+ * rolls back what it was doing, and the next call reconnects.  Without a
+ * deadline this is PQgetResult.
+ */
+#define CANCEL_GRACE_NS (2000LL * 1000000) /* a live server answers in milliseconds */
+
+static PGresult *get_result(cl__db *db) {
+  PGconn *c = db->conn;
+  while (db->deadline_ns && PQisBusy(c)) {
+    int64_t left = db->deadline_ns - mono_ns();
+    if (left <= 0) {
+      if (db->timed_out) {
+        shutdown(PQsocket(c), SHUT_RDWR);
+        db->lost = true;
+        break;
+      }
+      char why[256];
+      PGcancel *cancel = PQgetCancel(c);
+      if (!cancel || !PQcancel(cancel, why, sizeof why)) db->lost = true;
+      PQfreeCancel(cancel);
+      db->timed_out = true;
+      db->deadline_ns = mono_ns() + CANCEL_GRACE_NS;
+      continue;
+    }
+    struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
+    if (fd.fd < 0) break;
+    int64_t ms = left / 1000000 + 1;
+    int r = poll(&fd, 1, ms > 60000 ? 60000 : (int)ms); /* a far deadline: wake now and then */
+    if (r < 0 && errno != EINTR) break;
+    if (r > 0 && !PQconsumeInput(c)) break;
+  }
+  return PQgetResult(c);
 }
 
 static void set_sqlstate(cl__db *db, const PGresult *res) {
@@ -197,15 +254,24 @@ static cl_status result_fail(cl__db *db, const PGresult *res, cl_error *err) {
   set_sqlstate(db, res);
   const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
   if (!msg) msg = PQerrorMessage(db->conn);
-  if (PQstatus(db->conn) != CONNECTION_OK) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);
+  /* Class 08 (connection exception), 57P (the server shuts down or
+   * terminated this session), or no SQLSTATE at all (libpq's own error:
+   * "server closed the connection unexpectedly"): the session is gone,
+   * even while libpq, in pipeline mode, still calls the connection good. */
+  if (!db->sqlstate[0] || strncmp(db->sqlstate, "08", 2) == 0 ||
+      strncmp(db->sqlstate, "57P", 3) == 0)
+    db->lost = true;
+  if (PQstatus(db->conn) != CONNECTION_OK) db->lost = true;
+  if (db->lost) return cl__fail(err, CL_DB_ERROR, "connection lost: %s", msg);
   return cl__fail(err, CL_DB_ERROR, "%s", msg && *msg ? msg : "server error");
 }
 
 /* Reads results up to the pipeline's next Sync marker.  Bounded: a dead
  * socket yields NULLs forever. */
-static void drain_to_sync(PGconn *c) {
+static void drain_to_sync(cl__db *db) {
+  PGconn *c = db->conn;
   for (int idle = 0; idle < 64;) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) {
       if (PQstatus(c) != CONNECTION_OK) break;
       idle++;
@@ -251,7 +317,7 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   st = CL_OK;
   db->sqlstate[0] = '\0';
   for (int i = 0; i < steps; i++) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) { /* connection dropped mid-pipeline */
       st = result_fail(db, NULL, err);
       break;
@@ -267,9 +333,9 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
     if (i == steps - 1 && st == CL_OK) keep = r;
     else PQclear(r);
     /* Each command's results end with a NULL. */
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
-  drain_to_sync(c);
+  drain_to_sync(db);
   PQexitPipelineMode(c);
 
   if (prepared_now) db->prepared |= 1u << id;
@@ -305,10 +371,72 @@ cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
   return run(db, begin ? "BEGIN" : NULL, id, NULL, nparams, params, rows, err);
 }
 
-cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
-                          cl_rows **rows, cl_error *err) {
+cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
+                           cl_rows **rows, cl_error *err) {
+  if (rows) *rows = NULL;
+  db->timed_out = false;
   if (db->pipe_open) return pipe_exec(db, sql, nparams, params, rows, err);
-  return run(db, NULL, CL__STMT__COUNT, sql, nparams, params, rows, err);
+  if (db->in_tx && !db->ro_open)
+    return cl__fail(err, CL_HOOK_ERROR, "a hook statement inside a transaction it does not own");
+  /* The first statement opens the read-only transaction in its own round
+   * trip; a failure there has closed it again (run). */
+  bool open = !db->ro_open;
+  cl_status st = run(db, open ? "BEGIN READ ONLY" : NULL, CL__STMT__COUNT, sql, nparams, params,
+                     rows, err);
+  if (open && db->in_tx) db->ro_open = true;
+  return st;
+}
+
+/* A failed session check: its own message is the list of what changed.
+ * Any other failure of the check (the hook set a statement_timeout it
+ * cannot meet, or a role that may not run it) is the hook's doing too,
+ * unless the connection went away. */
+static cl_status session_fail(cl__db *db, const PGresult *r, cl_error *err) {
+  cl_status st = result_fail(db, r, err);
+  if (db->lost) return st;
+  const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  if (!msg) msg = "?";
+  db->session_changed = true;
+  if (strcmp(db->sqlstate, "CL001") == 0)
+    return cl__fail(err, CL_HOOK_ERROR, "tx:exec changed the session (%s)", msg);
+  return cl__fail(err, CL_HOOK_ERROR, "tx:exec left a session the check cannot verify: %s", msg);
+}
+
+/* Session-level advisory locks survive a rollback: a hook's are released
+ * with the transaction it ran in. */
+static const char unlock_all_sql[] = "SELECT pg_catalog.pg_advisory_unlock_all()";
+
+cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err) {
+  bool ro = db->ro_open;
+  db->ro_open = false;
+  db->in_tx = false;
+  db->timed_out = false;
+  if (!db->conn || db->lost || PQstatus(db->conn) != CONNECTION_OK) return CL_OK; /* gone with it */
+  PGconn *c = db->conn;
+  check = check && ro;
+  if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
+  /* The check runs inside the transaction and may abort it: the ROLLBACK
+   * then goes after a Sync of its own, which leaves the block aborted. */
+  int sent = !check || (PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL, NULL, 0) &&
+                        PQpipelineSync(c));
+  if (sent && ro) sent = PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent) sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) &&
+                   PQpipelineSync(c);
+  if (!sent) {
+    PQexitPipelineMode(c);
+    return conn_fail(db, err, "cannot send");
+  }
+  db->round_trips++;
+  cl_status st = CL_OK;
+  if (check) {
+    PGresult *r = get_result(db);
+    if (r && PQresultStatus(r) != PGRES_COMMAND_OK) st = session_fail(db, r, err);
+    PQclear(r);
+    drain_to_sync(db);
+  }
+  drain_to_sync(db);
+  PQexitPipelineMode(c);
+  return st;
 }
 
 cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
@@ -318,11 +446,18 @@ cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
   if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
   st = run(db, "BEGIN READ ONLY", CL__STMT__COUNT, sql, nparams, params, rows, err);
   if (st != CL_OK) return st;
-  st = cl__db_commit(db, err);
-  if (st != CL_OK) {
+  /* Rolled back, not committed: a read needs no commit, and a
+   * set_config() in the query then ends with it instead of staying in the
+   * session for every later call. */
+  db->in_tx = false;
+  db->round_trips++;
+  PGresult *r = PQexec(db->conn, "ROLLBACK");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    st = result_fail(db, r, err);
     cl_rows_free(*rows);
     *rows = NULL;
   }
+  PQclear(r);
   return st;
 }
 
@@ -351,7 +486,7 @@ enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
 static void pipe_collect(cl__db *db, cl__stmt id) {
   bool prepared_now = false;
   for (int i = 0; i < db->pipe_npending; i++) {
-    PGresult *r = PQgetResult(db->conn);
+    PGresult *r = get_result(db);
     if (!r) {
       if (db->pipe_status == CL_OK) {
         cl_error e;
@@ -380,7 +515,7 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
     }
     if (db->pipe_pending[i] == PIPE_KEEP && good) db->pipe_kept = r;
     else PQclear(r);
-    while ((r = PQgetResult(db->conn)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
   db->pipe_npending = 0;
 }
@@ -479,13 +614,13 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
   cl_status st = CL_OK;
   PGresult *keep = NULL, *r;
   if (slot >= 0 && !known) { /* the PREPARE's result: its error is the one to report */
-    r = PQgetResult(c);
+    r = get_result(db);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) db->txcache[slot].ready = true;
     else if (r && PQresultStatus(r) != PGRES_PIPELINE_ABORTED) st = result_fail(db, r, err);
     PQclear(r);
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
-  r = PQgetResult(c);
+  r = get_result(db);
   if (!r) {
     if (st == CL_OK) st = result_fail(db, NULL, err);
   } else {
@@ -500,7 +635,7 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
                : result_fail(db, r, err);
       PQclear(r);
     }
-    while ((r = PQgetResult(c)) != NULL) PQclear(r);
+    while ((r = get_result(db)) != NULL) PQclear(r);
   }
   if (st != CL_OK) return st;
   if (rows) {
@@ -515,17 +650,28 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
   return CL_OK;
 }
 
-cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err) {
+cl_status cl__db_tx_close(cl__db *db, bool commit, bool check, cl_rows **rows, cl_error *err) {
   PGconn *c = db->conn;
   cl_status st = CL_OK;
   *rows = NULL;
   db->pipe_open = false;
   db->in_tx = false;
+  db->session_changed = false;
   /* A transaction doomed on the client side (refuse_in_audit) is still good
    * on the server, where a bare Sync would commit it. */
   if (db->pipe_status != CL_OK) commit = false;
-  int sent = commit || PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
-  if (!sent || !PQpipelineSync(c)) {
+  /* Committing: the session check goes first, and its error aborts the
+   * implicit transaction so that the Sync rolls it back.  Rolling back:
+   * the hook's session-level advisory locks go after the Sync. */
+  bool unlock = check && !commit;
+  check = check && commit;
+  int sent = commit ? !check || PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL,
+                                                  NULL, 0)
+                    : PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  if (sent) sent = PQpipelineSync(c);
+  if (sent && unlock)
+    sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
+  if (!sent) {
     st = conn_fail(db, err, "cannot send");
     PQexitPipelineMode(c);
     PQclear(db->pipe_kept);
@@ -534,10 +680,19 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
   }
   db->round_trips++;
   pipe_collect(db, db->pipe_id);
+  if (check) {
+    PGresult *r = get_result(db);
+    if (r) { /* else the connection is gone: the loop below reports it */
+      ExecStatusType s = PQresultStatus(r);
+      if (s != PGRES_COMMAND_OK && s != PGRES_PIPELINE_ABORTED) st = session_fail(db, r, err);
+      PQclear(r);
+      while ((r = get_result(db)) != NULL) PQclear(r);
+    }
+  }
   /* What is left before the Sync marker: ROLLBACK's result, or an error
    * raised while committing (a deferred constraint, say). */
   for (int idle = 0; idle < 64;) {
-    PGresult *r = PQgetResult(c);
+    PGresult *r = get_result(db);
     if (!r) {
       if (PQstatus(c) != CONNECTION_OK) {
         if (st == CL_OK) st = result_fail(db, NULL, err);
@@ -552,11 +707,18 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err
     PQclear(r);
     if (s == PGRES_PIPELINE_SYNC) break;
   }
+  if (unlock) drain_to_sync(db);
   PQexitPipelineMode(c);
   /* Not expected after a Sync; a safety net so nothing ever runs inside a
    * transaction left behind. */
   if (PQtransactionStatus(c) == PQTRANS_INERROR || PQtransactionStatus(c) == PQTRANS_INTRANS)
     cl__db_rollback(db);
+  /* The check failed and the transaction is gone, but a session-level
+   * advisory lock is not: one more round trip, on this failure path only. */
+  if (db->session_changed && !db->lost && PQstatus(c) == CONNECTION_OK) {
+    db->round_trips++;
+    PQclear(PQexec(c, unlock_all_sql));
+  }
 
   PGresult *kept = db->pipe_kept;
   db->pipe_kept = NULL;
@@ -597,7 +759,7 @@ void cl__db_rollback(cl__db *db) {
   cl_error ignore;
   if (refuse_in_audit(db, "ROLLBACK", &ignore) != CL_OK) return; /* tx_close rolls back */
   db->in_tx = false;
-  if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) return;
+  if (!db->conn || db->lost || PQstatus(db->conn) != CONNECTION_OK) return;
   db->round_trips++;
   PQclear(PQexec(db->conn, "ROLLBACK"));
 }
@@ -648,7 +810,7 @@ cl_status cl__db_ensure(cl__db *db, cl_error *err) {
 }
 
 int cl__db_session(const cl__db *db) {
-  return db->conn && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;
+  return db->conn && !db->lost && PQstatus(db->conn) == CONNECTION_OK ? PQbackendPID(db->conn) : 0;
 }
 
 cl_status cl__db_listen(cl__db *db, const char *channel, cl_error *err) {

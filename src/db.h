@@ -50,6 +50,19 @@ typedef struct cl__db {
   int ntxcache;
   uint64_t round_trips;       /* client waits for the server: one per Sync */
   char sqlstate[6];           /* of the last server error, "" if none */
+  /* The connection failed (a send, a read, or the server said it is going
+   * away): reset it before the next statement, whatever PQstatus says. */
+  bool lost;
+  /* A hook's statements (cl__db_hook_exec): the deadline of the hook call
+   * in progress (CLOCK_MONOTONIC ns, 0: none), set by hooks.c around each
+   * statement; timed_out once a wait ran past it and the statement was
+   * cancelled. */
+  int64_t deadline_ns;
+  bool timed_out;
+  /* list_events' read-only transaction is open (cl__db_hook_end closes it). */
+  bool ro_open;
+  /* The last cl__db_tx_close failed its session check. */
+  bool session_changed;
 } cl__db;
 
 /* Connects and registers every statement of the table for `schema`
@@ -66,9 +79,25 @@ void cl__db_close(cl__db *db);
  */
 cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
                       const char *const *params, cl_rows **rows, cl_error *err);
-/* Runs ad-hoc SQL with text parameters (in the open transaction, if any). */
-cl_status cl__db_exec_sql(cl__db *db, const char *sql, int nparams, const char *const *params,
-                          cl_rows **rows, cl_error *err);
+/*
+ * Runs a hook's statement (tx:exec) with text parameters: inside the
+ * auditor's transaction when it is open, otherwise in a READ ONLY
+ * transaction of its own that the first statement opens and
+ * cl__db_hook_end rolls back (list_events).  Always through the extended
+ * protocol, so a string of several statements is an error.  The wait is
+ * bounded by db->deadline_ns: past it the statement is cancelled and
+ * db->timed_out set.  The caller has checked the statement's keyword
+ * (sqlguard.h).
+ */
+cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
+                           cl_rows **rows, cl_error *err);
+/*
+ * Ends the statements of a hook run outside the auditor's transaction: with
+ * `check`, runs the session check (below) first, then rolls the read-only
+ * transaction back and releases session advisory locks, all in one round
+ * trip.  CL_HOOK_ERROR with db->session_changed when the check failed.
+ */
+cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err);
 /* Runs ad-hoc SQL in a READ ONLY transaction of its own (cl_query). */
 cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
                                 const char *const *params, cl_rows **rows, cl_error *err);
@@ -79,7 +108,7 @@ void cl__db_rollback(cl__db *db);
 
 /*
  * While the auditor's transaction (below) is open, only the auditor's own
- * statements (cl__db_exec_sql, through cl_tx_exec) may reach the server:
+ * statements (cl__db_hook_exec, through cl_tx_exec) may reach the server:
  * anything else would be sent into the middle of the pipeline, where a
  * Sync commits the operation's writes before the auditor has decided.
  * Every other function here that sends refuses with CL_HOOK_ERROR and
@@ -90,16 +119,24 @@ void cl__db_rollback(cl__db *db);
  * A transaction whose round trips the auditor decides.  cl__db_tx_open
  * sends a registered statement without waiting, opening the protocol's
  * implicit transaction; statements the auditor runs meanwhile
- * (cl__db_exec_sql) join it and wait once each; cl__db_tx_close commits
+ * (cl__db_hook_exec) join it and wait once each; cl__db_tx_close commits
  * with a Sync (or sends ROLLBACK first) and collects the rest.  An auditor
  * that runs nothing costs no round trip of its own, and no BEGIN or COMMIT
  * statement is sent at all.
  * cl__db_tx_close returns the opening statement's rows, or its error (with
  * sqlstate set, the transaction then rolled back), or COMMIT's error.
+ *
+ * `check` (the auditor ran statements): the session check
+ * (src/sql/session_check.sql) rides in front of the committing Sync and
+ * aborts the transaction when the session was changed (a setting, the
+ * role, a relation created, an advisory lock held); that is CL_HOOK_ERROR
+ * "tx:exec changed the session (...)" with db->session_changed set.  When
+ * the transaction does not commit, session advisory locks (which a
+ * rollback keeps) are released instead, in the same round trip.
  */
 cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const *params,
                          cl_error *err);
-cl_status cl__db_tx_close(cl__db *db, bool commit, cl_rows **rows, cl_error *err);
+cl_status cl__db_tx_close(cl__db *db, bool commit, bool check, cl_rows **rows, cl_error *err);
 /* True inside such a transaction once its opening statement has failed,
  * or once something was refused while it was open. */
 static inline bool cl__db_tx_doomed(const cl__db *db) {

@@ -161,6 +161,9 @@ void cl_close(cl_engine *eng) {
   if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
   if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
   eng->has_auditor = eng->has_resolver = eng->has_notifier = false;
+  /* Delivered but unrecorded outcomes: one last try, so that a worker
+   * stopping after an outage does not leave them to be delivered again. */
+  cl__queue_release(eng);
   cl__tel_free(&eng->tel);
   /* The policy state goes after the hooks and handlers that point into it. */
   cl__policy_free(eng->policy);

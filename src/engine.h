@@ -34,8 +34,12 @@ struct cl_tx {
   cl_engine *eng;
   bool active;         /* true only during the auditor call */
   bool failed;         /* a statement failed: the transaction is aborted */
+  cl_status fail_code; /* CL_DB_ERROR (SQL), CL_HOOK_ERROR (refused, over budget) */
+  int sent;            /* statements sent to the server during this call */
   char failure[CL_ERROR_MESSAGE_MAX];
 };
+
+struct cl__pending; /* queue.c: delivered outcomes not yet recorded */
 
 struct cl_engine {
   cl__db db;
@@ -76,6 +80,17 @@ struct cl_engine {
   /* Set while a hook runs: a hook calling back into its own engine fails
    * loudly instead of corrupting the transaction in progress. */
   bool in_hook;
+  /* The wall-clock deadline of the hook call in progress (CLOCK_MONOTONIC
+   * ns), set by every call point in hooks.c: the SQL a hook runs is
+   * bounded by what is left of it (hook_time_limit_ms per call). */
+  int64_t hook_deadline_ns;
+  /* Set while list_events runs: its tx:exec statements go to a read-only
+   * transaction that hooks.c rolls back when the call ends. */
+  bool listing;
+  /* Outcomes of a delivered batch whose completion failed (the connection
+   * was lost): recorded first by the next cl_work_batch, while this
+   * worker's lease still names it.  Freed by cl__queue_release(). */
+  struct cl__pending *pending;
 };
 
 /* Fills `err` (may be NULL) with `code` and a printf-formatted line; returns code. */
@@ -107,6 +122,9 @@ void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap);
 
 /* Frees the policy state (policy.c). NULL-safe. */
 void cl__policy_free(struct cl__policy *policy);
+
+/* Tries once more to record eng->pending, then frees it (queue.c; cl_close). */
+void cl__queue_release(cl_engine *eng);
 
 /* Validation helpers shared by outbound.c, envelope.c and the bindings. */
 bool cl__utf8_valid(const char *s, size_t len);

@@ -413,6 +413,11 @@ static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_b
   const char *outcome = "refused_cap_exceeded";
   cl_status st =
       cl__db_exec(&eng->db, CL__STMT_REFUSE, false, CL__NPARAMS(params), params, &rows, &dberr);
+  /* The same caller-chosen id refused (or submitted) concurrently: that
+   * envelope committed while this insert waited on the key.  Looked at
+   * again, it is the stored envelope, and nothing more is written. */
+  if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db))
+    st = cl__db_exec(&eng->db, CL__STMT_REFUSE, false, CL__NPARAMS(params), params, &rows, &dberr);
   if (st != CL_OK) {
     /* Fail closed, and loudly: the refusal stands, its record is missing. */
     outcome = "refused_cap_exceeded_audit_failed";
@@ -610,15 +615,18 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
                   KV_STR("template_id", opts->template_id)};
     st = cl__audited(eng, CL__STMT_BULK_TX, CL__NPARAMS(params), params, "bulk_outbound_trigger",
                      actor, md, NKV(md), &res->audit_json, &rows, err);
-    if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
-      /* The envelope id is taken: read the stored envelope (nothing was
-       * written) and decide replay or conflict below. */
-      cl_error why = err ? *err : (cl_error){0};
-      const char *pparams[] = {envelope_id};
-      st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, CL__NPARAMS(pparams), pparams, &rows, err);
-      if (st == CL_OK && cl_rows_count(rows) == 0)
-        st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
-    }
+  }
+  if (st == CL_DB_ERROR && cl__db_unique_violation(&eng->db)) {
+    /* The envelope id is taken: by a stored envelope (the auditor's insert
+     * is optimistic), or by a submit of the same caller-chosen id that
+     * committed while this one waited on the key (cl_bulk's look for a
+     * stored envelope cannot see a concurrent one).  Nothing was written:
+     * read the envelope that won and decide replay or conflict below. */
+    cl_error why = err ? *err : (cl_error){0};
+    const char *pparams[] = {envelope_id};
+    st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, CL__NPARAMS(pparams), pparams, &rows, err);
+    if (st == CL_OK && cl_rows_count(rows) == 0)
+      st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
   }
   if (st != CL_OK && cl__db_fk_violation(&eng->db)) st = name_missing(eng, ids_text, err);
   if (st != CL_OK) goto fail;

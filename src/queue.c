@@ -9,8 +9,12 @@
  * notifier, claiming and completing are one statement.  Jobs are only
  * completed after delivery, so a worker that dies loses nothing: its lease
  * expires and another claim rescues the job (at-least-once delivery; the
- * idempotency key tells the repeats apart).  Uses db.c (the statement
- * table), telemetry.c and the notifier's call point in hooks.c.
+ * idempotency key, "cl-msg-<message id>", is the same on every attempt, so
+ * a receiver drops the repeats).  A worker that delivered and then lost
+ * its connection keeps the outcomes and records them first thing once it
+ * reconnects, while its lease still names it: only a worker that dies
+ * causes a repeat.  Uses db.c (the statement table), telemetry.c and the
+ * notifier's call point in hooks.c.
  */
 #include "engine.h"
 #include "hooks.h"
@@ -156,11 +160,18 @@ static void emit_delivery(cl_engine *eng, char kind, const cl_message *msg) {
 
 /* The completion's parameters, built while the notifier runs: array
  * literals of all, failed and handed-back job ids, and the failures'
- * reasons as a JSON object keyed by job id. */
+ * reasons as a JSON object keyed by job id; with the counts of what the
+ * notifier did, reported when the outcomes are recorded. */
 typedef struct outcomes {
   sbuf all, failed, released, reasons;
   int n, nfailed, nreleased;
+  int sent, delivery_failed;
 } outcomes;
+
+/* A batch delivered but not recorded: eng->pending (engine.h). */
+struct cl__pending {
+  outcomes o;
+};
 
 static void id_list_add(sbuf *b, int *count, int64_t id) {
   sb_str(b, *count ? "," : "{");
@@ -200,40 +211,51 @@ static void outcomes_free(outcomes *o) {
   free(o->reasons.p);
 }
 
+/* Runs the completion of closed outcomes once; on success adds what it
+ * recorded to stats and batch. */
+static cl_status complete_once(cl_engine *eng, const outcomes *o, cl_work_stats *stats,
+                               cl_batch_info *batch, cl_error *err) {
+  char p_base[32];
+  snprintf(p_base, sizeof p_base, "%.3f", eng->backoff_base_ms / 1000.0);
+  const char *params[] = {o->all.p, o->failed.p, o->released.p, o->reasons.p, eng->worker_id, p_base};
+  cl_rows *rows = NULL;
+  cl_status st =
+      cl__db_exec(&eng->db, CL__STMT_COMPLETE, false, CL__NPARAMS(params), params, &rows, err);
+  if (st != CL_OK) return st;
+  stats->sent += o->sent;
+  stats->failed += o->delivery_failed;
+  stats->retried += (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_RETRIED));
+  stats->discarded += (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_DISCARDED));
+  int done = (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_RECORDED));
+  cl_rows_free(rows);
+  if (batch) batch->lost += o->n - done;
+  if (done < o->n)
+    cl_log(eng, CL_LOG_WARN,
+           "%d of %d delivered jobs had lost their lease to another worker: not recorded here",
+           o->n - done, o->n);
+  return CL_OK;
+}
+
 /*
  * Completes the batch.  A connection lost on the way (a restarting server)
  * is retried with a short backoff, bounded well inside the lease: the
  * deliveries happened, and recording them now spares every one of them a
  * second delivery after the lease runs out.  The statement is idempotent
- * (it only touches rows still leased for that attempt).
+ * (it only touches rows still leased to this worker).  When the server
+ * stays away longer, the outcomes stay on the engine (eng->pending) for
+ * the next call to record.
  */
 static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl_work_stats *stats,
                           cl_batch_info *batch, cl_error *err) {
   if (!outcomes_close(o)) return cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", o->n);
-  char p_base[32];
-  snprintf(p_base, sizeof p_base, "%.3f", eng->backoff_base_ms / 1000.0);
-  const char *params[] = {o->all.p, o->failed.p, o->released.p, o->reasons.p, eng->worker_id, p_base};
   int64_t window = (int64_t)eng->lease_seconds * 1000 / 2;
   if (window > 10000) window = 10000;
   int delay = 100, retries = 0;
   for (;;) {
-    cl_rows *rows = NULL;
-    cl_status st =
-        cl__db_exec(&eng->db, CL__STMT_COMPLETE, false, CL__NPARAMS(params), params, &rows, err);
+    cl_status st = complete_once(eng, o, stats, batch, err);
     if (st == CL_OK && retries)
       cl_log(eng, CL_LOG_INFO, "recorded %d delivered jobs after reconnecting", o->n);
-    if (st == CL_OK) {
-      stats->retried += (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_RETRIED));
-      stats->discarded += (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_DISCARDED));
-      int done = (int)to_i64(cl_rows_value(rows, 0, CL__COMPLETE_RECORDED));
-      cl_rows_free(rows);
-      if (batch) batch->lost += o->n - done;
-      if (done < o->n)
-        cl_log(eng, CL_LOG_WARN,
-               "%d of %d delivered jobs had lost their lease to another worker: not recorded here",
-               o->n - done, o->n);
-      return CL_OK;
-    }
+    if (st == CL_OK) return CL_OK;
     /* Only a lost connection is worth retrying; an SQL error would repeat. */
     if (cl__db_session(&eng->db) != 0) return st;
     int64_t now = cl__monotonic_ns() / 1000000;
@@ -246,6 +268,55 @@ static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl
     delay = delay * 2 > 2000 ? 2000 : delay * 2;
     retries++;
   }
+}
+
+/* Keeps outcomes that could not be recorded on the engine (taking over
+ * their buffers), for the next call; false when memory ran out. */
+static bool keep_pending(cl_engine *eng, outcomes *o) {
+  struct cl__pending *p = malloc(sizeof *p);
+  if (!p) return false;
+  p->o = *o;
+  memset(o, 0, sizeof *o);
+  eng->pending = p;
+  return true;
+}
+
+static void pending_free(cl_engine *eng) {
+  if (!eng->pending) return;
+  outcomes_free(&eng->pending->o);
+  free(eng->pending);
+  eng->pending = NULL;
+}
+
+/* Records the outcomes an earlier call could not (once; the caller's loop
+ * retries).  Their lease still names this worker unless it expired and
+ * another worker rescued the job, which complete.sql leaves alone. */
+static cl_status record_pending(cl_engine *eng, cl_work_stats *stats, cl_batch_info *batch,
+                                cl_error *err) {
+  outcomes *o = &eng->pending->o;
+  cl_status st = complete_once(eng, o, stats, batch, err);
+  if (st != CL_OK) return st;
+  cl_log(eng, CL_LOG_INFO, "recorded %d delivered jobs after reconnecting", o->n);
+  if (batch) batch->recorded_late = o->n;
+  pending_free(eng);
+  return CL_OK;
+}
+
+void cl__queue_release(cl_engine *eng) {
+  if (!eng->pending) return;
+  cl_work_stats ignore_stats;
+  cl_error ignore;
+  memset(&ignore_stats, 0, sizeof ignore_stats);
+  if (cl__db_ensure(&eng->db, &ignore) == CL_OK &&
+      complete_once(eng, &eng->pending->o, &ignore_stats, NULL, &ignore) == CL_OK) {
+    cl_log(eng, CL_LOG_INFO, "recorded %d delivered jobs before closing", eng->pending->o.n);
+  } else {
+    cl_log(eng, CL_LOG_WARN,
+           "%d delivered jobs could not be recorded before closing: they will be delivered again "
+           "once their lease expires",
+           eng->pending->o.n);
+  }
+  pending_free(eng);
 }
 
 /* The batch without a notifier: one statement, then the no_op events. */
@@ -287,11 +358,15 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
   snprintf(p_limit, sizeof p_limit, "%d", limit);
   snprintf(p_lease, sizeof p_lease, "%d", eng->lease_seconds);
   snprintf(p_max, sizeof p_max, "%d", eng->max_attempts);
+  /* Outcomes kept from a lost connection go first: until they are
+   * recorded, nothing new is claimed. */
+  cl_status st = eng->pending ? record_pending(eng, stats, batch, err) : CL_OK;
+  if (st != CL_OK) return st;
   if (!eng->has_notifier) return work_no_op(eng, p_limit, p_max, stats, batch, err);
   const char *params[] = {p_limit, eng->worker_id, p_lease, p_max};
   cl_rows *rows = NULL;
   int64_t claimed_at_ms = cl__monotonic_ns() / 1000000;
-  cl_status st =
+  st =
       cl__db_exec(&eng->db, CL__STMT_CLAIM, false, CL__NPARAMS(params), params, &rows, err);
   if (st != CL_OK) return st;
 
@@ -335,16 +410,18 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
         .subject = cl_rows_value(rows, i, CL__CLAIM_SUBJECT),
         .customer_ref = cl_rows_value(rows, i, CL__CLAIM_CUSTOMER_REF),
     };
+    /* Stable per message: the same on every attempt and after a rescue,
+     * so a receiver can drop the repeats the queue produces. */
     char key[48];
-    snprintf(key, sizeof key, "%" PRId64 ":%d", msg.id, attempt);
+    snprintf(key, sizeof key, "cl-msg-%" PRId64, msg.id);
     cl_error nerr;
     cl_status ns = cl__deliver(eng, &msg, &conv, key, attempt, &nerr);
     char kind = ns == CL_OK ? 's' : 'f';
     const char *error = NULL;
     if (kind == 's') {
-      stats->sent++;
+      o.sent++;
     } else {
-      stats->failed++;
+      o.delivery_failed++;
       error = nerr.message[0] ? nerr.message : cl_status_name(ns);
     }
     outcome_add(&o, id, kind, error);
@@ -352,7 +429,12 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
   }
   cl_rows_free(rows);
 
+  /* The counts are reported with the outcomes' recording: now, or by the
+   * call that records them after a lost connection. */
   st = complete(eng, &o, claimed_at_ms, stats, batch, err);
+  if (st != CL_OK && !eng->pending && cl__db_session(&eng->db) == 0 && keep_pending(eng, &o))
+    cl_log(eng, CL_LOG_WARN,
+           "%d delivered jobs are kept to be recorded once the database is reachable again", o.n);
   outcomes_free(&o);
   if (st == CL_OK) cl__ok(err);
   return st;

@@ -49,7 +49,7 @@ static const char *skip_noise(const char *s) {
 bool cl__sql_hook_allowed(const char *sql, char *why, size_t why_size) {
   const char *s = skip_noise(sql);
   if (!s) {
-    snprintf(why, why_size, "tx:exec: the statement ends inside a comment");
+    snprintf(why, why_size, "the statement ends inside a comment");
     return false;
   }
   size_t n = 0;
@@ -59,11 +59,11 @@ bool cl__sql_hook_allowed(const char *sql, char *why, size_t why_size) {
     if (n == strlen(allowed[i]) && strncasecmp(s, allowed[i], n) == 0)
       return true;
   if (n == 0)
-    snprintf(why, why_size, "tx:exec: no statement keyword found");
+    snprintf(why, why_size, "no statement keyword found");
   else
     snprintf(why, why_size,
-             "tx:exec may run SELECT, INSERT, UPDATE, DELETE, WITH, VALUES or TABLE, not %.*s "
-             "(it must not end the transaction or change the session)",
+             "only SELECT, INSERT, UPDATE, DELETE, WITH, VALUES or TABLE may run here, not %.*s "
+             "(a hook must not end its transaction or change the session)",
              (int)(n > 32 ? 32 : n), s);
   return false;
 }

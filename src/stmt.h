@@ -213,6 +213,10 @@ CL__STMT_MAP(CL__SQL_DECLARE)
  * query, never prepared (creating the schema and the migrations table). */
 extern const char cl__sql_migrate_bootstrap[];
 
+/* Not a statement either: the DO block that checks, before a hook's
+ * transaction commits, that the hook left no session state behind (db.c). */
+extern const char cl__sql_session_check[];
+
 /* The number of elements of a parameter array, for the count db.c checks. */
 #define CL__NPARAMS(params) ((int)(sizeof(params) / sizeof((params)[0])))
 

@@ -42,7 +42,7 @@ like "$out" $'\n''cairnloop_outbound_delivery_total\{outcome="sent",reason="noti
   "the report: Prometheus metrics"
 is "$(wc -l <"$dir/.cairnloop/outbox.jsonl" | tr -d ' ')" "108" \
   "the notifier wrote one outbox line per message"
-like "$(head -n 1 "$dir/.cairnloop/outbox.jsonl")" '^\{"idempotency_key":"[0-9]+:1","message_id":[0-9]+' \
+like "$(head -n 1 "$dir/.cairnloop/outbox.jsonl")" '^\{"idempotency_key":"cl-msg-[0-9]+","message_id":[0-9]+' \
   "each outbox line carries the idempotency key"
 first=$(report)
 

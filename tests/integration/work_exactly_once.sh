@@ -48,9 +48,11 @@ is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_messages WHERE metadata->>'s
   "every message is marked sent"
 is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_delivery_jobs WHERE attempt = 1 AND completed_at IS NOT NULL AND lease_owner IS NULL")" \
   "$N" "every job completed on its first attempt, lease cleared"
-# The idempotency keys are the message ids with the attempt.
 is "$(sql "SELECT string_agg(id || ':1', E'\n' ORDER BY id::text) FROM cairnloop.cairnloop_messages" | sort)" \
-  "$deliveries" "the keys delivered are exactly <message id>:1 of every message"
+  "$deliveries" "the deliveries are exactly <message id>:1 of every message"
+# The idempotency key is the message's own: cl-msg-<message id>.
+is "$(delivery_keys a b | awk '$2 != "cl-msg-" $1' | wc -l)" "0" \
+  "every idempotency key is cl-msg-<message id>"
 
 na=$(delivery_log a | wc -l)
 nb=$(delivery_log b | wc -l)

@@ -2,8 +2,8 @@
 # A worker SIGKILLed in the middle of a delivery: its job stays leased
 # until the lease expires, then another worker rescues and delivers it.
 # Nothing is lost; only the job that was in flight may reach the notifier
-# twice, and its second delivery carries the next attempt's idempotency
-# key.  The victim works one job per batch (--limit 1) with a slow
+# twice, and its second delivery (attempt 2) carries the same idempotency
+# key as the first.  The victim works one job per batch (--limit 1) with a slow
 # notifier, so "in flight" is exactly one job.
 set -u
 . "$(dirname "$0")/work_lib.bash"
@@ -60,7 +60,9 @@ else
   tap 1 "only the in-flight message may have been delivered twice" "twice: $twice" "in flight: $inflight"
 fi
 is "$(delivery_log rescuer | grep -c "^$inflight:")" "1" "the rescuer delivered the in-flight message once"
-is "$(delivery_log rescuer | grep "^$inflight:")" "$inflight:2" "with the next attempt's idempotency key"
+is "$(delivery_log rescuer | grep "^$inflight:")" "$inflight:2" "as attempt 2"
+is "$(delivery_keys victim rescuer | awk -v m="$inflight" '$1 == m { print $2 }' | sort -u)" "cl-msg-$inflight" \
+  "with the first attempt's idempotency key, so the receiver can drop the repeat"
 is "$(sql "SELECT concat_ws('|', attempt, attempted_at >= '$lease_end'::timestamptz) FROM cairnloop.cairnloop_delivery_jobs WHERE message_id = $inflight")" \
   "2|t" "the rescue came only after the lease had expired"
 is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_delivery_jobs WHERE attempt <> 1")" "1" \

@@ -12,8 +12,9 @@
 #                              matching lines
 #   wait_idle SECS N           polls until N workers sit in their idle wait
 #   log_has NAME REGEX DESC    passes when a line of NAME's stderr matches
-#   delivery_log NAMES...      the "delivered <message id>:<attempt>" lines
-#                              the recording policy logged, as "id:attempt"
+#   delivery_log NAMES...      the "delivered <message id>:<attempt> <key>"
+#                              lines the recording policy logged, as "id:attempt"
+#   delivery_keys NAMES...     the same lines as "id key" (the idempotency key)
 #   policy_file NAME BODY      writes a policy script, prints its path
 #
 # Deliveries are observed through the policy itself: its notifier logs one
@@ -85,6 +86,13 @@ delivery_log() {
   done
 }
 
+delivery_keys() {
+  local name
+  for name in "$@"; do
+    sed -n -E 's/.*policy: delivered ([0-9]+):[0-9]+ ([^ ]+).*/\1 \2/p' "$cl_tmp/$name.err"
+  done
+}
+
 policy_file() {
   local path="$cl_tmp/$1.lua"
   printf '%s\n' "$2" >"$path"
@@ -98,7 +106,7 @@ recording_policy() {
   policy_file "${1:-record}" 'local cl = require "cairnloop"
 local busy = '"${2:-0}"' / 1000
 cl.notifier(function(message, conversation, delivery)
-  cl.log("info", "delivered " .. delivery.idempotency_key)
+  cl.log("info", "delivered " .. message.id .. ":" .. delivery.attempt .. " " .. delivery.idempotency_key)
   if busy > 0 then
     local t = os.clock() + busy
     while os.clock() < t do end

@@ -24,7 +24,7 @@ seed_conversations 1 4
 policy=$(policy_file flaky 'local cl = require "cairnloop"
 cl.notifier(function(message, conversation, delivery)
   local t = message.metadata.template_id
-  cl.log("info", "call " .. t .. " " .. delivery.idempotency_key)
+  cl.log("info", "call " .. t .. " " .. message.id .. ":" .. delivery.attempt .. " " .. delivery.idempotency_key)
   if t == "broken" then return nil, "provider rejects it" end
   if t == "flaky" and delivery.attempt < 3 then
     return nil, "provider busy (attempt " .. delivery.attempt .. ")"
@@ -64,7 +64,9 @@ is "$(job flaky "errors->0->>'error' || ' / ' || (errors->1->>'attempt')")" "not
   "flaky: each error keeps the notifier's reason and its attempt"
 is "$(msg_status flaky)" "sent" "flaky: the message ends sent"
 is "$(grep -oE "call flaky [0-9]+:[0-9]+" "$cl_tmp/w.err" | awk '{print $3}' | tr '\n' ' ')" \
-  "$flaky_id:1 $flaky_id:2 $flaky_id:3 " "flaky: one idempotency key per attempt"
+  "$flaky_id:1 $flaky_id:2 $flaky_id:3 " "flaky: attempts 1, 2 and 3"
+is "$(grep -oE "call flaky [0-9]+:[0-9]+ [^ ]+" "$cl_tmp/w.err" | awk '{print $4}' | sort -u | tr '\n' ' ')" \
+  "cl-msg-$flaky_id " "flaky: one idempotency key for every attempt"
 # Gaps and delays in whole milliseconds (rounded down).  A retry can never
 # come early (its claim needs scheduled_at <= now()), so the lower bounds
 # are exact; the upper ones allow the 10% jitter and LATE_MS.

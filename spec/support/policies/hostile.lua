@@ -34,8 +34,8 @@ local behaviours = {
     tx:exec("SELECT pg_sleep(0.3)")
     while true do end
   end,
-  bad_sql = function(tx) tx:exec("SELEC 1") end,
-  caught_sql = function(tx) pcall(tx.exec, tx, "SELEC 1") end,
+  bad_sql = function(tx) tx:exec("SELECT 1 +") end,
+  caught_sql = function(tx) pcall(tx.exec, tx, "SELECT 1 +") end,
   reject = function() return nil, "refused by policy" end,
   undeclared = function() return undeclared_global end,
 }

@@ -13,7 +13,16 @@
 -- significant digits (ids above 10^14 would come out as 1.2345678901234e+14)
 -- and cannot tell an empty list from an empty object.
 local cairnloop = require "cairnloop"
-local resty = require "cairnloop.resty"
+-- cairnloop.resty is required on first use, not when this file loads:
+-- M.decode_object is also run outside nginx (tests/fuzz/fuzz_json_body.c),
+-- with only this directory and stubs on the path.
+local resty = setmetatable({}, {
+  __index = function(proxy, k)
+    local r = require "cairnloop.resty"
+    setmetatable(proxy, { __index = r })
+    return r[k]
+  end,
+})
 local cjson = require("cjson.safe").new() -- a private instance: its settings are ours
 
 cjson.decode_invalid_numbers(false) -- no NaN, Infinity or hex

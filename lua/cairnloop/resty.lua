@@ -33,8 +33,6 @@
 -- "<worker id>:<VM>" and M.metrics_text() sums every entry.  The sum is
 -- exact for the engines alive; a restarted worker starts its entries again
 -- from zero, as any restarted process does.
-local semaphore = require "ngx.semaphore"
-
 local M = {}
 
 local THREAD_MODULE = "cairnloop.resty_thread"
@@ -48,17 +46,20 @@ local failure    -- { code, message } of the last failed open in this worker
 local warming    -- a background open is in flight
 local last_warm = 0
 
+-- Nothing here touches `ngx` or ngx.* modules when the module loads, so
+-- that code which only shares a file with its callers (the example's
+-- M.decode_object, fuzzed outside nginx) can still require it.
 local LOG_LEVELS = {
-  debug = ngx.DEBUG,
+  debug = "DEBUG",
   -- nginx's info level is full of per-connection chatter; the engine's info
   -- lines (policy loads, reconnections) are notices in nginx's terms.
-  info = ngx.NOTICE,
-  warn = ngx.WARN,
-  error = ngx.ERR,
+  info = "NOTICE",
+  warn = "WARN",
+  error = "ERR",
 }
 
 local function default_log(level, line)
-  ngx.log(LOG_LEVELS[level] or ngx.ERR, "cairnloop: ", line)
+  ngx.log(ngx[LOG_LEVELS[level] or "ERR"], "cairnloop: ", line)
 end
 
 -- A deep copy of `v`, raising unless it is plain data (what crosses to a
@@ -178,7 +179,7 @@ function M.configure(opts)
       if k:sub(1, #c.prefix) == c.prefix then c.shm:delete(k) end
     end
   end
-  local s, err = semaphore.new(c.concurrency)
+  local s, err = require("ngx.semaphore").new(c.concurrency)
   if not s then error("cairnloop.resty: cannot create the semaphore: " .. tostring(err), 2) end
   cfg, sema = c, s
   opened, failure, warming = nil, nil, false

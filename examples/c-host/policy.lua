@@ -40,7 +40,7 @@ cl.auditor {
 
 -- What is watched.  Enum-only metadata (outcome, reason, count): safe to
 -- turn into log lines or metrics labels.  Failed delivery attempts are
--- worth a warning each; sends are summed up every ten.
+-- worth a warning each; sends are summed up every thousand.
 local sent = 0
 cl.attach_many("game-server-telemetry", {
   "cairnloop.outbound.delivery.sent",
@@ -50,7 +50,7 @@ cl.attach_many("game-server-telemetry", {
   local what = event[#event]
   if what == "sent" then
     sent = sent + measurements.count
-    if sent % 10 == 0 then cl.log("info", "deliveries sent so far: " .. sent) end
+    if sent % 1000 == 0 then cl.log("info", "deliveries sent so far: " .. sent) end
   elseif what == "failed" then
     cl.log("warn", "delivery attempt failed: reason=" .. tostring(metadata.reason))
   else -- a bulk refused at the cap

@@ -1,10 +1,10 @@
 --- cairnloop_http: the HTTP routes of the OpenResty example (nginx.conf).
 --
--- Each nginx worker opens one engine in init_worker_by_lua and serves every
--- request with it.  Engine calls are plain C calls into libpq: they block
--- the worker for their database round trips (README.md, "Blocking and
--- sizing").  Hooks registered here (the metrics collector) run in the
--- worker's LuaJIT; policy files run in the engine's own Lua 5.4.
+-- Every engine call goes through cairnloop.resty, which runs it on a
+-- thread of nginx's thread pool with an engine of that thread's own: the
+-- request yields meanwhile and the worker keeps serving (README.md,
+-- "Blocking and sizing").  Policy files run in each engine's own Lua 5.4;
+-- a metrics collector lives beside each engine and /metrics sums them.
 --
 -- JSON in: lua-cjson decodes the body after a scan that admits only integer
 -- number literals up to 2^53, because LuaJIT numbers are doubles and cjson
@@ -13,7 +13,16 @@
 -- significant digits (ids above 10^14 would come out as 1.2345678901234e+14)
 -- and cannot tell an empty list from an empty object.
 local cairnloop = require "cairnloop"
-local metrics = require "cairnloop.metrics"
+-- cairnloop.resty is required on first use, not when this file loads:
+-- M.decode_object is also run outside nginx (tests/fuzz/fuzz_json_body.c),
+-- with only this directory and stubs on the path.
+local resty = setmetatable({}, {
+  __index = function(proxy, k)
+    local r = require "cairnloop.resty"
+    setmetatable(proxy, { __index = r })
+    return r[k]
+  end,
+})
 local cjson = require("cjson.safe").new() -- a private instance: its settings are ours
 
 cjson.decode_invalid_numbers(false) -- no NaN, Infinity or hex
@@ -24,15 +33,6 @@ local M = {}
 -- The policy loaded when CAIRNLOOP_POLICY is unset (relative to nginx's
 -- working directory, like the Lua paths in nginx.conf).
 M.DEFAULT_POLICY = "examples/openresty/policy.lua"
-
--- A failed open is retried by the next request, but at most once a second:
--- a connect attempt blocks the worker too.
-local REOPEN_INTERVAL = 1
-
-local engine       -- this worker's engine; nil until it could be opened
-local collector    -- the metrics collector attached to `engine`
-local open_failure -- { code, message } of the last failed open
-local next_open_at = 0
 
 -- ------------------------------------------------------------------ JSON out
 
@@ -229,84 +229,15 @@ local function fail(status, code, message)
   return send(status, { error = code, message = message })
 end
 
-local function engine_failure(code, message)
+-- `open_failed`: the thread's engine could not be opened; any code but
+-- db_error is then a configuration error (a bad policy file, a bad URL).
+local function engine_failure(code, message, open_failed)
   if code == "db_error" then ngx.header["Retry-After"] = "1" end
+  if open_failed and code ~= "db_error" then return fail(500, code, message) end
   return fail(M.STATUS[code] or 500, code, message)
 end
 
--- ------------------------------------------------------------------ metrics
-
--- Each worker counts the events of its own engine; after every operation it
--- stores its rendering in the shared dict, and /metrics adds the workers up.
-local function publish()
-  local shm = ngx.shared.cairnloop_metrics
-  if not (shm and collector) then return end
-  local ok, err = shm:set("worker:" .. (ngx.worker.id() or 0), collector.render())
-  if not ok then ngx.log(ngx.WARN, "cairnloop: cannot publish metrics: ", err) end
-end
-
--- As metrics.lua prints them: counts as integers, sums as floats.
-local function metric_number(v)
-  if v % 1 == 0 and v < 2 ^ 53 then return string.format("%d", v) end
-  return string.format("%.9g", v)
-end
-
--- The sum of every worker's exposition text, family by family.
-local function merged_metrics()
-  local shm = ngx.shared.cairnloop_metrics
-  local families, names = {}, {}
-  for _, key in ipairs(shm:get_keys(0)) do
-    local fam
-    for line in (shm:get(key) or ""):gmatch("[^\n]+") do
-      local name, help = line:match("^# HELP (%S+) (.*)$")
-      if name then
-        fam = families[name]
-        if not fam then
-          fam = { help = help, samples = {}, series = {} }
-          families[name] = fam
-          names[#names + 1] = name
-        end
-      elseif line:find("^# TYPE ") then
-        if fam then fam.type = line:match("^# TYPE %S+ (%S+)") end
-      elseif fam then
-        local series, value = line:match("^(.*) (%S+)$") -- label values hold no spaces
-        value = tonumber(value)
-        if series and value then
-          if fam.samples[series] == nil then fam.series[#fam.series + 1] = series end
-          fam.samples[series] = (fam.samples[series] or 0) + value
-        end
-      end
-    end
-  end
-  table.sort(names)
-  local out = {}
-  for _, name in ipairs(names) do
-    local fam = families[name]
-    out[#out + 1] = "# HELP " .. name .. " " .. fam.help
-    out[#out + 1] = "# TYPE " .. name .. " " .. (fam.type or "untyped")
-    table.sort(fam.series)
-    for _, series in ipairs(fam.series) do
-      out[#out + 1] = series .. " " .. metric_number(fam.samples[series])
-    end
-  end
-  out[#out + 1] = ""
-  return table.concat(out, "\n")
-end
-
 -- ------------------------------------------------------------------ the engine
-
-local LOG_LEVELS = {
-  debug = ngx.DEBUG,
-  -- nginx's info level is full of per-connection chatter; the engine's info
-  -- lines (policy loads, reconnections) are notices in nginx's terms.
-  info = ngx.NOTICE,
-  warn = ngx.WARN,
-  error = ngx.ERR,
-}
-
-local function log_line(level, line)
-  ngx.log(LOG_LEVELS[level] or ngx.ERR, "cairnloop: ", line)
-end
 
 local function getenv(name)
   local v = os.getenv(name)
@@ -324,44 +255,19 @@ local function policy_paths()
   return paths
 end
 
-local function open()
-  next_open_at = ngx.now() + REOPEN_INTERVAL
-  local e, code, msg = cairnloop.open {
-    database = getenv("CAIRNLOOP_DATABASE_URL"), -- nil: libpq's PG* defaults
-    policy = policy_paths(),
-    log = log_line,
+-- Configures cairnloop.resty for this worker (init_worker_by_lua).
+-- opts.concurrency: the `threads` of nginx.conf's `thread_pool cairnloop`.
+function M.init_worker(opts)
+  opts = opts or {}
+  resty.configure {
+    thread_pool = "cairnloop",
+    concurrency = opts.concurrency or 8,
+    metrics = "cairnloop_metrics",
+    open = {
+      database = getenv("CAIRNLOOP_DATABASE_URL"), -- nil: libpq's PG* defaults
+      policy = policy_paths(),
+    },
   }
-  if not e then
-    open_failure = { code, msg }
-    ngx.log(ngx.ERR, "cairnloop: cannot open the engine: ", code, ": ", msg)
-    return nil
-  end
-  collector = metrics.install(e)
-  engine, open_failure = e, nil
-  publish() -- a restarted worker starts its counters from zero
-  return e
-end
-
--- The engine, opening it if an earlier attempt failed; nil and a response
--- already sent when it cannot be had.
-local function need_engine()
-  if engine == nil and ngx.now() >= next_open_at then open() end
-  if engine then return engine end
-  local code, msg = "db_error", "the engine is not open yet"
-  if open_failure then code, msg = open_failure[1], open_failure[2] end
-  if code == "db_error" then ngx.header["Retry-After"] = tostring(REOPEN_INTERVAL) end
-  -- Any other code is a configuration error (a bad policy file, a bad URL).
-  fail(code == "db_error" and 503 or 500, code, "cannot open the engine: " .. msg)
-  return nil
-end
-
-function M.init_worker()
-  open()
-end
-
-function M.exit_worker()
-  if engine then engine:close() end
-  engine, collector = nil, nil
 end
 
 -- ------------------------------------------------------------------ requests
@@ -480,17 +386,14 @@ M.bulk = route(function()
   if not only("POST") then return end
   local body = read_object(BULK_FIELDS)
   if body == nil then return end
-  local e = need_engine()
-  if e == nil then return end
-  local res, code, msg = e:bulk_trigger(body.ids, {
+  local res, code, msg, open_failed = resty.bulk_trigger(body.ids, {
     template_id = body.template_id,
     rendered_body = body.rendered_body,
     actor = body.actor,
     envelope_id = body.envelope_id,
     schedule_in = body.schedule_in,
   })
-  publish()
-  if not res then return engine_failure(code, msg) end
+  if not res then return engine_failure(code, msg, open_failed) end
   if not res.replayed then ngx.header["Location"] = "/envelopes/" .. res.envelope.id end
   return send(res.replayed and 200 or 201, envelope_json(res.envelope))
 end)
@@ -506,17 +409,14 @@ M.trigger = route(function()
   if not only("POST") then return end
   local body = read_object(TRIGGER_FIELDS)
   if body == nil then return end
-  local e = need_engine()
-  if e == nil then return end
-  local res, code, msg = e:trigger(body.conversation_id, {
+  local res, code, msg, open_failed = resty.trigger(body.conversation_id, {
     template_id = body.template_id,
     content = body.content,
     actor = body.actor,
     schedule_in = body.schedule_in,
     bulk_envelope_id = body.bulk_envelope_id,
   })
-  publish()
-  if not res then return engine_failure(code, msg) end
+  if not res then return engine_failure(code, msg, open_failed) end
   return send(res.duplicate and 200 or 201, {
     message = message_json(res.message),
     delivery_job = job_json(res.delivery_job),
@@ -544,10 +444,10 @@ M.envelopes = route(function()
     limit = args.limit:match("^%d+$") and #args.limit <= 9 and tonumber(args.limit)
     if not limit then return fail(422, "invalid_argument", "limit must be an integer from 1 to 10000") end
   end
-  local e = need_engine()
-  if e == nil then return end
-  local list, code, msg = e:envelopes { template_id = args.template_id, status = args.status, limit = limit }
-  if not list then return engine_failure(code, msg) end
+  local list, code, msg, open_failed = resty.envelopes {
+    template_id = args.template_id, status = args.status, limit = limit,
+  }
+  if not list then return engine_failure(code, msg, open_failed) end
   local out = {}
   for i, env in ipairs(list) do out[i] = envelope_json(env) end
   return send(200, setmetatable(out, ARRAY))
@@ -558,10 +458,8 @@ M.envelope = route(function()
   if not only("GET") then return end
   local id = ngx.var.uri:match("^/envelopes/([^/]+)$")
   if id == nil then return fail(404, "not_found", "no such route: " .. quote(ngx.var.uri, 80)) end
-  local e = need_engine()
-  if e == nil then return end
-  local env, code, msg = e:envelope(id)
-  if code then return engine_failure(code, msg) end
+  local env, code, msg, open_failed = resty.envelope(id)
+  if code then return engine_failure(code, msg, open_failed) end
   if env == nil then return fail(404, "not_found", "envelope " .. id .. " does not exist") end
   return send(200, envelope_json(env))
 end)
@@ -570,15 +468,20 @@ end)
 M.metrics = route(function()
   if not only("GET") then return end
   ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-  ngx.print(merged_metrics())
+  ngx.print(resty.metrics_text())
 end)
 
--- GET /healthz -> 200 once this worker has its engine, else 503.  It sends
--- no query: a probe must not wait behind the database (it only retries a
--- failed open, at most once a second).
+-- GET /healthz -> 200 once this worker has opened an engine, else 503.  It
+-- sends no query and waits for no thread: a probe must never queue behind
+-- the database (a failed open is retried in the background, at most once a
+-- second).
 M.healthz = route(function()
   if not only("GET") then return end
-  if need_engine() == nil then return end
+  local ok, code, msg = resty.health()
+  if not ok then
+    if code == "db_error" then ngx.header["Retry-After"] = "1" end
+    return fail(code == "db_error" and 503 or 500, code, msg)
+  end
   return send(200, { status = "ok", version = cairnloop.VERSION })
 end)
 

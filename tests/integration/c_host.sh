@@ -3,8 +3,9 @@
 # engine installed with `make install DESTDIR=... PREFIX=/usr`, the example
 # copied out of the tree and compiled with nothing but
 # `pkg-config --cflags --libs cairnloop` pointed at the staged install
-# (PKG_CONFIG_PATH + PKG_CONFIG_SYSROOT_DIR).  Then a night on the game
-# server: seeded players, 20 ticks, and every row it should have written
+# (PKG_CONFIG_PATH + PKG_CONFIG_SYSROOT_DIR).  Then a night on the 60 Hz
+# game server (asynchronous engine): 1,000 seeded players, 300 ticks, its
+# tick statistics and own checks, and every row it should have written
 # checked with psql.  Prints TAP.
 #
 # Needs CAIRNLOOP_DATABASE_URL naming a fresh database (as tools/check.sh
@@ -96,33 +97,35 @@ lib=$(ldd "$src/game-server" | awk '$1 == "libcairnloop.so.0" { print $3 }')
 is "$lib" "$stage/usr/lib/libcairnloop.so.0" "it runs on the installed libcairnloop.so.0"
 
 # ---------------------------------------------------------------- seed
-# 36 players (player:1..36, three guilds of 12) and two conversations that
-# are not players, which the server must leave alone.
+# 1,000 players (the raid) and two conversations that are not players,
+# which the server must leave alone.
 if "$stage/usr/bin/cairnloop" migrate >"$tmp/migrate.log" 2>&1 &&
   [ "$(sql "SELECT count(*) FROM $S.cairnloop_conversations")" = 0 ] &&
   sql "INSERT INTO $S.cairnloop_conversations (subject, customer_ref)
-         SELECT 'player support', 'player:' || g FROM generate_series(1, 36) g;
+         SELECT 'player support', 'player:' || g FROM generate_series(1, 1000) g;
        INSERT INTO $S.cairnloop_conversations (subject, customer_ref)
          VALUES ('web form', 'web:1'), ('no customer', NULL)" >/dev/null; then
-  ok "a fresh database is migrated (installed command) and seeded with 36 players"
+  ok "a fresh database is migrated (installed command) and seeded with 1,000 players"
 else
-  bail "a fresh database is migrated (installed command) and seeded with 36 players" \
+  bail "a fresh database is migrated (installed command) and seeded with 1,000 players" \
     "$(cat "$tmp/migrate.log")"
 fi
 
 # ---------------------------------------------------------------- one night
-cap=5
+# 300 ticks at 60 Hz (5 s): 10 raids of 1,000 and 30 rage-quits.  The cap
+# in the environment must not matter: the server sets its own.
+ticks=300
 run_server() { # run_server NAME: stdout to $tmp/NAME.out, stderr to $tmp/NAME.err
-  (cd "$src" && CAIRNLOOP_MAX_BATCH_SIZE=$cap timeout 120 ./game-server policy.lua) \
+  (cd "$src" && CAIRNLOOP_MAX_BATCH_SIZE=5 timeout 120 ./game-server --ticks $ticks policy.lua) \
     >"$tmp/$1.out" 2>"$tmp/$1.err"
 }
 rc=0
 run_server night || rc=$?
 out=$(cat "$tmp/night.out")
 if [ "$rc" -eq 0 ]; then
-  ok "the server runs 20 ticks and exits 0"
+  ok "the server runs $ticks ticks and exits 0"
 else
-  nok "the server runs 20 ticks and exits 0" "exit status $rc" "$out" "$(cat "$tmp/night.err")"
+  nok "the server runs $ticks ticks and exits 0" "exit status $rc" "$out" "$(cat "$tmp/night.err")"
 fi
 
 # The summary line as variables: sum_checkins, sum_envelopes, ...
@@ -136,14 +139,34 @@ summary() { # summary FILE
   done
 }
 summary "$tmp/night.out"
-is "${sum_result:-}" "ok" "the summary reports every triggered message sent"
+is "${sum_result:-}" "ok" "the server's own checks hold (nothing lost, all on its thread, all sent)"
+is "${sum_lost:-x} ${sum_off_thread:-x} ${sum_errors:-x}" "0 0 0" \
+  "no operation lost, every completion on the host thread, no failed call"
+is "${sum_submitted:-x}" "${sum_completed:-y}" "each submission completed once ($sum_submitted)"
 created=${sum_created:-0}
-if [ "${sum_checkins:-0}" -gt 0 ] && [ "${sum_envelopes:-0}" -gt 0 ] &&
-  [ "$created" -eq $((sum_checkins + sum_raid_messages)) ] && [ "${sum_raids:-0}" -eq 4 ]; then
-  ok "the night had check-ins and 4 raid wipes ($sum_checkins check-ins, $sum_envelopes envelopes)"
+is "${sum_raids:-} ${sum_envelopes:-} ${sum_raid_messages:-} ${sum_ragequits:-}" "10 10 10000 30" \
+  "10 raids paid to 1,000 players each, 30 rage-quits"
+is "$created" "$((sum_checkins + sum_raid_messages))" "created = check-ins + raid messages"
+is "${sum_delivered:-}" "$created" "the notifier (on the engine thread) delivered each message once"
+
+# The tick statistics: printed, and loosely bounded (the machine is shared
+# with other suites): at most a quarter of the ticks over budget.
+stats=$(grep -E '^(ticks|latency) ' "$tmp/night.out")
+printf '%s\n' "$stats" | sed 's/^/# /'
+over=$(sed -n 's/^ticks: .* over_budget=\([0-9]*\) .*/\1/p' "$tmp/night.out")
+total=$(sed -n 's/^ticks: \([0-9]*\) .*/\1/p' "$tmp/night.out")
+if [ -n "$over" ] && [ -n "$total" ] && [ "$total" -ge "$ticks" ] && [ $((over * 4)) -le "$total" ]; then
+  ok "tick statistics printed: $over of $total ticks over budget"
 else
-  nok "the night had check-ins and 4 raid wipes" "$out"
+  nok "tick statistics printed, at most a quarter of the ticks over budget" "$stats"
 fi
+for k in trigger bulk work query; do
+  if grep -qE "^latency $k: n=[1-9][0-9]* p50=[0-9.]+ms p99=[0-9.]+ms max=[0-9.]+ms$" "$tmp/night.out"; then
+    ok "completion latency of $k operations printed"
+  else
+    nok "completion latency of $k operations printed" "$stats"
+  fi
+done
 
 # Messages: every one sent, all ours, none to a conversation that is not a player.
 is "$(sql "SELECT count(*) FILTER (WHERE metadata->>'status' = 'sent'
@@ -154,64 +177,24 @@ is "$(sql "SELECT count(*) FROM $S.cairnloop_messages m
            JOIN $S.cairnloop_conversations c ON c.id = m.conversation_id
            WHERE c.customer_ref IS NULL OR c.customer_ref NOT LIKE 'player:%'")" "0" \
   "no message went to a conversation that is not a player"
-
-# Check-ins: one per player who rage-quit, however often they did.
 is "$(sql "SELECT count(*), count(DISTINCT conversation_id) FROM $S.cairnloop_messages
            WHERE metadata->>'template_id' = 'ragequit_checkin_v1'")" \
   "$sum_checkins|$sum_checkins" "one check-in per player who rage-quit"
 is "$((sum_checkins + sum_duplicate_checkins))" "$sum_ragequits" \
   "repeat rage-quits came back as duplicates"
-
-# Jobs: all completed; the notifier's refused first attempts were retried once.
 is "$(sql "SELECT count(*) FILTER (WHERE state = 'completed' AND completed_at IS NOT NULL),
                   count(*) FROM $S.cairnloop_delivery_jobs")" "$created|$created" \
   "every delivery job completed"
-offline=$(sql "SELECT count(*) FROM $S.cairnloop_delivery_jobs
-               WHERE attempt = 2 AND jsonb_array_length(errors) = 1
-                 AND errors->0->>'error' ~ '^player:[0-9]+ is offline$'")
-is "$offline|$(sql "SELECT count(*) FROM $S.cairnloop_delivery_jobs WHERE attempt <> 1 AND attempt <> 2")" \
-  "$sum_offline_attempts|0" "each offline player's job was retried once, the reason recorded ($offline)"
-is "$(sql "SELECT count(*) FROM $S.cairnloop_messages WHERE id % 7 = 0")" "$sum_offline_attempts" \
-  "exactly the messages the notifier refused once were retried"
-
-# Envelopes: within the cap, signed by the GM, each raid reaching its whole
-# guild exactly once, and every raid message pointing at its envelope.
-is "$(sql "SELECT count(*), count(*) FILTER (WHERE status = 'submitted' AND effective_cap = $cap
-                                             AND count <= $cap
-                                             AND requested_by = 'gm:night_shift'),
-                  coalesce(sum(count), 0)
-           FROM $S.cairnloop_outbound_bulk_envelopes")" \
-  "$sum_envelopes|$sum_envelopes|$sum_raid_messages" \
-  "envelopes are submitted within the cap of $cap, signed gm:night_shift"
-is "$(sql "SELECT count(*), count(*) FILTER (WHERE n = 12 AND members = 12 AND guilds = 1)
-           FROM (SELECT split_part(e.id::text, '-', 3) AS raid, count(*) AS n,
-                        count(DISTINCT r) AS members,
-                        count(DISTINCT (substr(c.customer_ref, 8)::int - 1) % 3) AS guilds
-                 FROM $S.cairnloop_outbound_bulk_envelopes e
-                 CROSS JOIN unnest(e.recipient_conversation_ids) r
-                 JOIN $S.cairnloop_conversations c ON c.id = r
-                 GROUP BY 1) x")" "4|4" \
-  "each raid wipe reached its whole guild (12) exactly once, in envelopes of one guild"
-is "$(sql "SELECT count(*) FROM $S.cairnloop_messages m
-           WHERE metadata->>'template_id' = 'raid_wipe_comp_v1'
-             AND (m.content NOT LIKE 'Tough wipe in the Sunken Spire, %'
-                  OR NOT EXISTS (SELECT 1 FROM $S.cairnloop_outbound_bulk_envelopes e
-                                 WHERE e.id::text = m.metadata->>'bulk_envelope_id'
-                                   AND m.conversation_id = ANY (e.recipient_conversation_ids)
-                                   AND e.rendered_body = m.content))")" "0" \
-  "every raid message carries its envelope's body and id"
-
-# The Lua policy: one audit row per operation with the resolved actor, and
-# the telemetry handler's warning per refused attempt.
+is "$(sql "SELECT count(*), count(*) FILTER (WHERE status = 'submitted' AND effective_cap = 1000
+                                             AND count = 1000 AND requested_by = 'gm:night_shift')
+           FROM $S.cairnloop_outbound_bulk_envelopes")" "10|10" \
+  "ten envelopes of 1,000 under the server's own cap of 1,000, signed gm:night_shift"
 is "$(sql "SELECT count(*) FILTER (WHERE action = 'outbound_trigger' AND actor = 'system:matchmaker'),
-                  count(*) FILTER (WHERE action = 'bulk_outbound_trigger' AND actor = 'gm:night_shift'
-                                   AND count <= $cap),
+                  count(*) FILTER (WHERE action = 'bulk_outbound_trigger' AND actor = 'gm:night_shift'),
                   count(*)
            FROM $S.cairnloop_audit_events")" \
   "$sum_checkins|$sum_envelopes|$((sum_checkins + sum_envelopes))" \
-  "the policy's auditor wrote one row per check-in and per envelope"
-is "$(grep -c 'policy: delivery attempt failed: reason=notifier_returned_error' "$tmp/night.err")" \
-  "$sum_offline_attempts" "the policy's telemetry handler warned once per failed attempt"
+  "the policy's auditor (on the engine thread) wrote one row per check-in and per envelope"
 
 # ---------------------------------------------------------------- the same night again
 # A restarted server replaying the night: the raid envelopes come back
@@ -222,11 +205,10 @@ before=$(sql "SELECT (SELECT count(*) FROM $S.cairnloop_messages),
                      (SELECT count(*) FROM $S.cairnloop_audit_events)")
 rc=0
 run_server replay || rc=$?
-sum_result= sum_created=
+sum_result= sum_created= sum_replayed_envelopes= sum_checkins=
 summary "$tmp/replay.out"
 if [ "$rc" -eq 0 ] && [ "$sum_result" = ok ] && [ "$sum_created" = 0 ] &&
-  [ "$sum_replayed_envelopes" = "$(sql "SELECT count(*) FROM $S.cairnloop_outbound_bulk_envelopes")" ] &&
-  [ "$sum_checkins" = 0 ]; then
+  [ "$sum_replayed_envelopes" = 10 ] && [ "$sum_checkins" = 0 ]; then
   ok "replaying the night writes nothing new (envelopes replayed, check-ins duplicates)"
 else
   nok "replaying the night writes nothing new" "exit status $rc" "$(cat "$tmp/replay.out")" \

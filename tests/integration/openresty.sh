@@ -2,8 +2,9 @@
 # The OpenResty example (examples/openresty) in Debian's nginx with the Lua
 # module: every route and every HTTP status it maps from the engine's codes,
 # the rows each write leaves in PostgreSQL, /metrics summed over two
-# workers, the Lua 5.4 policy running inside nginx's LuaJIT process, one
-# connection per worker, recovery from a lost connection, an unreachable
+# workers, the Lua 5.4 policy running inside nginx's LuaJIT process (in the
+# engines that cairnloop.resty opens on the thread pool), one connection per
+# thread VM in use, recovery from a lost connection, an unreachable
 # database, and a QUIT that leaves no process and no connection behind.
 # TAP on stdout.
 #
@@ -69,7 +70,7 @@ wait_for "grep -c 'policy loaded on Lua 5.4 (math.type(7 // 2) = integer)' '$A_d
 is "$waited" 2 "each worker's engine loaded the policy on Lua 5.4 (logged through ngx.log)"
 wait_for "sql \"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
   AND backend_type = 'client backend' AND pid <> pg_backend_pid()\"" 2
-is "$waited" 2 "each worker holds one PostgreSQL connection"
+is "$waited" 2 "each worker's warm-up opened one engine on its thread pool: one connection each"
 
 req GET /healthz
 is "$code $(j r.status)" "200 ok" "GET /healthz: 200 once the worker has its engine"
@@ -279,19 +280,21 @@ if grep -qE 'conversation_id|actor|operator|'"$run" <<<"$body"; then
 else pass "no ids, actors or templates in the labels"; fi
 
 # ------------------------------------------------------------------ lost connection
-# Every worker's connection is killed (the call waits until the backends
-# are gone).  Whichever worker takes the next request finds its connection
-# dead: 503 db_error, nothing written.  Its engine reconnects on the next
-# call; the other worker fails once too, so allow as many retries as workers.
+# Every engine's connection is killed (the call waits until the backends
+# are gone).  Whichever thread engine takes the next request finds its
+# connection dead: 503 db_error, nothing written.  It reconnects on the next
+# call; every other engine fails once too, so allow as many retries as
+# there were connections.  (Requests here come one at a time, so each
+# worker reuses one thread VM: two engines in all.)
 killed=$(sql "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
               WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
-is "$killed" 2 "both workers' connections terminated"
+is "$killed" 2 "every engine's connection terminated (one thread VM per worker)"
 t="lost_$run"
 req POST /trigger '{"conversation_id":8,"template_id":"'"$t"'"}'
 is "$code $(j r.error) $(hdr Retry-After)" "503 db_error 1" "a lost connection: 503 db_error with Retry-After"
 is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_messages WHERE metadata->>'template_id' = '$t'")" 0 \
   "the failed call wrote nothing"
-for attempt in 1 2 3; do
+for attempt in $(seq 1 $((killed + 1))); do
   req POST /trigger '{"conversation_id":8,"template_id":"'"$t"'"}'
   [ "$code" = 503 ] || break
 done

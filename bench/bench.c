@@ -154,7 +154,7 @@ static void table_row(table *t, ...) {
   t->nrows++;
 }
 
-static void table_note(table *t, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void table_note(table *t, const char *fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -163,7 +163,7 @@ static void table_note(table *t, const char *fmt, ...) {
   t->note = strdup(buf);
 }
 
-static void para(const char *fmt, ...) {
+__attribute__((format(printf, 1, 2))) static void para(const char *fmt, ...) {
   char buf[4096];
   va_list ap;
   va_start(ap, fmt);

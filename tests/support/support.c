@@ -66,7 +66,7 @@ void ct_pg_close(void) {
   test_conn = NULL;
 }
 
-static char *vformat(const char *fmt, va_list ap) {
+__attribute__((format(printf, 1, 0))) static char *vformat(const char *fmt, va_list ap) {
   char *out = NULL;
   if (vasprintf(&out, fmt, ap) < 0) fail_msg("out of memory");
   return out;

@@ -154,7 +154,7 @@ static void table_row(table *t, ...) {
   t->nrows++;
 }
 
-static void table_note(table *t, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void table_note(table *t, const char *fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -163,7 +163,7 @@ static void table_note(table *t, const char *fmt, ...) {
   t->note = strdup(buf);
 }
 
-static void para(const char *fmt, ...) {
+__attribute__((format(printf, 1, 2))) static void para(const char *fmt, ...) {
   char buf[4096];
   va_list ap;
   va_start(ap, fmt);
@@ -188,7 +188,7 @@ static void print_text(FILE *f) {
     }
     fprintf(f, "\n%s\n", t->title);
     for (int i = 0; i < t->ncols; i++)
-      fprintf(f, "%s%*s", i ? "  " : "  ", t->align[i] == 'l' ? -w[i] : w[i], t->head[i]);
+      fprintf(f, "  %*s", t->align[i] == 'l' ? -w[i] : w[i], t->head[i]);
     fputc('\n', f);
     for (int r = 0; r < t->nrows; r++) {
       for (int i = 0; i < t->ncols; i++)
@@ -509,6 +509,7 @@ typedef struct bench_ctx {
 
 /* A random cohort of n distinct ids (partial Fisher-Yates over the pool). */
 static void sample_cohort(bench_ctx *b, size_t n) {
+  if (n > b->npool) n = b->npool; /* a cohort cannot outgrow the pool */
   for (size_t i = 0; i < n; i++) {
     size_t j = i + (size_t)(rng() % (b->npool - i));
     int64_t t = b->pool[i];
@@ -1093,6 +1094,10 @@ int main(int argc, char **argv) {
   b.cohort = malloc(MAX_N * sizeof *b.cohort);
   b.out.message_ids = malloc(MAX_N * sizeof(int64_t));
   b.out.job_ids = malloc(MAX_N * sizeof(int64_t));
+  if (!b.pool || !b.cohort || !b.out.message_ids || !b.out.job_ids) {
+    fprintf(stderr, "bench: out of memory\n");
+    exit(1);
+  }
 
   /* The header: machine and server. */
   char machine[1024], server[2048];
@@ -1115,7 +1120,9 @@ int main(int argc, char **argv) {
   cl_engine *noop = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "noop");
   cl_engine *auditor = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "auditor");
   cl_engine *c_noop = policy_engine_open(&paths, conninfo, SCHEMA, MAX_N, "c-noop");
-  if (!lh || !ch || !ready || !noop || !auditor || !c_noop) return 1;
+  /* Setup failures end the process: exit, not return, says that nothing
+   * is left to release. */
+  if (!lh || !ch || !ready || !noop || !auditor || !c_noop) exit(1);
 
   /* Contenders. */
   for (size_t i = 0; i < bench_bulk_shapes_count; i++) {
@@ -1124,7 +1131,7 @@ int main(int argc, char **argv) {
     c->role = strcmp(c->name, "per-row") == 0 ? ROLE_PER_ROW : ROLE_SHAPE;
     c->cadence = c->role == ROLE_PER_ROW ? PER_ROW_CADENCE : EVERY_ROUND;
     c->sh = shape_open(conninfo, SCHEMA, c->name);
-    if (!c->sh) return 1;
+    if (!c->sh) exit(1);
     c->ctx = c->sh;
     c->bulk = shape_bulk;
     c->counts_round_trips = true;
@@ -1146,7 +1153,7 @@ int main(int argc, char **argv) {
     c->name = bench_trigger_shapes[i].name;
     c->role = strncmp(c->name, "per-row", 7) == 0 ? ROLE_PER_ROW : ROLE_SHAPE;
     c->sh = shape_open(conninfo, SCHEMA, c->name);
-    if (!c->sh) return 1;
+    if (!c->sh) exit(1);
     c->ctx = c->sh;
     c->trigger = shape_trigger;
     c->counts_round_trips = true;
@@ -1248,11 +1255,11 @@ int main(int argc, char **argv) {
     FILE *f = fopen(out_path, "w");
     if (!f) {
       perror(out_path);
-      return 1;
+      exit(1);
     }
     fprintf(f, "## Benchmark results\n\n");
     print_markdown(f);
-    fclose(f);
+    if (fclose(f) != 0) perror(out_path);
     printf("\nmarkdown: %s\n", out_path);
   }
 

@@ -25,7 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-extern char **environ;
+/* environ: <unistd.h> declares it under _GNU_SOURCE (the Makefile's). */
 
 /* ------------------------------------------------------------------ */
 /* The Lua module                                                       */
@@ -292,6 +292,17 @@ int cli_host_bulk(void *hp, bulk_call *call, ids_out *out) {
   return spawn_capture(h, argv);
 }
 
+/* "WORD N" after blanks: the number, and where it ends; NULL otherwise. */
+static const char *word_number(const char *p, const char *word, long long *v) {
+  size_t n = strlen(word);
+  while (*p == ' ') p++;
+  if (strncmp(p, word, n) != 0 || p[n] != ' ') return NULL;
+  p += n;
+  char *end = NULL;
+  *v = strtoll(p, &end, 10); /* skips the blanks before the number */
+  return end == p ? NULL : end;
+}
+
 /* The default (text) output: "envelope <uuid> submitted: ..." then one
  * "  conversation C  message M  job J (state)" line per recipient, in
  * cohort order. */
@@ -303,7 +314,10 @@ void cli_host_finish(void *hp, bulk_call *call, ids_out *out) {
   size_t i = 0;
   while ((p = strstr(p, "  conversation ")) && i < call->n) {
     long long c, m, j;
-    if (sscanf(p, " conversation %lld message %lld job %lld", &c, &m, &j) != 3) break;
+    const char *q = word_number(p, "conversation", &c);
+    if (q) q = word_number(q, "message", &m);
+    if (q) q = word_number(q, "job", &j);
+    if (!q) break;
     out->message_ids[i] = m;
     out->job_ids[i] = j;
     i++;

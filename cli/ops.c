@@ -131,6 +131,8 @@ static void print_job_table(const cl_job_list *list) {
       if (width_of(cells[c]) > width[c]) width[c] = width_of(cells[c]);
   }
   for (size_t i = 0; i <= list->count; i++) {
+    /* Here, not in the else: cells may point into nums until the row ends. */
+    // cppcheck-suppress variableScope
     char nums[3][48];
     const char *cells[J_N];
     if (i == 0) memcpy(cells, header, sizeof cells);

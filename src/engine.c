@@ -43,7 +43,10 @@ cl_status cl_log_level_parse(const char *name, cl_log_level *level, cl_error *er
 
 static void stderr_log(void *ud, cl_log_level level, const char *line) {
   (void)ud;
-  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop [%s] %s\n", level_names[level], line);
+  /* A level outside the table comes from a host's cast; print it as "?"
+   * rather than read past level_names. */
+  const char *name = cl_log_level_name(level);
+  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop [%s] %s\n", name ? name : "?", line);
 }
 
 void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap) {

@@ -118,7 +118,8 @@ cl_status cl__enter(const cl_engine *eng, const char *fn, cl_error *err);
     if (cl__entry_ != CL_OK) return cl__entry_;              \
   } while (0)
 
-void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap);
+void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* Frees the policy state (policy.c). NULL-safe. */
 void cl__policy_free(struct cl__policy *policy);

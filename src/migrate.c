@@ -77,8 +77,8 @@ static cl_status migrate(cl_engine *eng, cl_migration_list *report, cl_error *er
     if (done_already) continue;
 
     char *q = cl__db_quote_ident(eng->schema);
-    size_t n = strlen(m->sql) + 2 * strlen(q) + strlen(m->version) + 256;
-    char *script = malloc(n);
+    size_t n = q ? strlen(m->sql) + 2 * strlen(q) + strlen(m->version) + 256 : 0;
+    char *script = q ? malloc(n) : NULL;
     if (!q || !script) {
       free(q);
       free(script);

@@ -156,7 +156,6 @@ void cl_job_list_clear(cl_job_list *list) {
 
 /* Fills one cl_job from row r of cl_ops_jobs; false when memory runs out. */
 static bool job_from_row(cl__arena *a, const cl_rows *rows, int r, cl_job *j) {
-  const char *v;
   memset(j, 0, sizeof *j);
   j->job.id = to_i64(cl_rows_value(rows, r, CL__OPS_JOBS_ID));
   j->job.worker = "outbound";
@@ -179,7 +178,7 @@ static bool job_from_row(cl__arena *a, const cl_rows *rows, int r, cl_job *j) {
       {CL__OPS_JOBS_LAST_ERROR, offsetof(cl_job, last_error)},
   };
   for (size_t i = 0; i < NKV(texts); i++) {
-    v = cl_rows_value(rows, r, texts[i].col);
+    const char *v = cl_rows_value(rows, r, texts[i].col);
     char *copy = cl__arena_strdup(a, v);
     if (v && !copy) return false;
     *(const char **)((char *)j + texts[i].off) = copy;
@@ -345,7 +344,7 @@ static cl_status change_jobs(cl_engine *eng, bool retry, const cl_job_selector *
                              int64_t *changed, cl_error *err) {
   const char *action = retry ? "retry_jobs" : "cancel_jobs";
   cl__stmt stmt = retry ? CL__STMT_OPS_RETRY : CL__STMT_OPS_CANCEL;
-  char envelope_id[CL_UUID_LEN + 1];
+  char envelope_id[CL_UUID_LEN + 1] = "";
   char *ids_text = NULL, *actor = NULL;
   cl_status st = check_selector(sel, retry, envelope_id, &ids_text, err);
   if (st != CL_OK) return st;

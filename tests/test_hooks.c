@@ -128,6 +128,10 @@ typedef struct rows_probe {
 
 static cl_status probe_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
                              const cl_metadata *md, char **audit_json, cl_error *err) {
+  (void)action;
+  (void)actor;
+  (void)md;
+  (void)audit_json;
   rows_probe *p = ud;
   const char *params[] = {"'); DROP TABLE x; --", NULL};
   cl_rows *rows = NULL;
@@ -176,6 +180,12 @@ static void test_tx_exec__binds_parameters_and_returns_rows(void **state) {
  * the hook, never an empty message. */
 static cl_status silent_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
                               const cl_metadata *md, char **audit_json, cl_error *err) {
+  (void)tx;
+  (void)action;
+  (void)actor;
+  (void)md;
+  (void)audit_json;
+  (void)err;
   cl_status *st = ud;
   return *st;
 }
@@ -201,6 +211,10 @@ static void test_auditor__failure_without_a_message_still_reports_one_line(void 
 
 static cl_status silent_resolve(void *ud, const char *actor, const char *action, char **resolved,
                                 cl_error *err) {
+  (void)actor;
+  (void)action;
+  (void)resolved;
+  (void)err;
   cl_status *st = ud;
   return *st;
 }

@@ -491,10 +491,12 @@ typedef struct probe {
 
 static void probe_handler(const char *const *event, const cl_measurements *m,
                           const cl_metadata *md, void *config) {
+  (void)m;
+  (void)md;
   probe *p = config;
   p->calls++;
   p->nparts = 0;
-  for (int i = 0; event[i] != NULL && i < 8; i++) {
+  for (int i = 0; i < 8 && event[i] != NULL; i++) {
     snprintf(p->parts[i], sizeof p->parts[i], "%s", event[i]);
     p->nparts++;
   }

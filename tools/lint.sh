@@ -140,6 +140,8 @@ run_cppcheck() {
   # shellcheck disable=SC2054 # the commas are cppcheck's
   local common=(--enable=warning,style,performance,portability --inline-suppr
     --error-exitcode=1 --std=c11 --quiet -j "$JOBS" --library=posix
+    # cmocka's fail() never returns (tools/lint/cmocka.cfg says why).
+    --library=tools/lint/cmocka.cfg
     -D_GNU_SOURCE -Iinclude -Isrc -Itests/support
     --suppress=missingIncludeSystem
     # glibc's readdir is thread-safe on distinct DIR streams, and the
@@ -173,7 +175,7 @@ cache() { mkdir -p "$BUILD_DIR/$1" && echo "$BUILD_DIR/$1"; }
 # flags of a host: -std=c11 -Iinclude.
 compile_db() {
   env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -n -B -k \
-    BUILD="$BUILD_DIR/tree" all tests bench >"$BUILD_DIR/make-n.txt" 2>"$BUILD_DIR/make-n.err"
+    BUILD="$BUILD_DIR/tree" all tests bench fuzz >"$BUILD_DIR/make-n.txt" 2>"$BUILD_DIR/make-n.err"
   # A Makefile that cannot be read leaves every unit on the host flags; say why.
   grep -E 'Makefile|\*\*\*' "$BUILD_DIR/make-n.err" | grep -v "No rule to make target 'bench'" |
     sed 's/^/lint: make -n: /'
@@ -193,6 +195,10 @@ for line in text.splitlines():
     if not words or not compiler.search(os.path.basename(words[0])):
         continue
     sources = [w for w in words[1:] if w.endswith(".c")]
+    # A fuzz target compiles the CLI's sources again into its binary
+    # (-DCLI_NO_MAIN); only its own tests/fuzz/ source is new to check.
+    if any(w.startswith("-fsanitize=fuzzer") for w in words):
+        sources = [s for s in sources if os.path.normpath(s).startswith("tests/fuzz/")]
     flags, skip = [], False
     for w in words[1:]:
         if skip:
@@ -224,8 +230,18 @@ run_tidy() {
   compile_db || return 1
   # Headers of this tree only; the system's (/usr/include/...) stay out.
   local filter="^$ROOT/(src|include|cli|tests|bench|examples)/"
+  # The analyser's budget per top-level function (LINT_ANALYZER_NODES,
+  # clang's default 225000): a run of `c ? f(x) : g()` arguments, as in the
+  # json_pack calls of cli/json.c, doubles the paths at each one and took
+  # 5 s of the default budget on a 98-line file for no finding.  75000 is
+  # clang's own "shallow" figure; every finding of the full budget on this
+  # tree was still found with it.
+  local nodes=${LINT_ANALYZER_NODES:-75000}
   printf '%s\n' "${UNITS[@]}" |
     xargs -P "$JOBS" -n 1 "$CLANG_TIDY" -p "$BUILD_DIR" --quiet --header-filter="$filter" \
+      --extra-arg=-include --extra-arg="$ROOT/tools/lint/cmocka_noreturn.h" \
+      --extra-arg=-Xclang --extra-arg=-analyzer-config \
+      --extra-arg=-Xclang --extra-arg="max-nodes=$nodes" \
       >"$BUILD_DIR/clang-tidy.log" 2>"$BUILD_DIR/clang-tidy.err"
   grep -E '^[^ ]+:[0-9]+:[0-9]+: (warning|error): .*\[[^]]+\]$' "$BUILD_DIR/clang-tidy.log" |
     relative | sort -u >"$OUT/clang-tidy.txt"

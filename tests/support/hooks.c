@@ -30,8 +30,16 @@ static void record_metadata(ct_map *dst, const cl_metadata *md) {
     free(dst->items[i].s);
   }
   free(dst->items);
-  dst->count = md != NULL ? md->count : 0;
+  dst->items = NULL;
+  dst->count = 0;
+  if (md == NULL || md->count == 0) return;
+  dst->count = md->count;
   dst->items = dst->count ? calloc(dst->count, sizeof *dst->items) : NULL;
+  if (dst->count && !dst->items) {
+    /* Out of memory in a test helper: record nothing rather than crash. */
+    dst->count = 0;
+    return;
+  }
   for (size_t i = 0; i < dst->count; i++) {
     dst->items[i].key = dup_or_null(md->items[i].key);
     dst->items[i].type = md->items[i].type;

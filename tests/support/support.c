@@ -66,7 +66,7 @@ void ct_pg_close(void) {
   test_conn = NULL;
 }
 
-static char *vformat(const char *fmt, va_list ap) {
+__attribute__((format(printf, 1, 0))) static char *vformat(const char *fmt, va_list ap) {
   char *out = NULL;
   if (vasprintf(&out, fmt, ap) < 0) fail_msg("out of memory");
   return out;
@@ -79,14 +79,12 @@ void ct_exec(const char *fmt, ...) {
   va_end(ap);
   PGresult *r = PQexec(ct_pg(), sql);
   ExecStatusType st = PQresultStatus(r);
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-    print_error("SQL failed: %s\n  %s\n", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    free(sql);
-    fail();
-  }
+  bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+  if (!ok) print_error("SQL failed: %s\n  %s\n", sql, PQresultErrorMessage(r));
+  /* Freed before fail(), whose longjmp the analysers do not see. */
   PQclear(r);
   free(sql);
+  if (!ok) fail();
 }
 
 bool ct_try_exec(char *msg, size_t msglen, const char *fmt, ...) {
@@ -115,15 +113,16 @@ PGresult *ct_query(const char *sql, int nparams, const char *const *params) {
 
 static PGresult *one_value(char *sql) {
   PGresult *r = PQexec(ct_pg(), sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 1) {
+  bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 1;
+  if (!ok) {
     print_error("expected one value from: %s\n  got %d rows: %s\n", sql,
                 PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : -1,
                 PQresultErrorMessage(r));
     PQclear(r);
-    free(sql);
-    fail();
+    r = NULL;
   }
   free(sql);
+  if (!ok) fail();
   return r;
 }
 
@@ -166,16 +165,13 @@ void ct_assert_scalar_at(const char *file, int line, const char *expected, const
   va_end(ap);
   char *got = ct_scalar("%s", sql);
   bool same = (expected == NULL) == (got == NULL) && (expected == NULL || strcmp(expected, got) == 0);
-  if (!same) {
+  if (!same)
     print_error("%s:%d: expected %s%s%s, got %s%s%s from: %s\n", file, line,
                 expected ? "\"" : "", expected ? expected : "NULL", expected ? "\"" : "",
                 got ? "\"" : "", got ? got : "NULL", got ? "\"" : "", sql);
-    free(got);
-    free(sql);
-    _fail(file, line);
-  }
   free(got);
   free(sql);
+  if (!same) _fail(file, line);
 }
 
 void ct_assert_scalar1_at(const char *file, int line, const char *expected, const char *sql,

@@ -38,7 +38,7 @@ LUA
 # Only the tree on the paths, from a directory outside the checkout, and
 # no CAIRNLOOP_LUA_PATH: what an installed rock finds, it finds by itself.
 rc=0
-out=$(cd "$cl_tmp" && env -u CAIRNLOOP_LUA_PATH \
+out=$(cd "$cl_tmp" && env -u CAIRNLOOP_LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 \
   LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
   LUA_CPATH="$tree/lib/lua/5.4/?.so;;" lua5.4 main.lua "$tree" "$cl_tmp/policy.lua" 2>&1) || rc=$?
 is "$rc" 0 "the installed module opens an engine with a policy that requires cairnloop.metrics"

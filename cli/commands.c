@@ -346,6 +346,10 @@ static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
   cl_bulk_result res = {0};
   if (st == CL_OK)
     st = cl_bulk_trigger(eng, in->ids.items, in->ids.count, &in->opts, &res, &err);
+  /* Under --json a refusal still prints its result line: the refused
+   * envelope as recorded, whose id names the refusal in the audit record. */
+  if (st == CL_BATCH_TOO_LARGE && ctx->json && res.envelope.id[0])
+    cli_json_print(cli_json_envelope(&res.envelope));
   if (st != CL_OK)
     rc = cli_fail_status(st, &err);
   else if (ctx->json)

@@ -418,7 +418,10 @@ typedef struct cl_bulk_result {
  * own and CL_BATCH_TOO_LARGE returned ("batch_size N exceeds cap C").
  * Within it, the envelope, N messages and N jobs are written in one
  * transaction with one auditor call, all or nothing, in a constant number of
- * round trips.  `res` must be released with cl_bulk_result_clear().
+ * round trips.  On CL_BATCH_TOO_LARGE, res->envelope is the refused
+ * envelope as recorded (status "refused_cap_exceeded"; its id names the
+ * refusal), or all zero when recording it failed.  `res` must be released
+ * with cl_bulk_result_clear().
  * Returns CL_OK, CL_INVALID_ARGUMENT, CL_BATCH_TOO_LARGE, CL_ACTOR_REJECTED,
  * CL_AUDIT_REJECTED, CL_UNKNOWN_CONVERSATION, CL_ENVELOPE_CONFLICT,
  * CL_HOOK_ERROR or CL_DB_ERROR.

@@ -399,7 +399,7 @@ static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *i
 }
 
 /* Over the cap: store the refused attempt on its own, report the outcome. */
-static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_bulk_opts *opts,
+static cl_status refuse(cl_engine *eng, size_t n, const cl_bulk_opts *opts,
                         const char *envelope_id, const char *ids_text, const char *actor, int cap,
                         cl_bulk_result *res, cl_error *err) {
   char reason[96], capbuf[16];
@@ -423,7 +423,7 @@ static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_b
     outcome = "refused_cap_exceeded_audit_failed";
     cl_log(eng, CL_LOG_ERROR, "refused bulk envelope %s (%s) could not be recorded: %s",
            envelope_id, reason, dberr.message);
-  } else if (cl_rows_value(rows, 0, CL__ENVELOPE_ID)) {
+  } else if (strcmp(cl_rows_value(rows, 0, CL__REFUSE_INSERTED), "0") == 0) {
     /* The caller's envelope id names a stored envelope: its outcome stands. */
     if (!same_content(rows, opts, ids_text)) {
       st = cl__fail(err, CL_ENVELOPE_CONFLICT,
@@ -440,6 +440,10 @@ static cl_status refuse(cl_engine *eng, const int64_t *ids, size_t n, const cl_b
     const char *stored = cl_rows_value(rows, 0, CL__ENVELOPE_REFUSED_REASON);
     if (stored) snprintf(reason, sizeof reason, "%s", stored);
   }
+  /* The caller learns the refused envelope as recorded: its id is the key
+   * to the refusal in the audit record (`cairnloop bulk --json` prints it). */
+  if (st == CL_OK && !cl__envelope_from_row(res->priv_, rows, 0, &res->envelope))
+    memset(&res->envelope, 0, sizeof res->envelope);
   cl_rows_free(rows);
   if (cl__tel_on(&eng->tel, CL__EV_BULK_REFUSED)) {
     cl_kv m[] = {KV_INT("count", (int64_t)n)};
@@ -591,7 +595,7 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   /* The cap of the moment, read now: a configure() between calls counts. */
   int cap = eng->max_batch_size;
   if (n > (size_t)cap) {
-    st = refuse(eng, ids, n, opts, envelope_id, ids_text, actor, cap, res, err);
+    st = refuse(eng, n, opts, envelope_id, ids_text, actor, cap, res, err);
     goto done;
   }
 
@@ -673,7 +677,9 @@ fail:
 done:
   free(ids_text);
   free(actor);
-  if (st != CL_OK) cl_bulk_result_clear(res);
-  else cl__ok(err);
+  /* A refusal keeps the refused envelope (refuse()); any other failure
+   * leaves nothing behind. */
+  if (st != CL_OK && st != CL_BATCH_TOO_LARGE) cl_bulk_result_clear(res);
+  else if (st == CL_OK) cl__ok(err);
   return st;
 }

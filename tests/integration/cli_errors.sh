@@ -117,9 +117,16 @@ exits 2 "a bad schema name"
 cl bulk --template capped --body b --ids "$(seq -s, 1 26)" --schema "$S" --json
 exits 3 "26 recipients over the default cap of 25"
 is "$err" "cairnloop: batch_too_large: batch_size 26 exceeds cap 25" "the refusal message"
-is "$out" "" "nothing on stdout, even with --json"
+# Regression: under --json a refusal printed nothing on stdout, and the
+# refused envelope's id was lost to the caller.
+refused=$out
+is "$(jget 'r.status .. " " .. r.count .. " " .. r.refused_reason' "$refused")" \
+  "refused_cap_exceeded 26 batch_size 26 exceeds cap 25" "--json prints the refused envelope as its result"
 cl envelopes --template capped --status refused_cap_exceeded --schema "$S" --json
 is "$(jget 'r.count .. " " .. r.effective_cap')" "26 25" "the refused envelope is recorded"
+is "$(jget 'r.id')" "$(jget 'r.id' "$refused")" "the printed id is the recorded envelope's"
+cl bulk --template capped --body b --ids "$(seq -s, 1 26)" --schema "$S"
+is "$out" "" "without --json, stdout stays empty on a refusal"
 
 # --- refusals: exit 4
 cl trigger 999999 --template x --schema "$S"

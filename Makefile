@@ -29,8 +29,7 @@ LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null)
 # The command's --metrics endpoint (cli/metrics.c) is served by libmicrohttpd.
 CLI_LIBS := $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -pthread
 
-WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
-        -Wno-unused-parameter
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
 # SANITIZE=1: AddressSanitizer + UBSan; SANITIZE=thread: ThreadSanitizer
 # (tests/integration/async_tsan.sh builds build/tsan with it).
 ifeq ($(SANITIZE),thread)

@@ -194,6 +194,10 @@ typedef struct crashing {
 
 static cl_status crashing_deliver(void *ud, const cl_message *m, const cl_conversation *c,
                                   const char *key, int attempt, cl_error *err) {
+  (void)c;
+  (void)key;
+  (void)attempt;
+  (void)err;
   crashing *k = ud;
   if (k->calls < k->cap) k->seen[k->calls] = m->id;
   if (++k->calls == k->crash_at && pg_ctl("-m immediate -w -t 30 stop") != 0)

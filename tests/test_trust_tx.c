@@ -43,6 +43,10 @@ static int64_t now_ms(void) {
 
 static cl_status trier_audit(void *ud, cl_tx *tx, const char *action, const char *actor,
                              const cl_metadata *md, char **audit_json, cl_error *err) {
+  (void)action;
+  (void)actor;
+  (void)md;
+  (void)audit_json;
   trier *t = ud;
   for (int64_t until = now_ms() + t->busy_ms; now_ms() < until;) {
   }

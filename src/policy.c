@@ -7,10 +7,13 @@
  * call point, policy_call(), under an instruction budget, a deadline and a
  * memory cap.  The hook adapters and the registration functions are the
  * glue's (lua_glue.inc, compiled here for Lua 5.4); this file keeps the
- * call point, the sandbox and loading.  Uses the engine's hook, telemetry
- * and log functions.
+ * call point, the sandbox and loading.  The library functions that loop in
+ * C, where no count hook fires, are replaced by bounded ones
+ * (lua_bounded.c) that report to this file's budget.  Uses the engine's
+ * hook, telemetry and log functions.
  */
 #include "policy.h"
+#include "lua_bounded.h"
 #include "lua_glue.inc"
 
 #include <stdbool.h>
@@ -84,6 +87,28 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   glue_count(L, count_hook, p->armed ? &p->budget : NULL);
 }
+
+/*
+ * cl__bounds.check, for the loops in C of the bounded library functions
+ * (lua_bounded.c), which the count hook never interrupts: once the
+ * deadline has passed (or the budget was spent), raise as the count hook
+ * would, and re-arm the hook to fire on the next instruction so that a
+ * script's pcall cannot swallow the error for long.
+ */
+static void bounds_check(lua_State *L) {
+  struct cl__policy *p = policy_of(L);
+  if (!p->armed || cl__budget_clock(&p->budget) == CL__BUDGET_WITHIN) return;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "%s", cl__budget_what(&p->budget));
+}
+
+/* cl__bounds.spent: xpcall skips a script's message handler then. */
+static int bounds_spent(lua_State *L) {
+  struct cl__policy *p = policy_of(L);
+  return p->armed && p->budget.exceeded != CL__BUDGET_WITHIN;
+}
+
+static const cl__bounds policy_bounds = {bounds_check, bounds_spent};
 
 /*
  * The call point: every call into the state.  Runs `frame` under lua_pcall
@@ -246,19 +271,6 @@ static void policy_warn(void *ud, const char *msg, int tocont) {
   }
 }
 
-/* load(chunk [, chunkname [, mode [, env]]]): text chunks only; binary
- * chunks can crash the VM.  Upvalue 1 is the original load. */
-static int sandbox_load(lua_State *L) {
-  int n = lua_gettop(L);
-  lua_settop(L, n < 4 ? 3 : 4); /* an absent env must stay absent */
-  lua_pushliteral(L, "t");
-  lua_replace(L, 3);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 /* setmetatable(t, mt): refuses __gc, because finalisers run with hooks
  * disabled, outside every budget, and even inside lua_close.  Upvalue 1 is
  * the original setmetatable. */
@@ -409,21 +421,24 @@ static int init_frame(lua_State *L) {
   lua_setglobal(L, LUA_OSLIBNAME);
   lua_pop(L, 1); /* full os */
 
-  /* Base: no file access, text-only load, no finalisers, print to the log. */
+  /* Base: no file access, no finalisers, print to the log. */
   lua_pushnil(L);
   lua_setglobal(L, "dofile");
   lua_pushnil(L);
   lua_setglobal(L, "loadfile");
-  lua_getglobal(L, "load");
-  lua_pushcclosure(L, sandbox_load, 1);
-  lua_setglobal(L, "load");
   lua_getglobal(L, "setmetatable");
   lua_pushcclosure(L, sandbox_setmetatable, 1);
   lua_setglobal(L, "setmetatable");
   lua_pushcfunction(L, policy_print);
   lua_setglobal(L, "print");
 
-  /* package: our text-only searcher over the fixed path; no C modules. */
+  /* Loops in C under the deadline; load is text-only (binary chunks can
+   * crash the VM). */
+  cl__bounded_open(L, &policy_bounds);
+
+  /* package: our text-only searcher over the fixed path; no C modules,
+   * and no searchpath, which would tell whether any file on the host
+   * exists. */
   lua_getglobal(L, LUA_LOADLIBNAME);
   lua_pushstring(L, p->lua_path);
   lua_setfield(L, -2, "path");
@@ -431,6 +446,8 @@ static int init_frame(lua_State *L) {
   lua_setfield(L, -2, "cpath");
   lua_pushnil(L);
   lua_setfield(L, -2, "loadlib");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "searchpath");
   lua_getfield(L, -1, "searchers"); /* package searchers */
   lua_createtable(L, 2, 0);         /* package searchers new */
   lua_rawgeti(L, -2, 1);            /* the preload searcher */

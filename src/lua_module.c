@@ -763,7 +763,7 @@ static int engine_audit_events(lua_State *L) {
   in = glue_newbox(L, 0);
   out = glue_newbox(L, 0);
   if (!lua_isnil(L, 2)) {
-    if ((j = glue_to_json(L, 2, 0, 0, why, sizeof why)) == NULL) {
+    if ((j = glue_to_json(L, 2, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
       cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s", why);
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }

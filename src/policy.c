@@ -528,18 +528,27 @@ fail_path:
 struct load_call {
   glue_call c; /* first: the frame receives &c */
   const char *path;
-  int load_rc; /* luaL_loadfilex's status when the file did not compile */
 };
 
-/* Compiles the file (text only) and runs it with no arguments, so a
- * ready-made module can tell a --policy load (`...` is nil) from require. */
+/*
+ * Compiles the file (text only) and runs it with no arguments, so a
+ * ready-made module can tell a --policy load (`...` is nil) from require.
+ * A file that cannot be read or compiled is a bad argument, reported as
+ * it is, on one line, with nothing logged: there is no hook to blame and
+ * no traceback to show.  One that raises while running is a hook error.
+ */
 static int load_frame(lua_State *L) {
   struct load_call *lc = (struct load_call *)lua_touserdata(L, 1);
   int rc = luaL_loadfilex(L, lc->path, "t");
-  if (rc != LUA_OK) {
-    lc->load_rc = rc;
-    return lua_error(L);
+  if (rc == LUA_ERRFILE || rc == LUA_ERRSYNTAX) {
+    size_t len = 0;
+    const char *msg = lua_tolstring(L, -1, &len);
+    char line[CL_ERROR_MESSAGE_MAX];
+    cl__one_line(line, sizeof line, msg ? msg : "", msg ? len : 0);
+    lc->c.status = cl__fail(lc->c.err, CL_INVALID_ARGUMENT, "policy: %s", line);
+    return 0;
   }
+  if (rc != LUA_OK) return lua_error(L); /* out of memory */
   lua_call(L, 0, 0);
   return 0;
 }
@@ -560,11 +569,8 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
   eng->policy->loading = true;
   st = policy_call(eng->policy, load_frame, &lc.c, false);
   eng->policy->loading = false;
-  /* A file that cannot be read or compiled is a bad argument; one that
-   * raises while running is a hook error.  Hooks it registered before
-   * raising stay registered: cairnloop.open closes the engine then. */
-  if (st != CL_OK && (lc.load_rc == LUA_ERRFILE || lc.load_rc == LUA_ERRSYNTAX))
-    err->code = st = CL_INVALID_ARGUMENT;
+  /* Hooks a file registered before raising stay registered:
+   * cairnloop.open closes the engine then. */
   if (st == CL_OK) cl__ok(err);
   return st;
 }

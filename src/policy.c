@@ -490,6 +490,7 @@ static cl_status policy_create(cl_engine *eng, cl_error *err) {
   p->side.call = policy_hook_call;
   p->side.state = policy_state;
   p->side.api = "cl.";
+  p->side.actor_ref = LUA_NOREF;
   p->eng = eng;
   p->mem_limit = eng->hook_memory_limit;
   if ((p->lua_path = make_lua_path()) == NULL) goto fail_path;
@@ -573,6 +574,21 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
    * cairnloop.open closes the engine then. */
   if (st == CL_OK) cl__ok(err);
   return st;
+}
+
+bool cl__policy_owns_resolver(const cl_engine *eng) {
+  return eng->policy != NULL && glue_owns_resolver(&eng->policy->side, eng);
+}
+
+bool cl__policy_stage_actor(cl_engine *eng, const char *actor_json) {
+  struct cl__policy *p = eng->policy;
+  if (actor_json == NULL) {
+    if (p) p->side.actor_json = NULL;
+    return true;
+  }
+  if (!cl__policy_owns_resolver(eng)) return false;
+  p->side.actor_json = actor_json;
+  return true;
 }
 
 void cl__policy_free(struct cl__policy *p) {

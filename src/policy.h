@@ -24,11 +24,26 @@
 
 #include "engine.h"
 
+#include <stdbool.h>
+
 /* Where `require` looks when CAIRNLOOP_LUA_PATH is not set. */
 #ifndef CL_LUA_INSTALL_DIR
 #define CL_LUA_INSTALL_DIR "/usr/local/share/lua/5.4"
 #endif
 
 void cl__policy_free(struct cl__policy *policy);
+
+/*
+ * Stages an actor that is not a string (its JSON text, borrowed until the
+ * call that clears it) for the next call of the engine's actor resolver,
+ * when that resolver is one a policy script registered: the resolver gets
+ * the value decoded in the policy state in place of the actor string.
+ * False, staging nothing, when the resolver is not the policy state's.
+ * NULL clears.  Used by the host module (lua_module.c) around one
+ * operation.
+ */
+bool cl__policy_stage_actor(cl_engine *eng, const char *actor_json);
+/* Whether the engine's actor resolver is one a policy script registered. */
+bool cl__policy_owns_resolver(const cl_engine *eng);
 
 #endif

@@ -16,9 +16,13 @@
 #include "lua_bounded.h"
 #include "lua_glue.inc"
 
+#include <dlfcn.h>
+#include <limits.h>
+#include <link.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct cl__policy {
   glue_side side; /* first: the glue's view of this state */
@@ -352,38 +356,83 @@ static void path_add(char *out, size_t cap, const char *entry, size_t len) {
     snprintf(out + n, cap - n, "%.*s/?.lua;%.*s/?/init.lua;", (int)len, entry, (int)len, entry);
 }
 
-/* require's search path: CAIRNLOOP_LUA_PATH if set, else the build tree's
- * lua/ (CL_LUA_SRC_DIR, when built with it) and the installed tree. */
+/* Removes the last component of the path in buf; false if there is none. */
+static bool strip_component(char *buf) {
+  char *slash = strrchr(buf, '/');
+  if (slash == NULL || slash == buf) return false;
+  *slash = '\0';
+  return true;
+}
+
+/* The last component of the path in buf. */
+static const char *last_component(const char *buf) {
+  const char *slash = strrchr(buf, '/');
+  return slash ? slash + 1 : buf;
+}
+
+/*
+ * The directory of pure-Lua modules installed with the object this engine
+ * was loaded from, in out[PATH_MAX]; false when there is none:
+ *   <prefix>/lib/libcairnloop.so*, a program in <prefix>/bin
+ *       -> <prefix>/share/lua/5.4
+ *   <tree>/lib/lua/<version>/cairnloop.so (make install, a LuaRocks tree)
+ *       -> <tree>/share/lua/5.4
+ * A build directory matches neither, so nothing built in a checkout looks
+ * into it: run from a checkout with CAIRNLOOP_LUA_PATH set.  The object is
+ * found with dladdr on this file's own data; for the main program (whose
+ * name dladdr gives as argv[0]) it is /proc/self/exe.
+ */
+static bool installed_lua_dir(char *out) {
+  char obj[PATH_MAX];
+  const char *name;
+  struct link_map *map = NULL;
+  Dl_info info;
+  if (dladdr1((const void *)level_options, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+      map == NULL)
+    return false;
+  if (map->l_name == NULL || map->l_name[0] == '\0') {
+    ssize_t n = readlink("/proc/self/exe", obj, sizeof obj - 1);
+    if (n <= 0) return false;
+    obj[n] = '\0';
+  } else if (realpath(map->l_name, obj) == NULL) {
+    return false;
+  }
+  if (!strip_component(obj)) return false; /* the object's directory */
+  name = last_component(obj);
+  if (strcmp(name, "bin") != 0 && strcmp(name, "lib") != 0 && strcmp(name, "lib64") != 0) {
+    /* Only <tree>/lib/lua/<version> is left: up to <tree>/lib. */
+    if (!strip_component(obj) || strcmp(last_component(obj), "lua") != 0 ||
+        !strip_component(obj) || strcmp(last_component(obj), "lib") != 0)
+      return false;
+  }
+  if (!strip_component(obj)) return false; /* the prefix, or the tree */
+  return snprintf(out, PATH_MAX, "%s/share/lua/5.4", obj) < PATH_MAX;
+}
+
+/*
+ * require's search path, in this order: the entries of CAIRNLOOP_LUA_PATH
+ * (';'-separated directories or templates), the modules installed with
+ * this engine (installed_lua_dir), then CL_LUA_INSTALL_DIR.  Nothing of
+ * the tree the engine was built in is compiled in.
+ */
 static char *make_lua_path(void) {
-  const char *env = secure_getenv("CAIRNLOOP_LUA_PATH");
-  size_t cap, n;
+  const char *env = secure_getenv("CAIRNLOOP_LUA_PATH"), *t, *end;
+  char near[PATH_MAX];
+  bool has_near = installed_lua_dir(near);
+  size_t cap = 2 * strlen(CL_LUA_INSTALL_DIR) + 64, n;
   char *out;
-  if (env && *env) {
-    /* Each entry grows to at most twice its length plus the suffixes. */
-    cap = 64;
+  if (env) /* each entry grows to at most twice its length plus the suffixes */
     for (n = 0; env[n]; n++) cap += env[n] == ';' ? 32 : 2;
-    cap += 32;
-  } else {
-    cap = 2 * strlen(CL_LUA_INSTALL_DIR) + 128;
-#ifdef CL_LUA_SRC_DIR
-    cap += 2 * strlen(CL_LUA_SRC_DIR);
-#endif
-  }
-  if ((out = (char *)malloc(cap)) == NULL) return NULL;
+  if (has_near) cap += 2 * strlen(near) + 32;
+  if ((out = (char *)malloc(cap + 32)) == NULL) return NULL;
   out[0] = '\0';
-  if (env && *env) {
-    const char *t = env, *end;
-    for (; *t; t = *end ? end + 1 : end) {
-      end = strchr(t, ';');
-      if (end == NULL) end = t + strlen(t);
-      path_add(out, cap, t, (size_t)(end - t));
-    }
-  } else {
-#ifdef CL_LUA_SRC_DIR
-    path_add(out, cap, CL_LUA_SRC_DIR, strlen(CL_LUA_SRC_DIR));
-#endif
-    path_add(out, cap, CL_LUA_INSTALL_DIR, strlen(CL_LUA_INSTALL_DIR));
+  for (t = env ? env : ""; *t; t = *end ? end + 1 : end) {
+    end = strchr(t, ';');
+    if (end == NULL) end = t + strlen(t);
+    path_add(out, cap, t, (size_t)(end - t));
   }
+  if (has_near) path_add(out, cap, near, strlen(near));
+  path_add(out, cap, CL_LUA_INSTALL_DIR, strlen(CL_LUA_INSTALL_DIR));
   n = strlen(out);
   if (n > 0 && out[n - 1] == ';') out[n - 1] = '\0';
   return out;

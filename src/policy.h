@@ -16,8 +16,9 @@
  * list_events(opts, tx) also gets a tx handle whose statements run outside
  * any transaction.  `require` finds pure-Lua modules (text only) in the
  * directories of CAIRNLOOP_LUA_PATH (';'-separated; an entry containing '?'
- * is used as a template as is), else CL_LUA_SRC_DIR and CL_LUA_INSTALL_DIR,
- * fixed at build time.
+ * is used as a template as is), then in the share/lua/5.4 that belongs
+ * with the installed object the engine runs from, then in
+ * CL_LUA_INSTALL_DIR; no directory of the build tree is compiled in.
  */
 #ifndef CL_POLICY_H
 #define CL_POLICY_H

@@ -43,6 +43,12 @@ int cl__budget_tick(cl__budget *b, int count) {
   return b->exceeded;
 }
 
+int cl__budget_clock(cl__budget *b) {
+  if (b->exceeded == CL__BUDGET_WITHIN && now_ns() >= b->deadline_ns)
+    b->exceeded = CL__BUDGET_OVER_TIME;
+  return b->exceeded;
+}
+
 const char *cl__budget_what(const cl__budget *b) {
   return b->exceeded == CL__BUDGET_OVER_INSTRUCTIONS ? "instruction budget exceeded"
                                                      : "time limit exceeded";

@@ -35,6 +35,9 @@ typedef struct cl__budget {
 void cl__budget_arm(cl__budget *b, int64_t instructions, int64_t ms);
 /* Counts one firing of `count` instructions; returns the sticky verdict. */
 int cl__budget_tick(cl__budget *b, int count);
+/* Compares the deadline only, for loops in C that no count hook reaches
+ * (lua_bounded.c); returns the sticky verdict. */
+int cl__budget_clock(cl__budget *b);
 /* What the count hook raises with once the budget is spent. */
 const char *cl__budget_what(const cl__budget *b);
 /* Fills err with "<hook>: <which limit> (<the limit>)". */

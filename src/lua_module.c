@@ -12,6 +12,7 @@
  * API, engine.h (in_hook, the budgets) and glue.h.
  */
 #include "lua_glue.inc"
+#include "policy.h"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -233,6 +234,74 @@ static bool opt_string(lua_State *L, int idx, const char *name, const char **out
   return top_string(L, name, out, err);
 }
 
+/*
+ * opts.actor at `idx`.  nil or a string is the actor itself (*out).  Any
+ * other plain value (a boolean, a number, a table) is for the actor
+ * resolver to map, as API.md allows: *value_idx is set to its stack slot
+ * when the resolver was registered from this state (it gets the value
+ * itself), or *json to a box holding the value's JSON when the resolver
+ * is the policy state's (it gets a copy made there, within the same
+ * copy bounds as a hook's result).  stage_actor hands either over just
+ * before the operation.  Without a resolver such an actor is invalid.
+ * The value stays pushed; raises only on memory.
+ */
+static bool opt_actor(lua_State *L, lengine *le, int idx, const char **out, int *value_idx,
+                      cl__box **json, cl_error *err) {
+  int t;
+  char why[96];
+  json_t *j;
+  *value_idx = 0;
+  *json = NULL;
+  lua_getfield(L, idx, "actor");
+  t = lua_type(L, -1);
+  if (t == LUA_TNIL || t == LUA_TSTRING) return top_string(L, "actor", out, err);
+  *out = NULL;
+  if (!le->eng->has_resolver || (t != LUA_TBOOLEAN && t != LUA_TNUMBER && t != LUA_TTABLE)) {
+    cl__fail(err, CL_INVALID_ARGUMENT,
+             "actor must be a string, got a %s (an actor resolver may take plain values)",
+             luaL_typename(L, -1));
+    return false;
+  }
+  if (glue_owns_resolver(&le->side, le->eng)) {
+    *value_idx = lua_gettop(L);
+    return true;
+  }
+  *json = glue_newbox(L, 0);
+  lua_insert(L, -2); /* box actor: the actor stays on top */
+  if ((j = glue_to_json(L, -1, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "actor cannot be copied into the policy state: %s", why);
+    return false;
+  }
+  if (((*json)->p = cl__json_take_text(j, true)) == NULL) luaL_error(L, "not enough memory");
+  (*json)->drop = free;
+  if (cl__policy_owns_resolver(le->eng)) return true;
+  cl__fail(err, CL_INVALID_ARGUMENT, "actor must be a string for this actor resolver, got a %s",
+           luaL_typename(L, -1));
+  return false;
+}
+
+/* Hands the actor opt_actor prepared to the side that runs the resolver,
+ * for one operation.  Raises only on memory, before anything is staged:
+ * call it after the last call that may raise before the operation. */
+static void stage_actor(lua_State *L, lengine *le, int value_idx, cl__box *json) {
+  if (value_idx) {
+    lua_pushvalue(L, value_idx);
+    le->side.actor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else if (json) {
+    cl__policy_stage_actor(le->eng, (const char *)json->p);
+  }
+}
+
+/* Takes a staged actor back after the operation, on every path. */
+static void unstage_actor(lua_State *L, lengine *le, cl__box *json) {
+  luaL_unref(L, LUA_REGISTRYINDEX, le->side.actor_ref);
+  le->side.actor_ref = LUA_NOREF;
+  if (json) {
+    cl__policy_stage_actor(le->eng, NULL);
+    cl__box_release(json);
+  }
+}
+
 /* opts[name] as an integer from min to max; *out untouched when absent. */
 static bool opt_int(lua_State *L, int idx, const char *name, int64_t min, int64_t max,
                     int64_t *out, cl_error *err) {
@@ -439,6 +508,8 @@ static int engine_open(lua_State *L) {
   le->side.api = "";
   le->side.audit_slot = &le->audit_ref; /* res.audit is the value itself */
   le->side.hooks = NULL;
+  le->side.actor_ref = LUA_NOREF;
+  le->side.actor_json = NULL;
   le->eng = NULL;
   le->L = L;
   le->log_ref = LUA_NOREF;
@@ -554,10 +625,11 @@ static int engine_trigger(lua_State *L) {
   lengine *le = check_engine(L, "trigger", false);
   cl_trigger_opts o;
   cl_trigger_result *res;
-  cl__box *box;
+  cl__box *box, *actor_json;
   cl_error err;
   cl_status st;
   int64_t id;
+  int actor_idx;
 
   luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
@@ -565,7 +637,7 @@ static int engine_trigger(lua_State *L) {
   if (!check_id(L, 2, "conversation_id", &id, &err) || !check_keys(L, 3, allowed, &err) ||
       !opt_string(L, 3, "template_id", &o.template_id, &err) ||
       !opt_string(L, 3, "content", &o.content, &err) ||
-      !opt_string(L, 3, "actor", &o.actor, &err) ||
+      !opt_actor(L, le, 3, &o.actor, &actor_idx, &actor_json, &err) ||
       !opt_string(L, 3, "bulk_envelope_id", &o.bulk_envelope_id, &err) ||
       !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
@@ -573,7 +645,9 @@ static int engine_trigger(lua_State *L) {
   box = glue_newbox(L, sizeof *res); /* owns the result while the table is built */
   res = (cl_trigger_result *)box->p;
   le->audit_ref = LUA_NOREF;
+  stage_actor(L, le, actor_idx, actor_json);
   st = cl_trigger(le->eng, id, &o, res, &err);
+  unstage_actor(L, le, actor_json);
   box->drop = drop_trigger_result;
   if (st != CL_OK) {
     drop_audit(L, le);
@@ -600,11 +674,12 @@ static int engine_bulk_trigger(lua_State *L) {
   lengine *le = check_engine(L, "bulk_trigger", false);
   cl_bulk_opts o;
   cl_bulk_result *res;
-  cl__box *box;
+  cl__box *box, *actor_json;
   cl_error err;
   cl_status st;
   int64_t *ids;
   size_t n, i, keys = 0;
+  int actor_idx;
 
   luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
@@ -643,7 +718,7 @@ static int engine_bulk_trigger(lua_State *L) {
   if (!check_keys(L, 3, allowed, &err) ||
       !opt_string(L, 3, "template_id", &o.template_id, &err) ||
       !opt_string(L, 3, "rendered_body", &o.rendered_body, &err) ||
-      !opt_string(L, 3, "actor", &o.actor, &err) ||
+      !opt_actor(L, le, 3, &o.actor, &actor_idx, &actor_json, &err) ||
       !opt_string(L, 3, "envelope_id", &o.envelope_id, &err) ||
       !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
@@ -651,7 +726,9 @@ static int engine_bulk_trigger(lua_State *L) {
   box = glue_newbox(L, sizeof *res);
   res = (cl_bulk_result *)box->p;
   le->audit_ref = LUA_NOREF;
+  stage_actor(L, le, actor_idx, actor_json);
   st = cl_bulk_trigger(le->eng, ids, n, &o, res, &err);
+  unstage_actor(L, le, actor_json);
   box->drop = drop_bulk_result;
   if (st != CL_OK) {
     drop_audit(L, le);
@@ -763,7 +840,7 @@ static int engine_audit_events(lua_State *L) {
   in = glue_newbox(L, 0);
   out = glue_newbox(L, 0);
   if (!lua_isnil(L, 2)) {
-    if ((j = glue_to_json(L, 2, 0, 0, why, sizeof why)) == NULL) {
+    if ((j = glue_to_json(L, 2, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
       cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s", why);
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }

@@ -7,15 +7,22 @@
  * call point, policy_call(), under an instruction budget, a deadline and a
  * memory cap.  The hook adapters and the registration functions are the
  * glue's (lua_glue.inc, compiled here for Lua 5.4); this file keeps the
- * call point, the sandbox and loading.  Uses the engine's hook, telemetry
- * and log functions.
+ * call point, the sandbox and loading.  The library functions that loop in
+ * C, where no count hook fires, are replaced by bounded ones
+ * (lua_bounded.c) that report to this file's budget.  Uses the engine's
+ * hook, telemetry and log functions.
  */
 #include "policy.h"
+#include "lua_bounded.h"
 #include "lua_glue.inc"
 
+#include <dlfcn.h>
+#include <limits.h>
+#include <link.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct cl__policy {
   glue_side side; /* first: the glue's view of this state */
@@ -84,6 +91,28 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   glue_count(L, count_hook, p->armed ? &p->budget : NULL);
 }
+
+/*
+ * cl__bounds.check, for the loops in C of the bounded library functions
+ * (lua_bounded.c), which the count hook never interrupts: once the
+ * deadline has passed (or the budget was spent), raise as the count hook
+ * would, and re-arm the hook to fire on the next instruction so that a
+ * script's pcall cannot swallow the error for long.
+ */
+static void bounds_check(lua_State *L) {
+  struct cl__policy *p = policy_of(L);
+  if (!p->armed || cl__budget_clock(&p->budget) == CL__BUDGET_WITHIN) return;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "%s", cl__budget_what(&p->budget));
+}
+
+/* cl__bounds.spent: xpcall skips a script's message handler then. */
+static int bounds_spent(lua_State *L) {
+  struct cl__policy *p = policy_of(L);
+  return p->armed && p->budget.exceeded != CL__BUDGET_WITHIN;
+}
+
+static const cl__bounds policy_bounds = {bounds_check, bounds_spent};
 
 /*
  * The call point: every call into the state.  Runs `frame` under lua_pcall
@@ -246,19 +275,6 @@ static void policy_warn(void *ud, const char *msg, int tocont) {
   }
 }
 
-/* load(chunk [, chunkname [, mode [, env]]]): text chunks only; binary
- * chunks can crash the VM.  Upvalue 1 is the original load. */
-static int sandbox_load(lua_State *L) {
-  int n = lua_gettop(L);
-  lua_settop(L, n < 4 ? 3 : 4); /* an absent env must stay absent */
-  lua_pushliteral(L, "t");
-  lua_replace(L, 3);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 /* setmetatable(t, mt): refuses __gc, because finalisers run with hooks
  * disabled, outside every budget, and even inside lua_close.  Upvalue 1 is
  * the original setmetatable. */
@@ -340,38 +356,83 @@ static void path_add(char *out, size_t cap, const char *entry, size_t len) {
     snprintf(out + n, cap - n, "%.*s/?.lua;%.*s/?/init.lua;", (int)len, entry, (int)len, entry);
 }
 
-/* require's search path: CAIRNLOOP_LUA_PATH if set, else the build tree's
- * lua/ (CL_LUA_SRC_DIR, when built with it) and the installed tree. */
+/* Removes the last component of the path in buf; false if there is none. */
+static bool strip_component(char *buf) {
+  char *slash = strrchr(buf, '/');
+  if (slash == NULL || slash == buf) return false;
+  *slash = '\0';
+  return true;
+}
+
+/* The last component of the path in buf. */
+static const char *last_component(const char *buf) {
+  const char *slash = strrchr(buf, '/');
+  return slash ? slash + 1 : buf;
+}
+
+/*
+ * The directory of pure-Lua modules installed with the object this engine
+ * was loaded from, in out[PATH_MAX]; false when there is none:
+ *   <prefix>/lib/libcairnloop.so*, a program in <prefix>/bin
+ *       -> <prefix>/share/lua/5.4
+ *   <tree>/lib/lua/<version>/cairnloop.so (make install, a LuaRocks tree)
+ *       -> <tree>/share/lua/5.4
+ * A build directory matches neither, so nothing built in a checkout looks
+ * into it: run from a checkout with CAIRNLOOP_LUA_PATH set.  The object is
+ * found with dladdr on this file's own data; for the main program (whose
+ * name dladdr gives as argv[0]) it is /proc/self/exe.
+ */
+static bool installed_lua_dir(char *out) {
+  char obj[PATH_MAX];
+  const char *name;
+  struct link_map *map = NULL;
+  Dl_info info;
+  if (dladdr1((const void *)level_options, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+      map == NULL)
+    return false;
+  if (map->l_name == NULL || map->l_name[0] == '\0') {
+    ssize_t n = readlink("/proc/self/exe", obj, sizeof obj - 1);
+    if (n <= 0) return false;
+    obj[n] = '\0';
+  } else if (realpath(map->l_name, obj) == NULL) {
+    return false;
+  }
+  if (!strip_component(obj)) return false; /* the object's directory */
+  name = last_component(obj);
+  if (strcmp(name, "bin") != 0 && strcmp(name, "lib") != 0 && strcmp(name, "lib64") != 0) {
+    /* Only <tree>/lib/lua/<version> is left: up to <tree>/lib. */
+    if (!strip_component(obj) || strcmp(last_component(obj), "lua") != 0 ||
+        !strip_component(obj) || strcmp(last_component(obj), "lib") != 0)
+      return false;
+  }
+  if (!strip_component(obj)) return false; /* the prefix, or the tree */
+  return snprintf(out, PATH_MAX, "%s/share/lua/5.4", obj) < PATH_MAX;
+}
+
+/*
+ * require's search path, in this order: the entries of CAIRNLOOP_LUA_PATH
+ * (';'-separated directories or templates), the modules installed with
+ * this engine (installed_lua_dir), then CL_LUA_INSTALL_DIR.  Nothing of
+ * the tree the engine was built in is compiled in.
+ */
 static char *make_lua_path(void) {
-  const char *env = secure_getenv("CAIRNLOOP_LUA_PATH");
-  size_t cap, n;
+  const char *env = secure_getenv("CAIRNLOOP_LUA_PATH"), *t, *end;
+  char near[PATH_MAX];
+  bool has_near = installed_lua_dir(near);
+  size_t cap = 2 * strlen(CL_LUA_INSTALL_DIR) + 64, n;
   char *out;
-  if (env && *env) {
-    /* Each entry grows to at most twice its length plus the suffixes. */
-    cap = 64;
+  if (env) /* each entry grows to at most twice its length plus the suffixes */
     for (n = 0; env[n]; n++) cap += env[n] == ';' ? 32 : 2;
-    cap += 32;
-  } else {
-    cap = 2 * strlen(CL_LUA_INSTALL_DIR) + 128;
-#ifdef CL_LUA_SRC_DIR
-    cap += 2 * strlen(CL_LUA_SRC_DIR);
-#endif
-  }
-  if ((out = (char *)malloc(cap)) == NULL) return NULL;
+  if (has_near) cap += 2 * strlen(near) + 32;
+  if ((out = (char *)malloc(cap + 32)) == NULL) return NULL;
   out[0] = '\0';
-  if (env && *env) {
-    const char *t = env, *end;
-    for (; *t; t = *end ? end + 1 : end) {
-      end = strchr(t, ';');
-      if (end == NULL) end = t + strlen(t);
-      path_add(out, cap, t, (size_t)(end - t));
-    }
-  } else {
-#ifdef CL_LUA_SRC_DIR
-    path_add(out, cap, CL_LUA_SRC_DIR, strlen(CL_LUA_SRC_DIR));
-#endif
-    path_add(out, cap, CL_LUA_INSTALL_DIR, strlen(CL_LUA_INSTALL_DIR));
+  for (t = env ? env : ""; *t; t = *end ? end + 1 : end) {
+    end = strchr(t, ';');
+    if (end == NULL) end = t + strlen(t);
+    path_add(out, cap, t, (size_t)(end - t));
   }
+  if (has_near) path_add(out, cap, near, strlen(near));
+  path_add(out, cap, CL_LUA_INSTALL_DIR, strlen(CL_LUA_INSTALL_DIR));
   n = strlen(out);
   if (n > 0 && out[n - 1] == ';') out[n - 1] = '\0';
   return out;
@@ -409,21 +470,24 @@ static int init_frame(lua_State *L) {
   lua_setglobal(L, LUA_OSLIBNAME);
   lua_pop(L, 1); /* full os */
 
-  /* Base: no file access, text-only load, no finalisers, print to the log. */
+  /* Base: no file access, no finalisers, print to the log. */
   lua_pushnil(L);
   lua_setglobal(L, "dofile");
   lua_pushnil(L);
   lua_setglobal(L, "loadfile");
-  lua_getglobal(L, "load");
-  lua_pushcclosure(L, sandbox_load, 1);
-  lua_setglobal(L, "load");
   lua_getglobal(L, "setmetatable");
   lua_pushcclosure(L, sandbox_setmetatable, 1);
   lua_setglobal(L, "setmetatable");
   lua_pushcfunction(L, policy_print);
   lua_setglobal(L, "print");
 
-  /* package: our text-only searcher over the fixed path; no C modules. */
+  /* Loops in C under the deadline; load is text-only (binary chunks can
+   * crash the VM). */
+  cl__bounded_open(L, &policy_bounds);
+
+  /* package: our text-only searcher over the fixed path; no C modules,
+   * and no searchpath, which would tell whether any file on the host
+   * exists. */
   lua_getglobal(L, LUA_LOADLIBNAME);
   lua_pushstring(L, p->lua_path);
   lua_setfield(L, -2, "path");
@@ -431,6 +495,8 @@ static int init_frame(lua_State *L) {
   lua_setfield(L, -2, "cpath");
   lua_pushnil(L);
   lua_setfield(L, -2, "loadlib");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "searchpath");
   lua_getfield(L, -1, "searchers"); /* package searchers */
   lua_createtable(L, 2, 0);         /* package searchers new */
   lua_rawgeti(L, -2, 1);            /* the preload searcher */
@@ -473,6 +539,7 @@ static cl_status policy_create(cl_engine *eng, cl_error *err) {
   p->side.call = policy_hook_call;
   p->side.state = policy_state;
   p->side.api = "cl.";
+  p->side.actor_ref = LUA_NOREF;
   p->eng = eng;
   p->mem_limit = eng->hook_memory_limit;
   if ((p->lua_path = make_lua_path()) == NULL) goto fail_path;
@@ -511,18 +578,27 @@ fail_path:
 struct load_call {
   glue_call c; /* first: the frame receives &c */
   const char *path;
-  int load_rc; /* luaL_loadfilex's status when the file did not compile */
 };
 
-/* Compiles the file (text only) and runs it with no arguments, so a
- * ready-made module can tell a --policy load (`...` is nil) from require. */
+/*
+ * Compiles the file (text only) and runs it with no arguments, so a
+ * ready-made module can tell a --policy load (`...` is nil) from require.
+ * A file that cannot be read or compiled is a bad argument, reported as
+ * it is, on one line, with nothing logged: there is no hook to blame and
+ * no traceback to show.  One that raises while running is a hook error.
+ */
 static int load_frame(lua_State *L) {
   struct load_call *lc = (struct load_call *)lua_touserdata(L, 1);
   int rc = luaL_loadfilex(L, lc->path, "t");
-  if (rc != LUA_OK) {
-    lc->load_rc = rc;
-    return lua_error(L);
+  if (rc == LUA_ERRFILE || rc == LUA_ERRSYNTAX) {
+    size_t len = 0;
+    const char *msg = lua_tolstring(L, -1, &len);
+    char line[CL_ERROR_MESSAGE_MAX];
+    cl__one_line(line, sizeof line, msg ? msg : "", msg ? len : 0);
+    lc->c.status = cl__fail(lc->c.err, CL_INVALID_ARGUMENT, "policy: %s", line);
+    return 0;
   }
+  if (rc != LUA_OK) return lua_error(L); /* out of memory */
   lua_call(L, 0, 0);
   return 0;
 }
@@ -543,13 +619,25 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
   eng->policy->loading = true;
   st = policy_call(eng->policy, load_frame, &lc.c, false);
   eng->policy->loading = false;
-  /* A file that cannot be read or compiled is a bad argument; one that
-   * raises while running is a hook error.  Hooks it registered before
-   * raising stay registered: cairnloop.open closes the engine then. */
-  if (st != CL_OK && (lc.load_rc == LUA_ERRFILE || lc.load_rc == LUA_ERRSYNTAX))
-    err->code = st = CL_INVALID_ARGUMENT;
+  /* Hooks a file registered before raising stay registered:
+   * cairnloop.open closes the engine then. */
   if (st == CL_OK) cl__ok(err);
   return st;
+}
+
+bool cl__policy_owns_resolver(const cl_engine *eng) {
+  return eng->policy != NULL && glue_owns_resolver(&eng->policy->side, eng);
+}
+
+bool cl__policy_stage_actor(cl_engine *eng, const char *actor_json) {
+  struct cl__policy *p = eng->policy;
+  if (actor_json == NULL) {
+    if (p) p->side.actor_json = NULL;
+    return true;
+  }
+  if (!cl__policy_owns_resolver(eng)) return false;
+  p->side.actor_json = actor_json;
+  return true;
 }
 
 void cl__policy_free(struct cl__policy *p) {

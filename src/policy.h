@@ -16,13 +16,16 @@
  * list_events(opts, tx) also gets a tx handle whose statements run outside
  * any transaction.  `require` finds pure-Lua modules (text only) in the
  * directories of CAIRNLOOP_LUA_PATH (';'-separated; an entry containing '?'
- * is used as a template as is), else CL_LUA_SRC_DIR and CL_LUA_INSTALL_DIR,
- * fixed at build time.
+ * is used as a template as is), then in the share/lua/5.4 that belongs
+ * with the installed object the engine runs from, then in
+ * CL_LUA_INSTALL_DIR; no directory of the build tree is compiled in.
  */
 #ifndef CL_POLICY_H
 #define CL_POLICY_H
 
 #include "engine.h"
+
+#include <stdbool.h>
 
 /* Where `require` looks when CAIRNLOOP_LUA_PATH is not set. */
 #ifndef CL_LUA_INSTALL_DIR
@@ -30,5 +33,18 @@
 #endif
 
 void cl__policy_free(struct cl__policy *policy);
+
+/*
+ * Stages an actor that is not a string (its JSON text, borrowed until the
+ * call that clears it) for the next call of the engine's actor resolver,
+ * when that resolver is one a policy script registered: the resolver gets
+ * the value decoded in the policy state in place of the actor string.
+ * False, staging nothing, when the resolver is not the policy state's.
+ * NULL clears.  Used by the host module (lua_module.c) around one
+ * operation.
+ */
+bool cl__policy_stage_actor(cl_engine *eng, const char *actor_json);
+/* Whether the engine's actor resolver is one a policy script registered. */
+bool cl__policy_owns_resolver(const cl_engine *eng);
 
 #endif

@@ -76,11 +76,11 @@ all: $(STATIC_LIB) $(SHARED_LIB) $(CLI_BIN) $(LUA_MOD) $(LUAJIT_MOD) $(PC_FILE)
 deps:
 	@tools/deps.sh
 
-$(BUILD)/obj/%.o: src/%.c | $(BUILD)/gen/migrations_gen.c
+$(BUILD)/obj/%.o: src/%.c $(BUILD)/flags.stamp | $(BUILD)/gen/migrations_gen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(BUILD)/obj/cli/%.o: cli/%.c
+$(BUILD)/obj/cli/%.o: cli/%.c $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)
 	$(CC) $(CLI_CFLAGS) -c $< -o $@
 
@@ -105,8 +105,10 @@ $(BUILD)/obj/sql_gen.o: $(BUILD)/gen/sql_gen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-# The policy state finds the pure-Lua tree in the source dir (for running
-# from a checkout) and then where `make install` puts it.
+# The policy state finds the pure-Lua tree through $CAIRNLOOP_LUA_PATH,
+# then beside the installed engine, then where `make install` puts it; no
+# path of the checkout is compiled in (the command, run from a build in a
+# checkout, points $CAIRNLOOP_LUA_PATH at its lua/ itself).
 # Rewritten only when PREFIX changes, so what is built for one prefix is
 # rebuilt for another (the compiled-in Lua path, the pkg-config file).
 $(BUILD)/prefix.stamp: FORCE
@@ -114,9 +116,15 @@ $(BUILD)/prefix.stamp: FORCE
 	@echo '$(PREFIX) $(LUA_INSTALL_DIR)' | cmp -s - $@ || echo '$(PREFIX) $(LUA_INSTALL_DIR)' > $@
 FORCE:
 
+# The compiler flags of the last build: objects built with other flags (a
+# warning added, SANITIZE) are rebuilt, as -MMD rebuilds for headers.
+$(BUILD)/flags.stamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS_ALL) $(CLI_CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CLI_CFLAGS)' > $@
+
 # Where an installed engine's policy state finds the pure-Lua modules.
 LUA_INSTALL_DIR ?= $(PREFIX)/share/lua/5.4
-LUA_DIRS := -DCL_LUA_SRC_DIR='"$(CURDIR)/lua"' -DCL_LUA_INSTALL_DIR='"$(LUA_INSTALL_DIR)"'
+LUA_DIRS := -DCL_LUA_INSTALL_DIR='"$(LUA_INSTALL_DIR)"'
 $(BUILD)/obj/policy.o $(BUILD)/obj/cli/run.o: Makefile $(BUILD)/prefix.stamp
 $(BUILD)/obj/policy.o: CFLAGS_ALL += $(LUA_DIRS)
 $(BUILD)/obj/cli/run.o: CLI_CFLAGS += $(LUA_DIRS)

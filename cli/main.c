@@ -661,6 +661,7 @@ int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
 int main(int argc, char **argv) {
   cli_ctx ctx = {0};
   int (*run)(cli_ctx *ctx);
+  cli_lua_path_default();
   int rc = cli_parse(&ctx, argc, argv, &run);
   if (rc != CLI_CONTINUE)
     return rc;

@@ -182,6 +182,7 @@ static int lookup(const char *const *names, int n, const cl_kv *kv) {
  * measures it, {duration} in ns (the notifier call). */
 static void on_delivery(const char *const *event, const cl_measurements *ms, const cl_metadata *md,
                         void *config) {
+  (void)event; /* the outcome says which of the three events it is */
   cli_metrics *m = config;
   int o = lookup(outcome_names, N_OUTCOMES, cl_map_get(md, "outcome"));
   int r = lookup(reason_names, N_REASONS, cl_map_get(md, "reason"));
@@ -407,6 +408,10 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
+  (void)version; /* GET and HEAD carry no body: no upload to read */
+  (void)upload_data;
+  (void)upload_data_size;
+  (void)con_cls;
   const char *plain = "text/plain; charset=utf-8";
   cli_metrics *m = cls;
   if (strcmp(url, "/metrics") != 0) {

@@ -77,12 +77,11 @@ static char *beside_exe(const char *rel) {
   return is_dir(joined) ? realpath(joined, NULL) : NULL;
 }
 
-/* The source tree's lua/ directory: the one the build names, else the one
- * beside the executable's build directory.  Malloc'd, or NULL. */
+/* The source tree's lua/ directory when this program runs from a build in
+ * a checkout (build/cairnloop beside lua/): found relative to the program
+ * itself, never a path compiled in, so an installed program never looks
+ * into the tree it was built in.  Malloc'd, or NULL. */
 static char *source_lua_dir(void) {
-#ifdef CL_LUA_SRC_DIR
-  if (is_dir(CL_LUA_SRC_DIR)) return strdup(CL_LUA_SRC_DIR);
-#endif
   char *dir = beside_exe("../lua");
   char probe[PATH_MAX];
   /* Only a tree that holds our modules counts. */
@@ -462,4 +461,11 @@ int cli_cmd_demo(cli_ctx *ctx) {
   /* --json: the campaign's report is one JSON object, and nothing else. */
   job.json = ctx->json;
   return run_job_now(&job);
+}
+
+void cli_lua_path_default(void) {
+  if (nonempty_env("CAIRNLOOP_LUA_PATH")) return;
+  char *src = source_lua_dir();
+  if (src) setenv("CAIRNLOOP_LUA_PATH", src, 0);
+  free(src);
 }

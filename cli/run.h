@@ -17,4 +17,11 @@
 int cli_cmd_run(cli_ctx *ctx);
 int cli_cmd_demo(cli_ctx *ctx);
 
+/*
+ * From a build in a checkout, points $CAIRNLOOP_LUA_PATH (when unset) at
+ * the checkout's lua/, so that the engine's policy state and scripts find
+ * the ready-made modules there; an installed program finds its own.
+ */
+void cli_lua_path_default(void);
+
 #endif

@@ -50,6 +50,7 @@ enum cli_opt {
   CLI_OPT_RETENTION_FAILED,
   CLI_OPT_MIGRATE_STATUS, /* migrate --status: a flag, unlike envelopes --status S */
   CLI_OPT_METRICS,
+  CLI_OPT_NO_PREPARED_STATEMENTS,
   CLI_OPT_END
 };
 
@@ -64,6 +65,7 @@ typedef struct cli_ctx {
   const char *policies[CLI_MAX_POLICIES];
   int npolicies;
   bool json;
+  bool no_prepared_statements; /* for a transaction pooler (cl_config) */
   /* Command options by id (NULL when absent); values are argv strings. */
   const char *opt[CLI_OPT_END - CLI_OPT_FIRST_LONG];
   /* Positional arguments. */

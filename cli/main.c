@@ -16,7 +16,8 @@
 #include <string.h>
 
 /* Command flags. */
-#define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy */
+#define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy,
+                          --no-prepared-statements */
 #define CLI_ARGS_RAW 0x2 /* options end at the first argument: the rest is the script's */
 
 typedef struct cli_command {
@@ -62,13 +63,15 @@ static const struct option all_options[] = {
     {"retention-failed", required_argument, NULL, CLI_OPT_RETENTION_FAILED},
     {"status", no_argument, NULL, CLI_OPT_MIGRATE_STATUS},
     {"metrics", required_argument, NULL, CLI_OPT_METRICS},
+    {"no-prepared-statements", no_argument, NULL, CLI_OPT_NO_PREPARED_STATEMENTS},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
 /* Accepted everywhere, and before the command. */
 static const int output_options[] = {CLI_OPT_HELP, CLI_OPT_VERSION, CLI_OPT_JSON, 0};
 /* Accepted by the commands that open an engine, and before the command. */
-static const int engine_options[] = {CLI_OPT_DATABASE, CLI_OPT_SCHEMA, CLI_OPT_POLICY, 0};
+static const int engine_options[] = {CLI_OPT_DATABASE, CLI_OPT_SCHEMA, CLI_OPT_POLICY,
+                                     CLI_OPT_NO_PREPARED_STATEMENTS, 0};
 
 static const int trigger_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_CONTENT, CLI_OPT_SCHEDULE_IN,
                                       CLI_OPT_ACTOR, CLI_OPT_BULK_ENVELOPE_ID, 0};
@@ -346,12 +349,16 @@ static const char common_help[] =
     "                           else PG* variables, else the embedded cluster)\n"
     "  --schema S               schema of the tables (default: cairnloop)\n"
     "  --policy FILE            load a Lua policy script (repeatable)\n"
+    "  --no-prepared-statements send every statement with its text, for PgBouncer in\n"
+    "                           transaction mode; workers then poll every 1 s instead\n"
+    "                           of LISTEN (also $CAIRNLOOP_NO_PREPARED_STATEMENTS=1)\n"
     "  --json                   print one JSON object per result line\n"
     "  -h, --help               show help\n"
     "  --version                print the version\n";
 
 static const char env_help[] =
     "Environment: CAIRNLOOP_DATABASE_URL, PG* (libpq), CAIRNLOOP_MAX_BATCH_SIZE,\n"
+    "CAIRNLOOP_NO_PREPARED_STATEMENTS (1 or 0),\n"
     "CAIRNLOOP_LOG_LEVEL (debug, info, warn, error; default info).\n"
     "\n"
     "Log lines of the engine and policies go to stderr as `cairnloop: [LEVEL] ...`;\n"
@@ -493,6 +500,8 @@ int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   }
   cfg.database = url; /* NULL: libpq's own defaults, from the PG* variables */
   cfg.schema = ctx->schema;
+  if (ctx->no_prepared_statements)
+    cfg.no_prepared_statements = 1; /* else the engine reads $CAIRNLOOP_NO_PREPARED_STATEMENTS */
   cl_error err;
   cl_engine *eng = NULL;
   cl_status st = cl_open(&eng, &cfg, &err);
@@ -550,6 +559,9 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
     return 0;
   case CLI_OPT_JSON:
     ctx->json = true;
+    return CLI_CONTINUE;
+  case CLI_OPT_NO_PREPARED_STATEMENTS:
+    ctx->no_prepared_statements = true;
     return CLI_CONTINUE;
   case CLI_OPT_POLICY:
     if (ctx->npolicies == CLI_MAX_POLICIES)
@@ -636,9 +648,11 @@ int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
   rc = parse_options(ctx, cmd, cargc, cargv);
   if (rc != CLI_CONTINUE)
     return rc;
-  if (!(cmd->flags & CLI_ENGINE) && (ctx->database || ctx->schema || ctx->npolicies))
+  if (!(cmd->flags & CLI_ENGINE) &&
+      (ctx->database || ctx->schema || ctx->npolicies || ctx->no_prepared_statements))
     return cli_fail(CL_INVALID_ARGUMENT,
-                    "%s: --database, --schema and --policy do not apply", cmd->name);
+                    "%s: --database, --schema, --policy and --no-prepared-statements do not apply",
+                    cmd->name);
 
   ctx->args = cargv + optind;
   ctx->nargs = cargc - optind;

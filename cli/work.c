@@ -3,7 +3,9 @@
  *
  * Delivers batches until SIGINT/SIGTERM, sleeping between them until jobs
  * are inserted (LISTEN/NOTIFY), the next scheduled job or expired lease is
- * due, or the 5 s fallback poll; rides out a database that goes away with
+ * due, or the 5 s fallback poll (with --no-prepared-statements, for a
+ * transaction pooler, no LISTEN: the engine polls every second and says so
+ * once in the log); rides out a database that goes away with
  * capped exponential backoff.  Shows progress on a terminal, periodic
  * counts otherwise, and prints the totals as its result.  Uses the public
  * API (cl_work_batch, the stoppable batch, and cl_work_wait, the idle wait);

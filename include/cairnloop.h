@@ -142,7 +142,20 @@ typedef struct cl_config {
    * the first pass one interval after cl_open; negative: never (prune on
    * demand with cl_prune). */
   int retention_interval_ms;
+  /* For a transaction pooler (PgBouncer in transaction mode), where each
+   * transaction may run on another server session: no named prepared
+   * statements (each statement is sent with its text and parsed and planned
+   * every time, in the same round trips), and cl_work_wait does not LISTEN
+   * (a subscription would land on a random session) but polls, waking at
+   * the next due job or after CL_POOLER_POLL_MS at most.  Nonzero: on.
+   * 0: env CAIRNLOOP_NO_PREPARED_STATEMENTS (1/true/yes/on or
+   * 0/false/no/off), else off: statements are prepared once per connection
+   * and idle workers LISTEN. */
+  int no_prepared_statements;
 } cl_config;
+
+/* The idle worker's poll interval when no_prepared_statements is set, in ms. */
+#define CL_POOLER_POLL_MS 1000
 
 /* Fills `cfg` with the defaults (all zero/NULL, log level info). */
 CL_API void cl_config_init(cl_config *cfg);
@@ -525,7 +538,9 @@ typedef enum cl_wake {
  * closes the gap where an insert could be missed.  Returns CL_OK with *why
  * set, or CL_DB_ERROR when the server is gone (call again later: it
  * reconnects).  A worker loop is cl_work_batch, then cl_work_wait when the
- * batch claimed nothing.
+ * batch claimed nothing.  With cl_config.no_prepared_statements it does
+ * not subscribe (a transaction pooler would lend the LISTEN a random
+ * session) and sleeps at most CL_POOLER_POLL_MS, logging that once at info.
  */
 CL_API cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why,
                               cl_error *err);

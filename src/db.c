@@ -5,7 +5,11 @@
  * that BEGIN, a first-use PREPARE and the statement itself share one round
  * trip.  A lost connection is reset before the next operation (and its
  * statements prepared again); the operation that saw it fails with
- * CL_DB_ERROR and writes nothing.  Provides cl_rows and cl_tx-independent
+ * CL_DB_ERROR and writes nothing.  With db->unnamed (for a transaction
+ * pooler such as PgBouncer, where the next transaction may run on another
+ * server session that never saw the PREPARE) nothing is prepared by name:
+ * each statement travels with its text through the unnamed statement, in
+ * the same pipelines, so the round trips stay the same.  Provides cl_rows and cl_tx-independent
  * execution to the rest of the engine.  The statements are the rows of the
  * statement table (stmt.h), their texts embedded from src/sql/.
  */
@@ -294,14 +298,19 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   cl_status st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   PGconn *c = db->conn;
-  bool prepare = sql == NULL && !(db->prepared & (1u << id));
+  /* First use of a table statement on this connection: prepared now, or
+   * (unnamed) its columns checked once as they would be after a PREPARE. */
+  bool first = sql == NULL && !(db->prepared & (1u << id));
+  bool prepare = first && !db->unnamed;
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
   int sent = 1;
   if (begin) sent = PQsendQueryParams(c, begin, 0, NULL, NULL, NULL, NULL, 0);
   if (sent && prepare) sent = PQsendPrepare(c, stmts[id].name, db->sql[id], 0, NULL);
   if (sent) {
-    sent = sql ? PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
-               : PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
+    if (sql) sent = PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    else if (db->unnamed)
+      sent = PQsendQueryParams(c, db->sql[id], nparams, NULL, params, NULL, NULL, 0);
+    else sent = PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
   }
   if (sent) sent = PQpipelineSync(c);
   if (!sent) {
@@ -326,6 +335,8 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
     /* A prepared statement outlives the failure of its first execution
      * (and a rollback): remember it, or the next PREPARE collides. */
     if (i == prepare_step && s == PGRES_COMMAND_OK) prepared_now = true;
+    if (first && !prepare && i == steps - 1 && (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK))
+      prepared_now = true;
     if (st == CL_OK && s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
       st = s == PGRES_PIPELINE_ABORTED ? cl__fail(err, CL_DB_ERROR, "pipeline aborted")
                                        : result_fail(db, r, err);
@@ -485,6 +496,8 @@ enum { PIPE_IGNORE, PIPE_PREPARE, PIPE_KEEP };
  * a flush request. */
 static void pipe_collect(cl__db *db, cl__stmt id) {
   bool prepared_now = false;
+  bool check_unnamed = db->pipe_check; /* unnamed: check the columns of a first use */
+  db->pipe_check = false;
   for (int i = 0; i < db->pipe_npending; i++) {
     PGresult *r = get_result(db);
     if (!r) {
@@ -499,6 +512,10 @@ static void pipe_collect(cl__db *db, cl__stmt id) {
     ExecStatusType s = PQresultStatus(r);
     bool good = s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
     if (db->pipe_pending[i] == PIPE_PREPARE && good) {
+      db->prepared |= 1u << id;
+      prepared_now = true;
+    }
+    if (db->pipe_pending[i] == PIPE_KEEP && good && check_unnamed) {
       db->prepared |= 1u << id;
       prepared_now = true;
     }
@@ -536,11 +553,14 @@ cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const
   if (st == CL_OK) st = ensure_conn(db, err);
   if (st != CL_OK) return st;
   PGconn *c = db->conn;
-  bool prepare = !(db->prepared & (1u << id));
+  bool first = !(db->prepared & (1u << id));
+  bool prepare = first && !db->unnamed;
   if (PQenterPipelineMode(c) != 1) return conn_fail(db, err, "cannot enter pipeline mode");
   int sent = 1;
   if (prepare) sent = PQsendPrepare(c, stmts[id].name, db->sql[id], 0, NULL);
-  if (sent) sent = PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
+  if (sent)
+    sent = db->unnamed ? PQsendQueryParams(c, db->sql[id], nparams, NULL, params, NULL, NULL, 0)
+                       : PQsendQueryPrepared(c, stmts[id].name, nparams, params, NULL, NULL, 0);
   /* Push the statement out now, so the server works while the auditor runs. */
   if (sent) sent = PQsendFlushRequest(c) && PQflush(c) == 0;
   if (!sent) {
@@ -550,6 +570,7 @@ cl_status cl__db_tx_open(cl__db *db, cl__stmt id, int nparams, const char *const
   db->pipe_npending = 0;
   if (prepare) db->pipe_pending[db->pipe_npending++] = PIPE_PREPARE;
   db->pipe_pending[db->pipe_npending++] = PIPE_KEEP;
+  db->pipe_check = first && db->unnamed;
   db->pipe_open = true;
   db->pipe_kept = NULL;
   db->pipe_status = CL_OK;
@@ -589,7 +610,8 @@ static void txcache_clear(cl__db *db) {
 /*
  * Runs ad-hoc SQL inside the open transaction: one flush, one wait, no
  * Sync.  The statement is prepared on first use (in the same flush) and
- * reused by its text afterwards.
+ * reused by its text afterwards; with db->unnamed it is sent with its text
+ * each time.
  */
 static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char *const *params,
                            cl_rows **rows, cl_error *err) {
@@ -599,8 +621,9 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
   if (db->pipe_status == CL_HOOK_ERROR)
     return cl__fail(err, CL_DB_ERROR, "transaction aborted: %s", db->pipe_error);
   PGconn *c = db->conn;
-  bool known;
-  int slot = txcache_slot(db, sql, &known);
+  bool known = false;
+  /* Unnamed (a transaction pooler): sent with its text every time. */
+  int slot = db->unnamed ? -1 : txcache_slot(db, sql, &known);
   char name[32] = "";
   if (slot >= 0) txcache_name(name, sizeof name, slot);
   int sent = 1;

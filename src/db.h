@@ -30,13 +30,19 @@ typedef struct cl__db {
   struct pg_conn *conn;
   char *conninfo;
   char *sql[CL__STMT__COUNT]; /* schema-qualified texts, owned */
-  uint32_t prepared;          /* bit i: statement i prepared on this connection */
+  uint32_t prepared;          /* bit i: statement i prepared on this connection
+                               * (unnamed: its result columns checked) */
+  /* No named prepared statements (cl_config.no_prepared_statements): every
+   * statement goes with its text through the unnamed statement, so a
+   * transaction pooler may run each transaction on another server session. */
+  bool unnamed;
   bool in_tx;
   /* cl__db_tx_open's pipeline: results not read yet, in order (see db.c). */
   int pipe_pending[4];
   int pipe_npending;
   bool pipe_open;
   cl__stmt pipe_id;                 /* the opening statement */
+  bool pipe_check;                  /* unnamed, first use: check its columns */
   struct pg_result *pipe_kept;      /* its result */
   cl_status pipe_status;            /* ... or its failure */
   char pipe_error[CL_ERROR_MESSAGE_MAX];

@@ -91,6 +91,23 @@ static cl_status env_cap(int *out, cl_error *err) {
   return CL_OK;
 }
 
+/* CAIRNLOOP_NO_PREPARED_STATEMENTS: a yes/no word, else invalid_argument. */
+static cl_status env_no_prepare(bool *out, cl_error *err) {
+  static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"", "0", "false", "no", "off"};
+  const char *v = getenv("CAIRNLOOP_NO_PREPARED_STATEMENTS");
+  *out = false;
+  if (!v) return CL_OK;
+  for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+    if (strcmp(v, yes[i]) == 0) {
+      *out = true;
+      return CL_OK;
+    }
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+    if (strcmp(v, no[i]) == 0) return CL_OK;
+  return cl__fail(err, CL_INVALID_ARGUMENT,
+                  "CAIRNLOOP_NO_PREPARED_STATEMENTS must be 1 or 0, got '%.32s'", v);
+}
+
 cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   cl_config defaults;
   const cl_config *cfg = cfg_in;
@@ -115,6 +132,11 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   }
   if (cfg->hook_instruction_limit < 0 || cfg->hook_time_limit_ms < 0)
     return cl__fail(err, CL_INVALID_ARGUMENT, "hook budgets must not be negative");
+  bool no_prepare = cfg->no_prepared_statements != 0;
+  if (!no_prepare) {
+    cl_status st = env_no_prepare(&no_prepare, err);
+    if (st != CL_OK) return st;
+  }
 
   cl_engine *eng = calloc(1, sizeof *eng);
   if (!eng) return cl__fail(err, CL_DB_ERROR, "out of memory");
@@ -138,6 +160,7 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   if (!db) db = getenv("CAIRNLOOP_DATABASE_URL");
   if (!db) db = ""; /* libpq's own defaults: PGHOST, PGDATABASE, ... */
 
+  eng->db.unnamed = no_prepare;
   cl_status st = cl__db_connect(&eng->db, db, eng->schema, err);
   if (st != CL_OK) {
     cl_close(eng);

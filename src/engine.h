@@ -71,6 +71,8 @@ struct cl_engine {
   char worker_id[96];
   /* Retention settings and the workers' pass and pause notice (ops.c). */
   cl__ops ops;
+  /* cl_work_wait said once that it polls (no_prepared_statements). */
+  bool poll_noted;
 
   cl__telemetry tel;
   struct cl_tx tx;

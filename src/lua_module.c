@@ -441,13 +441,16 @@ static cl_status load_policies(lua_State *L, lengine *le, int idx, cl_error *err
  * cairnloop.open([opts]) -> engine | nil, code, msg; raises if opts is not a table
  * opts: database, schema, max_batch_size, policy (path or list),
  * hook_instruction_limit, hook_time_limit_ms, hook_memory_limit,
- * max_attempts, lease_seconds, log (function(level, line)), log_level.
+ * max_attempts, lease_seconds, log (function(level, line)), log_level,
+ * prepared_statements (boolean, default true; false for PgBouncer in
+ * transaction mode: cl_config.no_prepared_statements).
  */
 static int engine_open(lua_State *L) {
   static const char *const allowed[] = {
       "database",          "schema",        "max_batch_size", "policy",
       "hook_instruction_limit", "hook_time_limit_ms", "hook_memory_limit",
-      "max_attempts",      "lease_seconds", "log",            "log_level", NULL};
+      "max_attempts",      "lease_seconds", "log",            "log_level",
+      "prepared_statements", NULL};
   bool has_opts = opt_table(L, 1);
   cl_config cfg;
   cl_error err;
@@ -484,6 +487,14 @@ static int engine_open(lua_State *L) {
   if (!opt_int(L, 1, "lease_seconds", 1, INT_MAX, &v, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   cfg.lease_seconds = (int)v;
+  lua_getfield(L, 1, "prepared_statements");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) {
+    cl__fail(&err, CL_INVALID_ARGUMENT, "prepared_statements must be a boolean, got a %s",
+             luaL_typename(L, -1));
+    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  }
+  cfg.no_prepared_statements = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 1, "log_level");
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING) {

@@ -466,7 +466,20 @@ cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl
   cl_rows *rows = NULL;
   st = cl__db_exec(db, CL__STMT_NEXT_DUE, false, CL__NPARAMS(params), params, &rows, err);
   if (st != CL_OK) return st;
-  if (cl_rows_value(rows, 0, CL__NEXT_DUE_LISTENING)[0] != 't') {
+  /* Behind a transaction pooler (no_prepared_statements) a LISTEN would
+   * subscribe whichever server session the pooler lent for it, and the
+   * notifications would go nowhere: poll instead, at most every
+   * CL_POOLER_POLL_MS, and wake at the next due job as usual. */
+  int64_t limit = max_ms < 0 ? 0 : max_ms;
+  if (db->unnamed) {
+    if (limit > CL_POOLER_POLL_MS) limit = CL_POOLER_POLL_MS;
+    if (!eng->poll_noted) {
+      eng->poll_noted = true;
+      cl_log(eng, CL_LOG_INFO,
+             "work: polling for jobs every %d ms (no LISTEN: no_prepared_statements is set)",
+             CL_POOLER_POLL_MS);
+    }
+  } else if (cl_rows_value(rows, 0, CL__NEXT_DUE_LISTENING)[0] != 't') {
     /* A new session (first wait, or after a reconnect) does not listen
      * yet.  Subscribe, then look again: a job inserted before the LISTEN
      * shows in the second look, one inserted after it sends a wake-up. */
@@ -479,7 +492,7 @@ cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl
   }
   cl__ops_note_paused(eng, cl_rows_value(rows, 0, CL__NEXT_DUE_PAUSED)[0] == 't');
   const char *v = cl_rows_value(rows, 0, CL__NEXT_DUE_IN_MS);
-  int64_t wait = max_ms < 0 ? 0 : max_ms;
+  int64_t wait = limit;
   if (v) {
     int64_t due = to_i64(v);
     if (due <= 0) {
@@ -496,7 +509,7 @@ cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl
   case CL__DB_WAKE_NOTIFY: *why = CL_WAKE_NOTIFIED; break;
   case CL__DB_WAKE_FD: *why = CL_WAKE_FD; break;
   case CL__DB_WAKE_SIGNAL: *why = CL_WAKE_SIGNAL; break;
-  case CL__DB_WAKE_TIMEOUT: *why = wait < max_ms ? CL_WAKE_DUE : CL_WAKE_TIMEOUT; break;
+  case CL__DB_WAKE_TIMEOUT: *why = wait < limit ? CL_WAKE_DUE : CL_WAKE_TIMEOUT; break;
   case CL__DB_WAKE_LOST:
     return cl__fail(err, CL_DB_ERROR, "connection lost while waiting for jobs");
   }

@@ -3,7 +3,10 @@
  * trips of trigger and bulk_trigger, counted from libpq's own protocol
  * trace (PQtrace) of the engine's connection as the turns from client to
  * server messages.  A trigger takes at most two; a
- * bulk takes the same number for 1 and for 1000 recipients.
+ * bulk takes the same number for 1 and for 1000 recipients.  Every test
+ * runs twice: with statements prepared per connection, and with
+ * cl_config.no_prepared_statements (each statement sent with its text,
+ * for a transaction pooler), which must cost no extra round trip.
  * Uses the internal accessor cl__db_conn() from src/db.h.
  */
 #include "support.h"
@@ -98,12 +101,27 @@ static int bulk_trips(cl_engine *eng, size_t count, const char *tmpl, cl_status 
   return n;
 }
 
-static int setup(void **state) {
-  ct_world *w = ct_world_new(2000, NULL);
+static int setup_with(void **state, bool unnamed) {
+  cl_config cfg;
+  cl_config_init(&cfg);
+  cfg.no_prepared_statements = unnamed;
+  ct_world *w = ct_world_new(2000, &cfg);
   cl_error err;
   ct_assert_ok(cl_set_max_batch_size(w->eng, 1000, &err), &err);
   *state = w;
   return 0;
+}
+
+static int setup(void **state) { return setup_with(state, false); }
+static int setup_unnamed(void **state) { return setup_with(state, true); }
+
+/* The session's named prepared statements (pg_prepared_statements). */
+static int named_statements(cl_engine *eng) {
+  PGresult *r = PQexec(cl__db_conn(eng), "SELECT count(*) FROM pg_prepared_statements");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  int n = atoi(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return n;
 }
 
 /* Statements are prepared once per connection, so the first call of each
@@ -184,14 +202,45 @@ static void test_round_trips__auditor_costs_one_trip_per_statement_it_runs(void 
   ct_auditor_free(&a);
 }
 
+/* The option leaves nothing prepared by name on the server, and the
+ * default prepares the statements it ran (the test above proves the
+ * difference is not in the round trips). */
+static void test_round_trips__unnamed_prepares_nothing(void **state) {
+  ct_world *w = *state;
+  ct_auditor a = {0};
+  ct_install_auditor(w->eng, &a);
+  a.mode = CT_AUDIT_EXEC;
+  a.sql = "SELECT $1::text";
+  warm_up(w->eng);
+  warm_up(w->eng);
+  assert_int_equal(named_statements(w->eng), 0);
+  cl_error err;
+  ct_assert_ok(cl_set_auditor(w->eng, NULL, &err), &err);
+  ct_auditor_free(&a);
+}
+
+static void test_round_trips__default_prepares_by_name(void **state) {
+  ct_world *w = *state;
+  warm_up(w->eng);
+  assert_true(named_statements(w->eng) > 0);
+}
+
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, ct_world_teardown)
+#define U(f) cmocka_unit_test_setup_teardown(f, setup_unnamed, ct_world_teardown)
   const struct CMUnitTest tests[] = {
       T(test_round_trips__trigger_takes_at_most_two),
       T(test_round_trips__bulk_is_constant_in_cohort_size),
       T(test_round_trips__refusal_is_constant_in_cohort_size),
       T(test_round_trips__bulk_with_auditor_is_constant_in_cohort_size),
       T(test_round_trips__auditor_costs_one_trip_per_statement_it_runs),
+      T(test_round_trips__default_prepares_by_name),
+      U(test_round_trips__trigger_takes_at_most_two),
+      U(test_round_trips__bulk_is_constant_in_cohort_size),
+      U(test_round_trips__refusal_is_constant_in_cohort_size),
+      U(test_round_trips__bulk_with_auditor_is_constant_in_cohort_size),
+      U(test_round_trips__auditor_costs_one_trip_per_statement_it_runs),
+      U(test_round_trips__unnamed_prepares_nothing),
   };
   return cmocka_run_group_tests_name("round_trips", tests, NULL, ct_group_teardown);
 }

@@ -1103,8 +1103,10 @@ static void test_async__open_reports_its_failures_and_leaves_nothing_running(voi
   cl_async_options_init(&opts);
   opts.policies = missing;
   opts.policy_count = 1;
+  /* Reported once, in the error: a file that cannot be read is not logged
+   * with a traceback as well (policy_errors.sh). */
   ct_assert_error(cl_async_open(&a, &cfg, &opts, &err), &err, CL_INVALID_ARGUMENT,
-                  "policy.lua");
+                  "/nonexistent/policy.lua");
   assert_null(a);
 
   opts.policies = NULL;
@@ -1122,7 +1124,7 @@ static void test_async__open_reports_its_failures_and_leaves_nothing_running(voi
                   "envelope_conflict");
 
   ct_assert_error(cl_async_open(NULL, &cfg, NULL, &err), &err, CL_INVALID_ARGUMENT, NULL);
-  assert_true(ct_log_count(&log, CL_LOG_ERROR, "/nonexistent/policy.lua") >= 1);
+  assert_int_equal(ct_log_count(&log, CL_LOG_ERROR, "/nonexistent/policy.lua"), 0);
   ct_log_free(&log);
 }
 

@@ -120,8 +120,8 @@ typedef struct table {
 } table;
 
 typedef struct section {
-  table *t;     /* a table, or */
-  char *lines;  /* a paragraph of "key: value" lines */
+  table *t;    /* a table, or */
+  char *lines; /* a paragraph of "key: value" lines */
 } section;
 
 static section sections[MAX_SECTIONS];
@@ -256,11 +256,11 @@ typedef struct contender {
   bool counts_round_trips; /* the engine's counter or a shape's */
   bool audits;             /* writes one audit row per call */
   void *ctx;
-  shape *sh;     /* NULL for the engine */
-  double *ms;    /* samples of the current phase */
-  double *cpu;   /* this process's CPU time in each of those calls */
+  shape *sh;   /* NULL for the engine */
+  double *ms;  /* samples of the current phase */
+  double *cpu; /* this process's CPU time in each of those calls */
   size_t nms;
-  uint64_t rt0;  /* round-trip counter at the phase start */
+  uint64_t rt0; /* round-trip counter at the phase start */
   double rt_per_call;
 } contender;
 
@@ -391,17 +391,19 @@ int64_t *bench_seed(PGconn *c, size_t *n) {
               "        'bulk_envelope_id', NULL), 'completed', 1, now()"
               " FROM (SELECT DISTINCT ON (conversation_id) id, conversation_id"
               "       FROM " SCHEMA ".cairnloop_messages ORDER BY conversation_id, id) m");
-  exec_or_die(c,
-              "INSERT INTO " SCHEMA ".cairnloop_outbound_bulk_envelopes (id, template_id,"
-              "       rendered_body, recipient_conversation_ids, count, effective_cap,"
-              "       requested_at, status, refused_reason, inserted_at, updated_at)"
-              " SELECT gen_random_uuid(), 'history-' || k, 'History body ' || k,"
-              "        ARRAY(SELECT (k * 25 + i) % " STR(CONVERSATIONS) " + 1"
-              "              FROM generate_series(0, 24) i), 25, 25,"
-              "        now() - make_interval(mins => k), CASE WHEN k % 10 = 0"
-              "        THEN 'refused_cap_exceeded' ELSE 'submitted' END,"
-              "        CASE WHEN k % 10 = 0 THEN 'batch_size 26 exceeds cap 25' END, now(), now()"
-              " FROM generate_series(1, " STR(HISTORY_ENVELOPES) ") k");
+  exec_or_die(
+      c,
+      "INSERT INTO " SCHEMA ".cairnloop_outbound_bulk_envelopes (id, template_id,"
+      "       rendered_body, recipient_conversation_ids, count, effective_cap,"
+      "       requested_at, status, refused_reason, inserted_at, updated_at)"
+      " SELECT gen_random_uuid(), 'history-' || k, 'History body ' || k,"
+      "        ARRAY(SELECT (k * 25 + i) % " STR(
+          CONVERSATIONS) " + 1"
+                         "              FROM generate_series(0, 24) i), 25, 25,"
+                         "        now() - make_interval(mins => k), CASE WHEN k % 10 = 0"
+                         "        THEN 'refused_cap_exceeded' ELSE 'submitted' END,"
+                         "        CASE WHEN k % 10 = 0 THEN 'batch_size 26 exceeds cap 25' END, now(), now()"
+                         " FROM generate_series(1, " STR(HISTORY_ENVELOPES) ") k");
   exec_or_die(c, "VACUUM ANALYZE");
   PGresult *r = PQexec(c, "SELECT id FROM " SCHEMA ".cairnloop_conversations ORDER BY id");
   *n = (size_t)PQntuples(r);
@@ -436,7 +438,8 @@ static bool verify_bulk(PGconn *c, const bulk_call *call, const ids_out *out) {
       "     AND j.errors = '[]'::jsonb AND j.scheduled_at <= now()),"
       " (SELECT count(*) FROM " SCHEMA ".cairnloop_messages m"
       "   WHERE m.metadata->>'bulk_envelope_id' = $1::text),"
-      " (SELECT count(*) FROM " SCHEMA ".cairnloop_delivery_jobs j WHERE j.bulk_envelope_id = $1::uuid)";
+      " (SELECT count(*) FROM " SCHEMA
+      ".cairnloop_delivery_jobs j WHERE j.bulk_envelope_id = $1::uuid)";
   size_t n = call->n;
   char *a[3];
   const int64_t *src[3] = {call->ids, out->message_ids, out->job_ids};
@@ -458,7 +461,8 @@ static bool verify_bulk(PGconn *c, const bulk_call *call, const ids_out *out) {
   for (int k = 0; ok && k < 4; k++) got[k] = strtol(PQgetvalue(r, 0, k), NULL, 10);
   ok = ok && got[0] == 1 && got[1] == (long)n && got[2] == (long)n && got[3] == (long)n;
   if (!ok)
-    fprintf(stderr, "bench: verify bulk: envelope %ld/1, matching rows %ld/%zu, messages %ld, jobs %ld\n",
+    fprintf(stderr,
+            "bench: verify bulk: envelope %ld/1, matching rows %ld/%zu, messages %ld, jobs %ld\n",
             got[0], got[1], n, got[2], got[3]);
   PQclear(r);
   for (int k = 0; k < 3; k++) free(a[k]);
@@ -623,8 +627,8 @@ static void phase_start(bench_ctx *b, contender *cs, int nc, size_t reps) {
 static void phase_end(contender *cs, int nc) {
   for (int i = 0; i < nc; i++) {
     cs[i].rt_per_call = !cs[i].counts_round_trips ? NAN
-                        : cs[i].nms ? (double)(contender_rt(&cs[i]) - cs[i].rt0) / (double)cs[i].nms
-                                    : 0;
+                      : cs[i].nms ? (double)(contender_rt(&cs[i]) - cs[i].rt0) / (double)cs[i].nms
+                                  : 0;
     qsort(cs[i].ms, cs[i].nms, sizeof *cs[i].ms, cmp_double);
     qsort(cs[i].cpu, cs[i].nms, sizeof *cs[i].cpu, cmp_double);
   }
@@ -651,14 +655,17 @@ static void round_order(int *order, int nc) {
  * which varies little. */
 static bool takes_part(const contender *c, size_t r, size_t per_row_every, size_t cli_every) {
   switch (c->cadence) {
-  case PER_ROW_CADENCE: return r % per_row_every == 0;
-  case CLI_CADENCE: return r % cli_every == 0;
-  default: return true;
+  case PER_ROW_CADENCE:
+    return r % per_row_every == 0;
+  case CLI_CADENCE:
+    return r % cli_every == 0;
+  default:
+    return true;
   }
 }
 
-static void bulk_phase(bench_ctx *b, size_t n, size_t warmup, size_t reps,
-                       size_t per_row_every, size_t cli_every) {
+static void bulk_phase(bench_ctx *b, size_t n, size_t warmup, size_t reps, size_t per_row_every,
+                       size_t cli_every) {
   int nc = b->nbulk, order[MAX_CONTENDERS];
   for (size_t w = 0; w < warmup; w++) {
     sample_cohort(b, n);
@@ -713,8 +720,8 @@ static void trigger_phase(bench_ctx *b, size_t warmup, size_t reps) {
 static int ceiling_of(const contender *cs, int nc) {
   int best = -1;
   for (int i = 0; i < nc; i++)
-    if (cs[i].role == ROLE_SHAPE &&
-        (best < 0 || percentile(cs[i].ms, cs[i].nms, 50) < percentile(cs[best].ms, cs[best].nms, 50)))
+    if (cs[i].role == ROLE_SHAPE && (best < 0 || percentile(cs[i].ms, cs[i].nms, 50) <
+                                                     percentile(cs[best].ms, cs[best].nms, 50)))
       best = i;
   return best;
 }
@@ -757,9 +764,10 @@ static const char *const BULK_ORDER[] = {"engine-c", "engine-lua", "engine+polic
                                          "per-row"};
 
 static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
-  table *t = table_new("bulk_trigger: envelope + N messages + N jobs, one transaction",
-                       "N|contender|reps|median ms|p95 ms|recipients/s|ceiling/contender|round trips|client CPU ms",
-                       "rlrrrrrrr");
+  table *t = table_new(
+      "bulk_trigger: envelope + N messages + N jobs, one transaction",
+      "N|contender|reps|median ms|p95 ms|recipients/s|ceiling/contender|round trips|client CPU ms",
+      "rlrrrrrrr");
   for (int s = 0; s < nsum; s++) {
     const bulk_summary *x = &sum[s];
     int ci = x->ceiling_index;
@@ -872,9 +880,10 @@ static void report_bulk(const bench_ctx *b, const bulk_summary *sum, int nsum) {
 }
 
 static void report_trigger(const bench_ctx *b, size_t reps) {
-  table *t = table_new("trigger: one message + one job, one transaction",
-                       "contender|reps|p50 ms|p99 ms|ops/s at p50|ops/s at p99|ceiling/contender|round trips|client CPU ms",
-                       "lrrrrrrrr");
+  table *t = table_new(
+      "trigger: one message + one job, one transaction",
+      "contender|reps|p50 ms|p99 ms|ops/s at p50|ops/s at p99|ceiling/contender|round trips|client CPU ms",
+      "lrrrrrrrr");
   int ci = ceiling_of(b->trig, b->ntrig);
   double cmed = percentile(b->trig[ci].ms, b->trig[ci].nms, 50);
   int order[MAX_CONTENDERS], no = 0;
@@ -916,15 +925,18 @@ static void report_trigger(const bench_ctx *b, size_t reps) {
              bench_trigger_shapes[i].what);
     strncat(note, line, sizeof note - strlen(note) - 1);
   }
-  table_note(t, "One caller, one connection: ops/s is 1000 / latency.  engine-lua: engine:trigger "
-                "through the Lua module.  %s", note);
+  table_note(t,
+             "One caller, one connection: ops/s is 1000 / latency.  engine-lua: engine:trigger "
+             "through the Lua module.  %s",
+             note);
 }
 
 /* Triggers with policy hooks against the same engine without any. */
 static void report_hooks(const bench_ctx *b, size_t reps) {
-  table *t = table_new("trigger with policy hooks (Lua, loaded by cl_load_policy) against no hooks",
-                       "contender|reps|p50 ms|p99 ms|ops/s at p50|hooked/no hooks p50|hooked/no hooks p99|target|round trips|client CPU ms",
-                       "lrrrrrrrrr");
+  table *t = table_new(
+      "trigger with policy hooks (Lua, loaded by cl_load_policy) against no hooks",
+      "contender|reps|p50 ms|p99 ms|ops/s at p50|hooked/no hooks p50|hooked/no hooks p99|target|round trips|client CPU ms",
+      "lrrrrrrrrr");
   int base = find_contender(b->trig, b->ntrig, "engine-c");
   if (base < 0) return;
   double b50 = percentile(b->trig[base].ms, b->trig[base].nms, 50);
@@ -1003,8 +1015,9 @@ static void report_targets(void) {
     table_row(t, targets[i].what, targets[i].measured, targets[i].pass ? "pass" : "MISS");
     met += targets[i].pass;
   }
-  table_note(t, "%d of %d targets met.  Ratios to the ceiling are its median over the "
-                "contender's, from the same interleaved rounds.",
+  table_note(t,
+             "%d of %d targets met.  Ratios to the ceiling are its median over the "
+             "contender's, from the same interleaved rounds.",
              met, ntargets);
 }
 
@@ -1136,17 +1149,30 @@ int main(int argc, char **argv) {
     c->bulk = shape_bulk;
     c->counts_round_trips = true;
   }
-  b.bulk[b.nbulk++] = (contender){.name = "engine-c", .role = ROLE_ENGINE, .bulk = bench_engine_bulk,
-                                  .ctx = eng, .counts_round_trips = true};
-  b.bulk[b.nbulk++] = (contender){.name = "engine-lua", .role = ROLE_VARIANT, .bulk = lua_host_bulk,
-                                  .prepare = lua_host_prepare, .finish = lua_host_finish,
+  b.bulk[b.nbulk++] = (contender){.name = "engine-c",
+                                  .role = ROLE_ENGINE,
+                                  .bulk = bench_engine_bulk,
+                                  .ctx = eng,
+                                  .counts_round_trips = true};
+  b.bulk[b.nbulk++] = (contender){.name = "engine-lua",
+                                  .role = ROLE_VARIANT,
+                                  .bulk = lua_host_bulk,
+                                  .prepare = lua_host_prepare,
+                                  .finish = lua_host_finish,
                                   .ctx = lh};
-  b.bulk[b.nbulk++] = (contender){.name = "engine+policy", .role = ROLE_VARIANT,
-                                  .bulk = bench_engine_bulk, .ctx = ready,
-                                  .counts_round_trips = true, .audits = true};
-  b.bulk[b.nbulk++] = (contender){.name = "cli", .role = ROLE_VARIANT, .cadence = CLI_CADENCE,
-                                  .bulk = cli_host_bulk, .prepare = cli_host_prepare,
-                                  .finish = cli_host_finish, .child_cpu = cli_host_child_cpu_ms,
+  b.bulk[b.nbulk++] = (contender){.name = "engine+policy",
+                                  .role = ROLE_VARIANT,
+                                  .bulk = bench_engine_bulk,
+                                  .ctx = ready,
+                                  .counts_round_trips = true,
+                                  .audits = true};
+  b.bulk[b.nbulk++] = (contender){.name = "cli",
+                                  .role = ROLE_VARIANT,
+                                  .cadence = CLI_CADENCE,
+                                  .bulk = cli_host_bulk,
+                                  .prepare = cli_host_prepare,
+                                  .finish = cli_host_finish,
+                                  .child_cpu = cli_host_child_cpu_ms,
                                   .ctx = ch};
   for (size_t i = 0; i < bench_trigger_shapes_count; i++) {
     contender *c = &b.trig[b.ntrig++];
@@ -1158,24 +1184,36 @@ int main(int argc, char **argv) {
     c->trigger = shape_trigger;
     c->counts_round_trips = true;
   }
-  b.trig[b.ntrig++] = (contender){.name = "engine-c", .role = ROLE_ENGINE,
-                                  .trigger = bench_engine_trigger, .ctx = eng,
+  b.trig[b.ntrig++] = (contender){.name = "engine-c",
+                                  .role = ROLE_ENGINE,
+                                  .trigger = bench_engine_trigger,
+                                  .ctx = eng,
                                   .counts_round_trips = true};
-  b.trig[b.ntrig++] = (contender){.name = "engine-lua", .role = ROLE_VARIANT,
-                                  .trigger = lua_host_trigger, .ctx = lh};
-  b.trig[b.ntrig++] = (contender){.name = "engine+policy", .role = ROLE_VARIANT,
-                                  .trigger = bench_engine_trigger, .ctx = ready,
-                                  .counts_round_trips = true, .audits = true};
-  b.trig[b.ntrig++] = (contender){.name = "engine+noop", .role = ROLE_VARIANT,
-                                  .trigger = bench_engine_trigger, .ctx = noop,
+  b.trig[b.ntrig++] = (contender){
+      .name = "engine-lua", .role = ROLE_VARIANT, .trigger = lua_host_trigger, .ctx = lh};
+  b.trig[b.ntrig++] = (contender){.name = "engine+policy",
+                                  .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger,
+                                  .ctx = ready,
+                                  .counts_round_trips = true,
+                                  .audits = true};
+  b.trig[b.ntrig++] = (contender){.name = "engine+noop",
+                                  .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger,
+                                  .ctx = noop,
                                   .counts_round_trips = true};
   /* Diagnostics that split the hooks' cost: the table auditor without the
    * metrics handler, and an auditor in C (the transaction without Lua). */
-  b.trig[b.ntrig++] = (contender){.name = "engine+auditor", .role = ROLE_VARIANT,
-                                  .trigger = bench_engine_trigger, .ctx = auditor,
-                                  .counts_round_trips = true, .audits = true};
-  b.trig[b.ntrig++] = (contender){.name = "engine+c-auditor", .role = ROLE_VARIANT,
-                                  .trigger = bench_engine_trigger, .ctx = c_noop,
+  b.trig[b.ntrig++] = (contender){.name = "engine+auditor",
+                                  .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger,
+                                  .ctx = auditor,
+                                  .counts_round_trips = true,
+                                  .audits = true};
+  b.trig[b.ntrig++] = (contender){.name = "engine+c-auditor",
+                                  .role = ROLE_VARIANT,
+                                  .trigger = bench_engine_trigger,
+                                  .ctx = c_noop,
                                   .counts_round_trips = true};
 
   verify_all(&b);

@@ -87,8 +87,7 @@ void bench_table_note(void *table, const char *text);
 /* One row of the final "targets" table. */
 void bench_target(const char *what, const char *measured, bool pass);
 int bench_engine_bulk(void *eng, bulk_call *call, ids_out *out);
-int bench_engine_trigger(void *eng, const trigger_call *call, int64_t *message_id,
-                         int64_t *job_id);
+int bench_engine_trigger(void *eng, const trigger_call *call, int64_t *message_id, int64_t *job_id);
 PGconn *bench_connect(const char *conninfo);
 void bench_exec(PGconn *c, const char *sql); /* exits on failure */
 /* "BASE?dbname=DB" (or "&dbname=" when BASE has a query); malloc'd. */
@@ -115,19 +114,19 @@ typedef struct bench_paths {
 typedef struct lua_host lua_host;
 lua_host *lua_host_open(const bench_paths *p, const char *conninfo, const char *schema, int cap);
 void lua_host_close(lua_host *h);
-void lua_host_prepare(void *h, const bulk_call *call);          /* the ids table, untimed */
-int lua_host_bulk(void *h, bulk_call *call, ids_out *out);      /* engine:bulk_trigger */
-void lua_host_finish(void *h, bulk_call *call, ids_out *out);   /* reads the result, untimed */
+void lua_host_prepare(void *h, const bulk_call *call);        /* the ids table, untimed */
+int lua_host_bulk(void *h, bulk_call *call, ids_out *out);    /* engine:bulk_trigger */
+void lua_host_finish(void *h, bulk_call *call, ids_out *out); /* reads the result, untimed */
 int lua_host_trigger(void *h, const trigger_call *call, int64_t *message_id, int64_t *job_id);
 
 typedef struct cli_host cli_host;
 cli_host *cli_host_open(const bench_paths *p, const char *conninfo, const char *schema, int cap);
 void cli_host_close(cli_host *h);
-void cli_host_prepare(void *h, const bulk_call *call);          /* the --ids-file, untimed */
-int cli_host_bulk(void *h, bulk_call *call, ids_out *out);      /* one `cairnloop bulk` process */
-void cli_host_finish(void *h, bulk_call *call, ids_out *out);   /* parses its output, untimed */
-double cli_host_child_cpu_ms(void *h);                          /* of the last call */
-long cli_host_peak_rss_kib(const cli_host *h);                  /* largest over the calls */
+void cli_host_prepare(void *h, const bulk_call *call);        /* the --ids-file, untimed */
+int cli_host_bulk(void *h, bulk_call *call, ids_out *out);    /* one `cairnloop bulk` process */
+void cli_host_finish(void *h, bulk_call *call, ids_out *out); /* parses its output, untimed */
+double cli_host_child_cpu_ms(void *h);                        /* of the last call */
+long cli_host_peak_rss_kib(const cli_host *h);                /* largest over the calls */
 /* Median wall time of `cairnloop --version` over `reps` runs: exec and
  * dynamic linking, no database. */
 double cli_startup_ms(const bench_paths *p, int reps);
@@ -139,8 +138,8 @@ double connect_ms(const char *conninfo, int reps);
  * auditor alone, "noop" bench/noop_policy.lua; "c-noop" has a C auditor
  * that accepts at once and no Lua at all. */
 struct cl_engine;
-struct cl_engine *policy_engine_open(const bench_paths *p, const char *conninfo,
-                                     const char *schema, int cap, const char *which);
+struct cl_engine *policy_engine_open(const bench_paths *p, const char *conninfo, const char *schema,
+                                     int cap, const char *which);
 /* Audit rows written for an envelope id or a message's conversation/template. */
 bool bench_audit_row_exists(PGconn *c, const char *bulk_envelope_id, int64_t conversation_id,
                             const char *template_id);

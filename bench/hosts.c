@@ -286,9 +286,21 @@ static int spawn_capture(cli_host *h, char *const argv[]) {
 int cli_host_bulk(void *hp, bulk_call *call, ids_out *out) {
   cli_host *h = hp;
   (void)out;
-  char *argv[] = {(char *)h->bin, "bulk", "--database", h->conninfo, "--schema", h->schema,
-                  "--template", (char *)call->template_id, "--body", (char *)call->body,
-                  "--ids-file", h->ids_path, "--max-batch-size", h->cap, NULL};
+  char *argv[] = {(char *)h->bin,
+                  "bulk",
+                  "--database",
+                  h->conninfo,
+                  "--schema",
+                  h->schema,
+                  "--template",
+                  (char *)call->template_id,
+                  "--body",
+                  (char *)call->body,
+                  "--ids-file",
+                  h->ids_path,
+                  "--max-batch-size",
+                  h->cap,
+                  NULL};
   return spawn_capture(h, argv);
 }
 

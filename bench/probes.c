@@ -75,10 +75,11 @@ void bench_machine(char *out, size_t n) {
   if (uname(&u) != 0) memset(&u, 0, sizeof u);
   char load[64];
   bench_loadavg(load, sizeof load);
-  snprintf(out, n, "machine: %ld CPUs (nproc), %s, %.1f GiB RAM, %s %s %s; load average at "
+  snprintf(out, n,
+           "machine: %ld CPUs (nproc), %s, %.1f GiB RAM, %s %s %s; load average at "
            "the start %s",
-           sysconf(_SC_NPROCESSORS_ONLN), cpu[0] ? cpu : "unknown CPU", gib, u.sysname,
-           u.release, u.machine, load);
+           sysconf(_SC_NPROCESSORS_ONLN), cpu[0] ? cpu : "unknown CPU", gib, u.sysname, u.release,
+           u.machine, load);
 }
 
 void bench_server(PGconn *c, char *out, size_t n) {
@@ -203,8 +204,8 @@ static void rss_child(int fd, const bench_paths *p, const char *conninfo, const 
 
 void bench_rss_report(const bench_paths *p, const char *conninfo, const char *schema,
                       const int64_t *pool, size_t npool, size_t n) {
-  static const char *const names[] = {"engine-c", "engine-lua", "engine+policy", "cte",
-                                      "cte-binary", "copy", "pipeline", "per-row"};
+  static const char *const names[] = {"engine-c",   "engine-lua", "engine+policy", "cte",
+                                      "cte-binary", "copy",       "pipeline",      "per-row"};
   rss_n = n;
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     int fd[2];
@@ -284,8 +285,8 @@ void bench_rss_table(long cli_peak_kib) {
 
 static volatile uint64_t handler_calls;
 
-static void noop_handler(const char *const *event, const cl_measurements *m,
-                         const cl_metadata *md, void *config) {
+static void noop_handler(const char *const *event, const cl_measurements *m, const cl_metadata *md,
+                         void *config) {
   (void)event;
   (void)m;
   (void)md;
@@ -309,20 +310,20 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 /* Median over 7 runs of `iters` iterations, ns per iteration. */
-#define MEASURE(out, iters, body)                                   \
-  do {                                                              \
-    double runs_[7];                                                \
-    const long n_ = (iters); /* a whole count of iterations */     \
-    for (int r_ = 0; r_ < 7; r_++) {                                \
-      double t0_ = ns_now();                                        \
-      for (long i_ = 0; i_ < n_; i_++) {                            \
-        body;                                                       \
-        BARRIER();                                                  \
-      }                                                             \
-      runs_[r_] = (ns_now() - t0_) / (double)n_;                    \
-    }                                                               \
-    qsort(runs_, 7, sizeof runs_[0], cmp_d);                        \
-    (out) = runs_[3];                                               \
+#define MEASURE(out, iters, body)                              \
+  do {                                                         \
+    double runs_[7];                                           \
+    const long n_ = (iters); /* a whole count of iterations */ \
+    for (int r_ = 0; r_ < 7; r_++) {                           \
+      double t0_ = ns_now();                                   \
+      for (long i_ = 0; i_ < n_; i_++) {                       \
+        body;                                                  \
+        BARRIER();                                             \
+      }                                                        \
+      runs_[r_] = (ns_now() - t0_) / (double)n_;               \
+    }                                                          \
+    qsort(runs_, 7, sizeof runs_[0], cmp_d);                   \
+    (out) = runs_[3];                                          \
   } while (0)
 
 /* The engine's span-stop emit (outbound.c emit_stop): checks for a
@@ -330,7 +331,8 @@ static int cmp_d(const void *a, const void *b) {
 static inline void span_stop(cl__telemetry *t, int64_t t0) {
   if (!cl__tel_on(t, CL__EV_TRIGGER_STOP)) return;
   int64_t now = cl__monotonic_ns();
-  cl_kv m[] = {{"duration", CL_VALUE_INT, now - t0, NULL}, {"monotonic_time", CL_VALUE_INT, now, NULL}};
+  cl_kv m[] = {{"duration", CL_VALUE_INT, now - t0, NULL},
+               {"monotonic_time", CL_VALUE_INT, now, NULL}};
   cl_kv md[] = {{"outcome", CL_VALUE_STRING, 0, "triggered"}};
   cl__tel_emit(t, CL__EV_TRIGGER_STOP, m, 2, md, 1);
 }
@@ -483,10 +485,11 @@ void bench_explain(cl_engine *eng, shape *ceiling, const int64_t *pool, size_t n
     return;
   }
   PGconn *c = cl__db_conn(eng);
-  fprintf(f, "Plans of one %zu-recipient bulk, as the server ran them (auto_explain with "
-             "ANALYZE, BUFFERS, WAL, triggers),\nafter the whole benchmark ran on the same "
-             "connections: the engine's statements are in whatever\nplan-cache state "
-             "(custom or generic) the run left them.\n\n",
+  fprintf(f,
+          "Plans of one %zu-recipient bulk, as the server ran them (auto_explain with "
+          "ANALYZE, BUFFERS, WAL, triggers),\nafter the whole benchmark ran on the same "
+          "connections: the engine's statements are in whatever\nplan-cache state "
+          "(custom or generic) the run left them.\n\n",
           n);
 
   /* The plan-cache state of the engine's prepared statements. */

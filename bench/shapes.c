@@ -42,7 +42,8 @@ const shape_info bench_bulk_shapes[] = {
     {"cte", "one CTE statement over unnest($ids), text parameters, one round trip"},
     {"cte-binary", "the same statement, binary parameters (int8[] array, uuid) and results"},
     {"copy", "ids reserved with nextval, then COPY messages and COPY jobs (text format)"},
-    {"pipeline", "ids reserved with nextval, then pipelined 1000-row INSERTs and COMMIT: 2 round trips"},
+    {"pipeline",
+     "ids reserved with nextval, then pipelined 1000-row INSERTs and COMMIT: 2 round trips"},
     {"per-row", "BEGIN; INSERT envelope; per recipient INSERT message, INSERT job; COMMIT: "
                 "one round trip per statement (as Ecto)"},
 };
@@ -50,11 +51,12 @@ const size_t bench_bulk_shapes_count = sizeof bench_bulk_shapes / sizeof bench_b
 
 const shape_info bench_trigger_shapes[] = {
     {"cte-1", "one CTE statement (message, then job from its RETURNING), one round trip"},
-    {"pipeline-1", "BEGIN; INSERT message; INSERT job (currval); COMMIT, pipelined: one round trip"},
+    {"pipeline-1",
+     "BEGIN; INSERT message; INSERT job (currval); COMMIT, pipelined: one round trip"},
     {"per-row-1", "BEGIN; INSERT message; INSERT job; COMMIT: four round trips (as Ecto)"},
 };
-const size_t bench_trigger_shapes_count =
-    sizeof bench_trigger_shapes / sizeof bench_trigger_shapes[0];
+const size_t bench_trigger_shapes_count = sizeof bench_trigger_shapes /
+                                          sizeof bench_trigger_shapes[0];
 
 /* A growable byte buffer. */
 typedef struct buf {
@@ -113,11 +115,20 @@ static void buf_copy_str(buf *b, const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const char *e = NULL;
     switch (s[i]) {
-    case '\\': e = "\\\\"; break;
-    case '\t': e = "\\t"; break;
-    case '\n': e = "\\n"; break;
-    case '\r': e = "\\r"; break;
-    default: break;
+    case '\\':
+      e = "\\\\";
+      break;
+    case '\t':
+      e = "\\t";
+      break;
+    case '\n':
+      e = "\\n";
+      break;
+    case '\r':
+      e = "\\r";
+      break;
+    default:
+      break;
     }
     if (e) buf_add(b, e, 2);
     else buf_add(b, s + i, 1);
@@ -130,7 +141,7 @@ struct shape {
   char schema[64];
   char msg_seq[160], job_seq[160]; /* qualified sequence names */
   buf sql, data, tmp;
-  char **params;   /* per-call text parameters (pipeline and per-row) */
+  char **params; /* per-call text parameters (pipeline and per-row) */
   size_t nparams_cap;
   int prepared_rows[8]; /* row counts with a prepared multi-row pair */
   int nprepared_rows;
@@ -282,9 +293,14 @@ shape *shape_open(const char *conninfo, const char *schema, const char *name) {
   static const struct {
     const char *name;
     kind k;
-  } kinds[] = {{"cte", K_CTE},         {"cte-binary", K_CTE_BINARY}, {"copy", K_COPY},
-               {"pipeline", K_PIPELINE}, {"per-row", K_PER_ROW},      {"cte-1", K_T_CTE},
-               {"pipeline-1", K_T_PIPELINE}, {"per-row-1", K_T_PER_ROW}};
+  } kinds[] = {{"cte", K_CTE},
+               {"cte-binary", K_CTE_BINARY},
+               {"copy", K_COPY},
+               {"pipeline", K_PIPELINE},
+               {"per-row", K_PER_ROW},
+               {"cte-1", K_T_CTE},
+               {"pipeline-1", K_T_PIPELINE},
+               {"per-row-1", K_T_PER_ROW}};
   shape *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   size_t i;
@@ -312,8 +328,7 @@ shape *shape_open(const char *conninfo, const char *schema, const char *name) {
     break;
   case K_COPY:
   case K_PIPELINE:
-    ok = ok && prepare(s, "env", SQL_ENV, 5, CTE_TYPES) &&
-         prepare(s, "ids", SQL_IDS, 0, NULL);
+    ok = ok && prepare(s, "env", SQL_ENV, 5, CTE_TYPES) && prepare(s, "ids", SQL_IDS, 0, NULL);
     break;
   case K_PER_ROW:
     ok = ok && prepare(s, "env", SQL_ENV, 5, CTE_TYPES) &&
@@ -447,11 +462,11 @@ static int bulk_cte_binary(shape *s, bulk_call *call, ids_out *out) {
   s->data.len = 0;
   if (!buf_reserve(&s->data, alen)) return -1;
   char *a = s->data.p;
-  put_be32(a, 1);                    /* dimensions */
-  put_be32(a + 4, 0);                /* no nulls */
-  put_be32(a + 8, OID_INT8);         /* element type */
+  put_be32(a, 1);            /* dimensions */
+  put_be32(a + 4, 0);        /* no nulls */
+  put_be32(a + 8, OID_INT8); /* element type */
   put_be32(a + 12, (uint32_t)call->n);
-  put_be32(a + 16, 1);               /* lower bound */
+  put_be32(a + 16, 1); /* lower bound */
   for (size_t i = 0; i < call->n; i++) {
     put_be32(a + 20 + i * 12, 8);
     put_be64(a + 24 + i * 12, (uint64_t)call->ids[i]);
@@ -788,12 +803,18 @@ int shape_bulk(void *ctx, bulk_call *call, ids_out *out) {
   shape *s = ctx;
   bench_uuid(call->envelope_id);
   switch (s->k) {
-  case K_CTE: return bulk_cte(s, call, out);
-  case K_CTE_BINARY: return bulk_cte_binary(s, call, out);
-  case K_COPY: return bulk_copy(s, call, out);
-  case K_PIPELINE: return bulk_pipeline(s, call, out);
-  case K_PER_ROW: return bulk_per_row(s, call, out);
-  default: return -1;
+  case K_CTE:
+    return bulk_cte(s, call, out);
+  case K_CTE_BINARY:
+    return bulk_cte_binary(s, call, out);
+  case K_COPY:
+    return bulk_copy(s, call, out);
+  case K_PIPELINE:
+    return bulk_pipeline(s, call, out);
+  case K_PER_ROW:
+    return bulk_per_row(s, call, out);
+  default:
+    return -1;
   }
 }
 
@@ -831,8 +852,7 @@ int shape_trigger(void *ctx, const trigger_call *call, int64_t *message_id, int6
   bool ok = PQsendQueryParams(s->c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
             PQsendQueryPrepared(s->c, "tm", 3, v, NULL, NULL, 0) &&
             PQsendQueryPrepared(s->c, "tj", 4, v, NULL, NULL, 0) &&
-            PQsendQueryParams(s->c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) &&
-            PQpipelineSync(s->c);
+            PQsendQueryParams(s->c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(s->c);
   /* Results: BEGIN, message id, job id, COMMIT. */
   s->round_trips++;
   int64_t got[2] = {-1, -1};

@@ -41,9 +41,9 @@
 typedef struct config {
   const char *notifier; /* "none" or "lua no-op" */
   int workers;
-  double ms[MAX_RUNS];   /* wall time of each run */
-  double cpu[MAX_RUNS];  /* workers' CPU, ms, of each run */
-  double srv[MAX_RUNS];  /* the server's CPU, ms, of each run (-1: unknown) */
+  double ms[MAX_RUNS];  /* wall time of each run */
+  double cpu[MAX_RUNS]; /* workers' CPU, ms, of each run */
+  double srv[MAX_RUNS]; /* the server's CPU, ms, of each run (-1: unknown) */
   int runs;
 } config;
 
@@ -144,9 +144,8 @@ static pid_t spawn_worker(const bench_paths *p, const char *conninfo, const char
  * table's partial index of unfinished jobs answers it, so polling does not
  * scan the table under the workers. */
 static long remaining(PGconn *c) {
-  PGresult *r = PQexec(c,
-                       "SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
-                       " WHERE completed_at IS NULL AND discarded_at IS NULL");
+  PGresult *r = PQexec(c, "SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
+                          " WHERE completed_at IS NULL AND discarded_at IS NULL");
   long n = -1;
   if (PQresultStatus(r) == PGRES_TUPLES_OK) n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
   else bench_pg_error(c, r, "poll the queue");
@@ -258,8 +257,10 @@ static double run_once(const bench_paths *p, const char *conninfo, cl_engine *en
   *srv_ms = srv0 >= 0 && srv1 >= 0 ? srv1 - srv0 : -1;
   *cpu_ms = cpu;
   if (left != 0) {
-    fprintf(stderr, "bench: delivery run %s: %ld jobs left after %.0f ms, none delivered in the "
-            "last %.0f s (worker log: %s)\n", tid, left, t1 - t0, (t1 - progress) / 1000, log_path);
+    fprintf(stderr,
+            "bench: delivery run %s: %ld jobs left after %.0f ms, none delivered in the "
+            "last %.0f s (worker log: %s)\n",
+            tid, left, t1 - t0, (t1 - progress) / 1000, log_path);
     return -1;
   }
   if (!exited_ok) {
@@ -336,8 +337,10 @@ bool bench_worker_report(const char *base, const bench_paths *p, bool quick) {
   snprintf(title, sizeof title,
            "delivery: `cairnloop work --limit " WORK_LIMIT "` draining %s jobs (median of %d runs)",
            nj, rounds);
-  void *t = bench_table(title, "notifier|workers|runs|median s|jobs/s|range jobs/s|worker CPU ms per 1,000 jobs|server CPU ms per 1,000 jobs",
-                        "lrrrrrrr");
+  void *t = bench_table(
+      title,
+      "notifier|workers|runs|median s|jobs/s|range jobs/s|worker CPU ms per 1,000 jobs|server CPU ms per 1,000 jobs",
+      "lrrrrrrr");
   for (int i = 0; i < ncf; i++) {
     config *cf = &cfs[i];
     char w[8], runs[8], s[16], js[24], range[48], cpu[16];

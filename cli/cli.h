@@ -123,8 +123,7 @@ int cli_log_level(cl_log_level *out);
 
 /* Strict integer parsing for option values; on failure the error is
  * reported (naming `what`) and the exit status is returned, else 0. */
-int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
-                      int64_t *out);
+int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max, int64_t *out);
 
 /* Prints one JSON value as a line on stdout and releases it (json.c). */
 int cli_json_print(json_t *value);

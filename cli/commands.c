@@ -43,8 +43,7 @@ static int slurp(FILE *f, const char *what, const char *name, char **out, size_t
     }
     size_t n = fread(buf + *len, 1, cap - *len, f);
     *len += n;
-    if (n == 0)
-      break;
+    if (n == 0) break;
   }
   if (ferror(f)) {
     free(buf);
@@ -61,13 +60,11 @@ static int ids_from_file(const char *path, id_list *out) {
   const char *name = is_stdin ? "standard input" : path;
   FILE *f = is_stdin ? stdin : fopen(path, "rb");
   if (!f)
-    return cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path,
-                    strerror(errno));
+    return cli_fail(CL_INVALID_ARGUMENT, "--ids-file: cannot open %s: %s", path, strerror(errno));
   char *buf = NULL;
   size_t len = 0;
   int rc = slurp(f, "--ids-file", name, &buf, &len);
-  if (!is_stdin)
-    (void)fclose(f); /* read only: nothing to lose */
+  if (!is_stdin) (void)fclose(f); /* read only: nothing to lose */
   char why[CL_ERROR_MESSAGE_MAX];
   if (rc == 0 && !cli_parse_id_lines(buf, len, name, out, why, sizeof why))
     rc = cli_fail(CL_INVALID_ARGUMENT, "%s", why);
@@ -81,8 +78,7 @@ static int read_body_file(const char *path, char **out) {
   const char *name = is_stdin ? "standard input" : path;
   FILE *f = is_stdin ? stdin : fopen(path, "rb");
   if (!f)
-    return cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path,
-                    strerror(errno));
+    return cli_fail(CL_INVALID_ARGUMENT, "--body-file: cannot open %s: %s", path, strerror(errno));
   char *buf = NULL;
   size_t len = 0;
   int rc = slurp(f, "--body-file", name, &buf, &len);
@@ -90,8 +86,7 @@ static int read_body_file(const char *path, char **out) {
    * silently cut it short. */
   if (rc == 0 && buf != NULL && memchr(buf, '\0', len))
     rc = cli_fail(CL_INVALID_ARGUMENT, "--body-file: %s contains a NUL byte", name);
-  if (!is_stdin)
-    (void)fclose(f); /* read only: nothing to lose */
+  if (!is_stdin) (void)fclose(f); /* read only: nothing to lose */
   if (rc != 0) {
     free(buf);
     return rc;
@@ -102,21 +97,18 @@ static int read_body_file(const char *path, char **out) {
 }
 
 static int require_option(const cli_ctx *ctx, enum cli_opt id, const char *name) {
-  if (cli_opt(ctx, id))
-    return 0;
+  if (cli_opt(ctx, id)) return 0;
   return cli_fail(CL_INVALID_ARGUMENT, "%s: %s is required (see `cairnloop %s --help`)",
-                      ctx->command, name, ctx->command);
+                  ctx->command, name, ctx->command);
 }
 
 /* Exactly one of two alternative options. */
 static int require_one_of(const cli_ctx *ctx, enum cli_opt a, const char *an, enum cli_opt b,
                           const char *bn) {
   if (cli_opt(ctx, a) && cli_opt(ctx, b))
-    return cli_fail(CL_INVALID_ARGUMENT, "%s: give %s or %s, not both", ctx->command, an,
-                        bn);
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: give %s or %s, not both", ctx->command, an, bn);
   if (!cli_opt(ctx, a) && !cli_opt(ctx, b))
-    return cli_fail(CL_INVALID_ARGUMENT, "%s: %s or %s is required", ctx->command, an,
-                        bn);
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: %s or %s is required", ctx->command, an, bn);
   return 0;
 }
 
@@ -132,23 +124,20 @@ static int int_option(const cli_ctx *ctx, enum cli_opt id, const char *name, int
 /* ------------------------------------------------------------------ */
 
 static void print_audit(const char *audit_json) {
-  if (audit_json)
-    printf("audit: %s\n", audit_json);
+  if (audit_json) printf("audit: %s\n", audit_json);
 }
 
 /* Code points, for column widths: UTF-8 continuation bytes take no room. */
 static int display_width(const char *s) {
   int w = 0;
-  for (; *s; s++)
-    w += ((unsigned char)*s & 0xC0) != 0x80;
+  for (; *s; s++) w += ((unsigned char)*s & 0xC0) != 0x80;
   return w;
 }
 
 /* printf's %-*s pads by bytes; this pads by code points. */
 static void print_cell(const char *s, int width) {
   fputs(s, stdout);
-  for (int w = display_width(s); w < width; w++)
-    putchar(' ');
+  for (int w = display_width(s); w < width; w++) putchar(' ');
 }
 
 /* ------------------------------------------------------------------ */
@@ -161,8 +150,7 @@ static int print_migration_status(const cli_ctx *ctx, cl_engine *eng) {
   cl_error err;
   cl_status st = cl_migrations(eng, &list, &err);
   int rc = 0;
-  if (st != CL_OK)
-    return cli_fail_status(st, &err);
+  if (st != CL_OK) return cli_fail_status(st, &err);
   size_t pending = 0;
   for (size_t i = 0; i < list.count && rc == 0; i++) {
     const cl_migration *m = &list.items[i];
@@ -176,8 +164,7 @@ static int print_migration_status(const cli_ctx *ctx, cl_engine *eng) {
              m->applied_at ? "  " : "", m->applied_at ? m->applied_at : "");
   }
   if (rc == 0 && !ctx->json)
-    printf("schema %s: %zu applied, %zu pending\n", cl_schema(eng), list.count - pending,
-           pending);
+    printf("schema %s: %zu applied, %zu pending\n", cl_schema(eng), list.count - pending, pending);
   cl_migration_list_clear(&list);
   return rc;
 }
@@ -185,8 +172,7 @@ static int print_migration_status(const cli_ctx *ctx, cl_engine *eng) {
 int cli_cmd_migrate(cli_ctx *ctx) {
   cl_engine *eng;
   int rc = cli_open(ctx, &eng);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   if (cli_opt(ctx, CLI_OPT_MIGRATE_STATUS)) {
     rc = print_migration_status(ctx, eng);
     cl_close(eng);
@@ -209,8 +195,7 @@ int cli_cmd_migrate(cli_ctx *ctx) {
   } else if (applied.count == 0) {
     printf("schema %s is up to date\n", cl_schema(eng));
   } else {
-    for (size_t i = 0; i < applied.count; i++)
-      printf("applied %s\n", applied.items[i].version);
+    for (size_t i = 0; i < applied.count; i++) printf("applied %s\n", applied.items[i].version);
     printf("schema %s: %zu migration%s applied\n", cl_schema(eng), applied.count,
            applied.count == 1 ? "" : "s");
   }
@@ -222,23 +207,19 @@ int cli_cmd_migrate(cli_ctx *ctx) {
 int cli_cmd_trigger(cli_ctx *ctx) {
   int64_t conversation_id;
   cl_trigger_opts opts = {0};
-  int rc = cli_parse_i64("conversation id", ctx->args[0], INT64_MIN, INT64_MAX,
-                             &conversation_id);
-  if (rc == 0)
-    rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
+  int rc = cli_parse_i64("conversation id", ctx->args[0], INT64_MIN, INT64_MAX, &conversation_id);
+  if (rc == 0) rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
   if (rc == 0)
     rc = int_option(ctx, CLI_OPT_SCHEDULE_IN, "--schedule-in", INT64_MIN, INT64_MAX,
                     &opts.schedule_in);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   opts.template_id = cli_opt(ctx, CLI_OPT_TEMPLATE);
   opts.content = cli_opt(ctx, CLI_OPT_CONTENT);
   opts.actor = cli_opt(ctx, CLI_OPT_ACTOR);
   opts.bulk_envelope_id = cli_opt(ctx, CLI_OPT_BULK_ENVELOPE_ID);
 
   cl_engine *eng;
-  if ((rc = cli_open(ctx, &eng)) != 0)
-    return rc;
+  if ((rc = cli_open(ctx, &eng)) != 0) return rc;
   cl_trigger_result res = {0};
   cl_error err;
   cl_status st = cl_trigger(eng, conversation_id, &opts, &res, &err);
@@ -253,12 +234,9 @@ int cli_cmd_trigger(cli_ctx *ctx) {
            res.duplicate ? "duplicate: already triggered as" : "triggered", (long long)m->id,
            (long long)m->conversation_id, m->template_id, m->status,
            res.duplicate ? "; nothing written" : "");
-    if (m->bulk_envelope_id)
-      printf("bulk envelope %s\n", m->bulk_envelope_id);
-    if (j->id == 0)
-      printf("delivery job pruned: it finished and retention deleted it\n");
-    else
-      printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state, j->scheduled_at);
+    if (m->bulk_envelope_id) printf("bulk envelope %s\n", m->bulk_envelope_id);
+    if (j->id == 0) printf("delivery job pruned: it finished and retention deleted it\n");
+    else printf("delivery job %lld %s, due %s\n", (long long)j->id, j->state, j->scheduled_at);
     /* Triggering a failed message again sends nothing (the key holds):
      * say how to send it again rather than leave a silent duplicate. */
     if (res.duplicate && j->state &&
@@ -309,16 +287,13 @@ static bool both_stdin(const cli_ctx *ctx) {
 
 static int bulk_read(const cli_ctx *ctx, bulk_input *in) {
   int rc = require_option(ctx, CLI_OPT_TEMPLATE, "--template");
-  if (rc == 0)
-    rc = require_one_of(ctx, CLI_OPT_BODY, "--body", CLI_OPT_BODY_FILE, "--body-file");
-  if (rc == 0)
-    rc = require_one_of(ctx, CLI_OPT_IDS, "--ids", CLI_OPT_IDS_FILE, "--ids-file");
+  if (rc == 0) rc = require_one_of(ctx, CLI_OPT_BODY, "--body", CLI_OPT_BODY_FILE, "--body-file");
+  if (rc == 0) rc = require_one_of(ctx, CLI_OPT_IDS, "--ids", CLI_OPT_IDS_FILE, "--ids-file");
   if (rc == 0 && both_stdin(ctx))
     rc = cli_fail(CL_INVALID_ARGUMENT,
-                      "bulk: --body-file and --ids-file cannot both read standard input");
+                  "bulk: --body-file and --ids-file cannot both read standard input");
   if (rc == 0)
-    rc = int_option(ctx, CLI_OPT_MAX_BATCH_SIZE, "--max-batch-size", INT_MIN, INT_MAX,
-                    &in->cap);
+    rc = int_option(ctx, CLI_OPT_MAX_BATCH_SIZE, "--max-batch-size", INT_MIN, INT_MAX, &in->cap);
   if (rc == 0)
     rc = int_option(ctx, CLI_OPT_SCHEDULE_IN, "--schedule-in", INT64_MIN, INT64_MAX,
                     &in->opts.schedule_in);
@@ -337,25 +312,19 @@ static int bulk_read(const cli_ctx *ctx, bulk_input *in) {
 static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
   cl_engine *eng;
   int rc = cli_open(ctx, &eng);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   cl_error err;
   cl_status st = CL_OK;
-  if (cli_opt(ctx, CLI_OPT_MAX_BATCH_SIZE))
-    st = cl_set_max_batch_size(eng, (int)in->cap, &err);
+  if (cli_opt(ctx, CLI_OPT_MAX_BATCH_SIZE)) st = cl_set_max_batch_size(eng, (int)in->cap, &err);
   cl_bulk_result res = {0};
-  if (st == CL_OK)
-    st = cl_bulk_trigger(eng, in->ids.items, in->ids.count, &in->opts, &res, &err);
+  if (st == CL_OK) st = cl_bulk_trigger(eng, in->ids.items, in->ids.count, &in->opts, &res, &err);
   /* Under --json a refusal still prints its result line: the refused
    * envelope as recorded, whose id names the refusal in the audit record. */
   if (st == CL_BATCH_TOO_LARGE && ctx->json && res.envelope.id[0])
     cli_json_print(cli_json_envelope(&res.envelope));
-  if (st != CL_OK)
-    rc = cli_fail_status(st, &err);
-  else if (ctx->json)
-    rc = cli_json_print(cli_json_bulk(&res));
-  else
-    print_bulk(&res);
+  if (st != CL_OK) rc = cli_fail_status(st, &err);
+  else if (ctx->json) rc = cli_json_print(cli_json_bulk(&res));
+  else print_bulk(&res);
   cl_bulk_result_clear(&res);
   cl_close(eng);
   return rc;
@@ -364,8 +333,7 @@ static int bulk_send(const cli_ctx *ctx, const bulk_input *in) {
 int cli_cmd_bulk(cli_ctx *ctx) {
   bulk_input in = {0};
   int rc = bulk_read(ctx, &in);
-  if (rc == 0)
-    rc = bulk_send(ctx, &in);
+  if (rc == 0) rc = bulk_send(ctx, &in);
   free(in.body_file);
   id_list_free(&in.ids);
   return rc;
@@ -374,8 +342,19 @@ int cli_cmd_bulk(cli_ctx *ctx) {
 /* The human table of `envelopes`: one row per envelope, columns aligned;
  * the delivery progress (messages by status) after the count. */
 enum {
-  COL_ID, COL_STATUS, COL_COUNT, COL_PENDING, COL_SENT, COL_FAILED, COL_CANCELLED, COL_CAP,
-  COL_TEMPLATE, COL_AT, COL_BY, COL_REASON, NCOLS
+  COL_ID,
+  COL_STATUS,
+  COL_COUNT,
+  COL_PENDING,
+  COL_SENT,
+  COL_FAILED,
+  COL_CANCELLED,
+  COL_CAP,
+  COL_TEMPLATE,
+  COL_AT,
+  COL_BY,
+  COL_REASON,
+  NCOLS
 };
 #define NNUMS 6
 
@@ -403,15 +382,14 @@ static void envelope_cells(const cl_envelope *env, const cl_envelope_progress *p
 
 static void print_envelope_table(const cl_envelope_list *list, const cl_envelope_progress *prog) {
   static const char *const header[NCOLS] = {
-      "ID",  "STATUS",   "COUNT",        "PENDING",      "SENT",          "FAILED", "CANCELLED",
-      "CAP", "TEMPLATE", "REQUESTED_AT", "REQUESTED_BY", "REFUSED_REASON"};
+      "ID",        "STATUS", "COUNT",    "PENDING",      "SENT",         "FAILED",
+      "CANCELLED", "CAP",    "TEMPLATE", "REQUESTED_AT", "REQUESTED_BY", "REFUSED_REASON"};
   if (list->count == 0) {
     printf("no envelopes\n");
     return;
   }
   int width[NCOLS];
-  for (int c = 0; c < NCOLS; c++)
-    width[c] = display_width(header[c]);
+  for (int c = 0; c < NCOLS; c++) width[c] = display_width(header[c]);
   for (size_t i = 0; i < list->count; i++) {
     char nums[NNUMS][24];
     const char *cells[NCOLS];
@@ -426,15 +404,12 @@ static void print_envelope_table(const cl_envelope_list *list, const cl_envelope
     // cppcheck-suppress variableScope
     char nums[NNUMS][24];
     const char *cells[NCOLS];
-    if (i == 0)
-      memcpy(cells, header, sizeof cells);
-    else
-      envelope_cells(&list->items[i - 1], &prog[i - 1], nums, cells);
+    if (i == 0) memcpy(cells, header, sizeof cells);
+    else envelope_cells(&list->items[i - 1], &prog[i - 1], nums, cells);
     for (int c = 0; c < NCOLS; c++) {
       /* The last column is not padded: no trailing blanks. */
       print_cell(cells[c], c + 1 < NCOLS ? width[c] : 0);
-      if (c + 1 < NCOLS)
-        fputs("  ", stdout);
+      if (c + 1 < NCOLS) fputs("  ", stdout);
     }
     putchar('\n');
   }
@@ -444,15 +419,13 @@ int cli_cmd_envelopes(cli_ctx *ctx) {
   cl_envelope_query query = {0};
   int64_t limit = 50;
   int rc = int_option(ctx, CLI_OPT_LIMIT, "--limit", 1, INT_MAX, &limit);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   query.template_id = cli_opt(ctx, CLI_OPT_TEMPLATE);
   query.status = cli_opt(ctx, CLI_OPT_STATUS);
   query.limit = (int)limit;
 
   cl_engine *eng;
-  if ((rc = cli_open(ctx, &eng)) != 0)
-    return rc;
+  if ((rc = cli_open(ctx, &eng)) != 0) return rc;
   cl_envelope_list list = {0};
   cl_envelope_progress *prog = NULL;
   const char **ids = NULL;
@@ -463,8 +436,7 @@ int cli_cmd_envelopes(cli_ctx *ctx) {
     prog = calloc(list.count, sizeof *prog);
     ids = calloc(list.count, sizeof *ids);
     if (prog && ids) {
-      for (size_t i = 0; i < list.count; i++)
-        ids[i] = list.items[i].id;
+      for (size_t i = 0; i < list.count; i++) ids[i] = list.items[i].id;
       st = cl_envelopes_progress(eng, ids, list.count, prog, &err);
     } else {
       st = CL_DB_ERROR;

@@ -44,12 +44,12 @@
 /* Where one cluster lives. */
 typedef struct cluster {
   char cwd[PATH_MAX];
-  char link[PATH_MAX];  /* ./.cairnloop, absolute */
-  char root[PATH_MAX];  /* the directory holding it all: link itself or its target */
-  char data[PATH_MAX];  /* PGDATA */
-  char sock[PATH_MAX];  /* unix_socket_directories */
-  char log[PATH_MAX];   /* the server log */
-  bool exists;          /* root is there */
+  char link[PATH_MAX]; /* ./.cairnloop, absolute */
+  char root[PATH_MAX]; /* the directory holding it all: link itself or its target */
+  char data[PATH_MAX]; /* PGDATA */
+  char sock[PATH_MAX]; /* unix_socket_directories */
+  char log[PATH_MAX];  /* the server log */
+  bool exists;         /* root is there */
   /* PostgreSQL refuses to run as root: then the server tools run as the
    * postgres system user, who must own the directories. */
   bool as_postgres;
@@ -97,11 +97,9 @@ static bool is_file(const char *path) {
 /* The last non-empty line of `text`, copied into `out`. */
 static void last_line(const char *text, char *out, size_t size) {
   size_t end = strlen(text);
-  while (end > 0 && (text[end - 1] == '\n' || text[end - 1] == ' '))
-    end--;
+  while (end > 0 && (text[end - 1] == '\n' || text[end - 1] == ' ')) end--;
   size_t start = end;
-  while (start > 0 && text[start - 1] != '\n')
-    start--;
+  while (start > 0 && text[start - 1] != '\n') start--;
   snprintf(out, size, "%.*s", (int)(end - start), text + start);
 }
 
@@ -109,14 +107,12 @@ static void last_line(const char *text, char *out, size_t size) {
 static void log_tail(const cluster *c, char *out, size_t size) {
   out[0] = '\0';
   FILE *f = fopen(c->log, "r");
-  if (!f)
-    return;
+  if (!f) return;
   char buf[4096];
   long off = 0;
   if (fseek(f, 0, SEEK_END) == 0 && (off = ftell(f)) > (long)sizeof buf - 1)
     (void)fseek(f, off - (long)sizeof buf + 1, SEEK_SET);
-  else
-    (void)fseek(f, 0, SEEK_SET);
+  else (void)fseek(f, 0, SEEK_SET);
   /* A failed seek only shows more or less of the log's tail: fread's count
    * is what is used. */
   size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -132,8 +128,7 @@ static void log_tail(const cluster *c, char *out, size_t size) {
 /* Becomes the postgres user, in a child before exec: what `runuser -u
  * postgres --` does, without a PAM session or one more program to find. */
 static bool drop_to_postgres(const cluster *c) {
-  return initgroups(DB_USER, c->pg_gid) == 0 && setgid(c->pg_gid) == 0 &&
-         setuid(c->pg_uid) == 0;
+  return initgroups(DB_USER, c->pg_gid) == 0 && setgid(c->pg_gid) == 0 && setuid(c->pg_uid) == 0;
 }
 
 static void keep_tail(tool_output *out, const char *buf, size_t n) {
@@ -183,13 +178,11 @@ static int run_tool(const cluster *c, bool server, const char *const argv[], int
     return -1;
   }
   if (pid == 0) {
-    static const char *const env[] = {"PGHOST", "PGHOSTADDR", "PGPORT",   "PGDATABASE",
+    static const char *const env[] = {"PGHOST", "PGHOSTADDR", "PGPORT",    "PGDATABASE",
                                       "PGUSER", "PGSERVICE",  "PGOPTIONS", "PGDATA"};
     int null = open("/dev/null", O_RDONLY);
-    if (null < 0 || dup2(null, 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[1], 2) < 0)
-      _exit(127);
-    for (size_t i = 0; i < sizeof env / sizeof env[0]; i++)
-      unsetenv(env[i]);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[1], 2) < 0) _exit(127);
+    for (size_t i = 0; i < sizeof env / sizeof env[0]; i++) unsetenv(env[i]);
     if (chdir("/") != 0 || (server && c->as_postgres && !drop_to_postgres(c))) {
       dprintf(2, "cannot become the %s user: %s\n", DB_USER, strerror(errno));
       _exit(127);
@@ -200,8 +193,7 @@ static int run_tool(const cluster *c, bool server, const char *const argv[], int
     const char *args[32];
     size_t n = 0;
     args[n++] = path;
-    for (size_t i = 1; argv[i] && n < sizeof args / sizeof args[0] - 1; i++)
-      args[n++] = argv[i];
+    for (size_t i = 1; argv[i] && n < sizeof args / sizeof args[0] - 1; i++) args[n++] = argv[i];
     args[n] = NULL;
     execv(path, (char *const *)args);
     dprintf(2, "cannot run %s: %s\n", path, strerror(errno));
@@ -220,10 +212,8 @@ static int run_tool(const cluster *c, bool server, const char *const argv[], int
     struct pollfd p = {fds[0], POLLIN, 0};
     poll(&p, 1, 100);
     ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0)
-      keep_tail(out, buf, (size_t)n);
-    if (exited)
-      break;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) keep_tail(out, buf, (size_t)n);
+    if (exited) break;
     if (waitpid(pid, &status, WNOHANG) == pid) {
       exited = true; /* one more read drains what is left */
       continue;
@@ -237,8 +227,7 @@ static int run_tool(const cluster *c, bool server, const char *const argv[], int
     }
   }
   close(fds[0]);
-  if (WIFEXITED(status))
-    return WEXITSTATUS(status);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
   snprintf(out->text, sizeof out->text, "%s was killed by signal %d", argv[0],
            WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   return -1;
@@ -249,12 +238,10 @@ static int must_run(const cluster *c, bool server, const char *const argv[], int
                     const char *what) {
   tool_output out;
   int code = run_tool(c, server, argv, timeout, &out);
-  if (code == 0)
-    return 0;
+  if (code == 0) return 0;
   char line[512];
   last_line(out.text, line, sizeof line);
-  if (code < 0)
-    return fail("%s: %s", what, line);
+  if (code < 0) return fail("%s: %s", what, line);
   return fail("%s failed (exit %d): %s", what, code, line);
 }
 
@@ -263,8 +250,7 @@ static bool has_tools(const char *dir) {
   static const char *const tools[] = {"initdb", "pg_ctl", "createdb"};
   char p[PATH_MAX];
   for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++)
-    if (!path_join(p, dir, tools[i]) || access(p, X_OK) != 0)
-      return false;
+    if (!path_join(p, dir, tools[i]) || access(p, X_OK) != 0) return false;
   return true;
 }
 
@@ -273,17 +259,14 @@ static bool has_tools(const char *dir) {
  * is no pg_config or it names no directory with our tools. */
 static bool bindir_from_pg_config(char *out, size_t size) {
   /* A fixed command line, with nothing from the user in it. */
-  FILE *p = popen("pg_config --bindir 2>/dev/null", "r"); // NOLINT(cert-env33-c)
-  if (!p)
-    return false;
+  FILE *p = popen("pg_config --bindir 2>/dev/null", "r");  // NOLINT(cert-env33-c)
+  if (!p) return false;
   char line[PATH_MAX];
   bool got = fgets(line, sizeof line, p) != NULL;
   pclose(p);
-  if (!got)
-    return false;
+  if (!got) return false;
   line[strcspn(line, "\n")] = '\0';
-  if (line[0] != '/' || !has_tools(line))
-    return false;
+  if (line[0] != '/' || !has_tools(line)) return false;
   snprintf(out, size, "%s", line);
   return true;
 }
@@ -292,15 +275,13 @@ static bool bindir_from_pg_config(char *out, size_t size) {
 static bool bindir_from_debian(char *out, size_t size) {
   DIR *d = opendir("/usr/lib/postgresql");
   long best = -1;
-  if (!d)
-    return false;
+  if (!d) return false;
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     char *end;
     long v = strtol(e->d_name, &end, 10);
     char dir[PATH_MAX];
-    if (*end || end == e->d_name || v <= best)
-      continue;
+    if (*end || end == e->d_name || v <= best) continue;
     snprintf(dir, sizeof dir, "/usr/lib/postgresql/%s/bin", e->d_name);
     if (has_tools(dir)) {
       best = v;
@@ -336,7 +317,8 @@ static int find_bindir(cluster *c) {
   if (env && *env) {
     if (*env != '/' || !has_tools(env))
       return fail("CAIRNLOOP_PG_BINDIR=%s is not an absolute directory holding initdb, pg_ctl "
-                  "and createdb", env);
+                  "and createdb",
+                  env);
     snprintf(c->bindir, sizeof c->bindir, "%s", env);
     c->bindir_from = "CAIRNLOOP_PG_BINDIR";
   } else if (bindir_from_pg_config(c->bindir, sizeof c->bindir)) {
@@ -370,8 +352,7 @@ static int find_project(cluster *c) {
       return 0;
     }
     char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir)
-      return 0; /* reached "/" without finding one */
+    if (!slash || slash == dir) return 0; /* reached "/" without finding one */
     *slash = '\0';
   }
 }
@@ -384,8 +365,7 @@ static int find_project(cluster *c) {
  * and asks the kernel, so modes, groups and ACLs all count. */
 static bool postgres_can_reach(const cluster *c, const char *dir) {
   pid_t pid = fork();
-  if (pid == 0)
-    _exit(drop_to_postgres(c) && access(dir, X_OK) == 0 ? 0 : 1);
+  if (pid == 0) _exit(drop_to_postgres(c) && access(dir, X_OK) == 0 ? 0 : 1);
   int status;
   return pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
          WEXITSTATUS(status) == 0;
@@ -400,8 +380,7 @@ static const char *private_dir_reason(const cluster *c) {
   struct sockaddr_un sa;
   if (strlen(c->link) + strlen("/run" SOCKET_FILE) >= sizeof sa.sun_path)
     return "is too long a path for a PostgreSQL socket";
-  if (strpbrk(c->cwd, "\"$`\\\n"))
-    return "has characters that pg_ctl cannot pass on";
+  if (strpbrk(c->cwd, "\"$`\\\n")) return "has characters that pg_ctl cannot pass on";
   if (c->as_postgres && !postgres_can_reach(c, c->cwd))
     return "cannot be reached by the postgres user";
   return NULL;
@@ -411,8 +390,7 @@ static const char *private_dir_reason(const cluster *c) {
  * checkout, so the link can be recreated and still find its cluster. */
 static void private_dir(const cluster *c, char *out) {
   uint64_t h = 14695981039346656037ULL;
-  for (const char *p = c->cwd; *p; p++)
-    h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+  for (const char *p = c->cwd; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
   snprintf(out, PATH_MAX, "/var/tmp/cairnloop-%u-%016llx", (unsigned)geteuid(),
            (unsigned long long)h);
 }
@@ -441,38 +419,32 @@ static int make_dir(const cluster *c, const char *path, mode_t mode) {
 static int locate(cluster *c, bool create) {
   memset(c, 0, sizeof *c);
   int found = find_project(c);
-  if (found != 0)
-    return found;
+  if (found != 0) return found;
   if (!path_join(c->link, c->cwd, LINK_NAME))
     return fail("the current directory's path is too long");
   if (geteuid() == 0) {
     struct passwd pwbuf, *pw = NULL;
     char strings[4096]; /* the entry's strings; 4 KiB is sysconf's usual hint */
-    if (getpwnam_r(DB_USER, &pwbuf, strings, sizeof strings, &pw) != 0)
-      pw = NULL;
+    if (getpwnam_r(DB_USER, &pwbuf, strings, sizeof strings, &pw) != 0) pw = NULL;
     if (!pw)
-      return fail("PostgreSQL does not run as root and there is no '%s' user to run it",
-                  DB_USER);
+      return fail("PostgreSQL does not run as root and there is no '%s' user to run it", DB_USER);
     c->as_postgres = true;
     c->pg_uid = pw->pw_uid;
     c->pg_gid = pw->pw_gid;
   }
   int rc = find_bindir(c);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
 
   struct stat st;
   if (lstat(c->link, &st) != 0) {
-    if (errno != ENOENT)
-      return fail("cannot look at %s: %s", c->link, strerror(errno));
+    if (errno != ENOENT) return fail("cannot look at %s: %s", c->link, strerror(errno));
     const char *why = private_dir_reason(c);
     if (!why) {
       snprintf(c->root, sizeof c->root, "%s", c->link);
     } else {
       private_dir(c, c->root);
       if (create) {
-        if ((rc = make_dir(c, c->root, 0755)) != 0)
-          return rc;
+        if ((rc = make_dir(c, c->root, 0755)) != 0) return rc;
         if (symlink(c->root, c->link) == 0)
           fprintf(stderr,
                   "cairnloop: %s %s, so the embedded cluster lives in %s (linked from ./%s)\n",
@@ -496,12 +468,10 @@ static int locate(cluster *c, bool create) {
       !path_join(c->log, c->root, "postgres.log"))
     return fail("the path %s is too long", c->root);
   if (create) {
-    if ((rc = make_dir(c, c->root, 0755)) != 0)
-      return rc;
+    if ((rc = make_dir(c, c->root, 0755)) != 0) return rc;
     /* Private: with trust authentication, whoever reaches the socket is
      * the superuser. */
-    if ((rc = make_dir(c, c->sock, 0700)) != 0)
-      return rc;
+    if ((rc = make_dir(c, c->sock, 0700)) != 0) return rc;
   }
   c->exists = is_dir(c->root);
   return 0;
@@ -524,8 +494,8 @@ static char *cluster_url(const cluster *c) {
   }
   host[n] = '\0';
   char *url = NULL;
-  if (asprintf(&url, "postgresql:///%s?host=%s&port=%s&user=%s", DB_NAME, host, DB_PORT,
-               DB_USER) < 0)
+  if (asprintf(&url, "postgresql:///%s?host=%s&port=%s&user=%s", DB_NAME, host, DB_PORT, DB_USER) <
+      0)
     return NULL;
   return url;
 }
@@ -544,8 +514,7 @@ static bool initialised(const cluster *c) {
  * Returns 0, or the reported exit status when pg_ctl itself failed. */
 static int server_pid(const cluster *c, long *pid) {
   *pid = 0;
-  if (!c->exists || !initialised(c))
-    return 0;
+  if (!c->exists || !initialised(c)) return 0;
   const char *argv[] = {"pg_ctl", "status", "-D", c->data, NULL};
   tool_output out;
   int code = run_tool(c, true, argv, QUICK_TIMEOUT, &out);
@@ -565,11 +534,9 @@ static int server_pid(const cluster *c, long *pid) {
 /* Serialises initdb and start between concurrent commands. */
 static int lock_cluster(const cluster *c, int *fd) {
   char path[PATH_MAX];
-  if (!path_join(path, c->root, "lock"))
-    return fail("the path %s is too long", c->root);
+  if (!path_join(path, c->root, "lock")) return fail("the path %s is too long", c->root);
   *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (*fd < 0)
-    return fail("cannot open %s: %s", path, strerror(errno));
+  if (*fd < 0) return fail("cannot open %s: %s", path, strerror(errno));
   for (int waited = 0; flock(*fd, LOCK_EX | LOCK_NB) != 0; waited++) {
     if (errno != EWOULDBLOCK || waited >= LOCK_TIMEOUT * 10) {
       close(*fd);
@@ -602,13 +569,11 @@ static int write_settings(const cluster *c) {
                               "unix_socket_directories = '",
                               DB_PORT);
   for (const char *p = c->sock; *p && n + 4 < sizeof text; p++) {
-    if (*p == '\'')
-      text[n++] = '\'';
+    if (*p == '\'') text[n++] = '\'';
     text[n++] = *p;
   }
   snprintf(text + n, sizeof text - n, "'\n");
-  if (!path_join(conf, c->data, "cairnloop.conf"))
-    return fail("the path %s is too long", c->data);
+  if (!path_join(conf, c->data, "cairnloop.conf")) return fail("the path %s is too long", c->data);
   return write_file(c, conf, "w", text);
 }
 
@@ -616,32 +581,30 @@ static int init_cluster(const cluster *c) {
   fprintf(stderr, "cairnloop: creating the embedded PostgreSQL cluster in %s (first use)\n",
           c->root);
   /* UTF8 whatever the locale of the caller: bodies are UTF-8 text. */
-  const char *argv[] = {"initdb", "-D", c->data, "-A", "trust", "-U", DB_USER, "-E", "UTF8",
-                        "--no-locale", "--no-sync", NULL};
+  const char *argv[] = {"initdb", "-D", c->data, "-A",          "trust",     "-U",
+                        DB_USER,  "-E", "UTF8",  "--no-locale", "--no-sync", NULL};
   int rc = must_run(c, true, argv, INITDB_TIMEOUT, "initdb");
   char conf[PATH_MAX];
   if (rc == 0 && !path_join(conf, c->data, "postgresql.conf"))
     rc = fail("the path %s is too long", c->data);
   if (rc == 0)
-    rc = write_file(c, conf, "a", "\n# cairnloop: socket-only settings\n"
-                                  "include_if_exists = 'cairnloop.conf'\n");
+    rc = write_file(c, conf, "a",
+                    "\n# cairnloop: socket-only settings\n"
+                    "include_if_exists = 'cairnloop.conf'\n");
   return rc;
 }
 
 static int start_server(const cluster *c) {
   int rc = write_settings(c);
-  if (rc != 0)
-    return rc;
-  const char *argv[] = {"pg_ctl", "start", "-D", c->data, "-l", c->log, "-w",
-                        "-t", PG_CTL_WAIT, NULL};
+  if (rc != 0) return rc;
+  const char *argv[] = {"pg_ctl", "start", "-D", c->data,     "-l",
+                        c->log,   "-w",    "-t", PG_CTL_WAIT, NULL};
   tool_output out;
   int code = run_tool(c, true, argv, PG_CTL_TIMEOUT, &out);
-  if (code == 0)
-    return 0;
+  if (code == 0) return 0;
   char why[512];
   log_tail(c, why, sizeof why);
-  if (!why[0])
-    last_line(out.text, why, sizeof why);
+  if (!why[0]) last_line(out.text, why, sizeof why);
   return fail("the embedded PostgreSQL did not start: %s (log: %s)", why, c->log);
 }
 
@@ -651,8 +614,7 @@ static int create_database(const cluster *c) {
   char marker[PATH_MAX];
   if (!path_join(marker, c->data, "cairnloop.created"))
     return fail("the path %s is too long", c->data);
-  if (is_file(marker))
-    return 0;
+  if (is_file(marker)) return 0;
   const char *argv[] = {"createdb", "-h", c->sock, "-p", DB_PORT, "-U", DB_USER, DB_NAME, NULL};
   tool_output out;
   int code = run_tool(c, false, argv, QUICK_TIMEOUT, &out);
@@ -669,23 +631,17 @@ static int create_database(const cluster *c) {
 static int ensure_running(cluster *c, bool *started, long *pid) {
   int rc = locate(c, true);
   int fd = -1;
-  if (rc == 0)
-    rc = lock_cluster(c, &fd);
-  if (rc != 0)
-    return rc;
+  if (rc == 0) rc = lock_cluster(c, &fd);
+  if (rc != 0) return rc;
   *started = false;
-  if (!initialised(c))
-    rc = init_cluster(c);
-  if (rc == 0)
-    rc = server_pid(c, pid);
+  if (!initialised(c)) rc = init_cluster(c);
+  if (rc == 0) rc = server_pid(c, pid);
   if (rc == 0 && *pid == 0) {
     rc = start_server(c);
     *started = rc == 0;
-    if (rc == 0)
-      rc = server_pid(c, pid);
+    if (rc == 0) rc = server_pid(c, pid);
   }
-  if (rc == 0)
-    rc = create_database(c);
+  if (rc == 0) rc = create_database(c);
   close(fd); /* releases the lock */
   return rc;
 }
@@ -695,8 +651,7 @@ int cli_db_ensure(char **url) {
   bool started;
   long pid;
   int rc = ensure_running(&c, &started, &pid);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   if (started)
     fprintf(stderr, "cairnloop: started the embedded PostgreSQL in %s (binaries: %s, from %s)\n",
             c.root, c.bindir, c.bindir_from);
@@ -714,24 +669,16 @@ static int print_state(const cli_ctx *ctx, const cluster *c, long pid, const cha
                        const char *verb) {
   bool init = initialised(c);
   if (ctx->json)
-    return cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s, s:s, s:s}",
-                                        "running", pid > 0,
-                                        "pid", pid > 0 ? json_integer(pid) : json_null(),
-                                        "initialised", init,
-                                        "data_dir", c->data,
-                                        "socket_dir", c->sock,
-                                        "log", c->log,
-                                        "url", url,
-                                        "bindir", c->bindir,
-                                        "bindir_from", c->bindir_from));
-  if (pid > 0)
-    printf("%s (pid %ld)\n", verb, pid);
-  else if (init)
-    printf("not running\n");
-  else
-    printf("not running (not created yet: `cairnloop db start` creates it)\n");
-  printf("data:   %s\nsocket: %s\nlog:    %s\nurl:    %s\nserver: %s (from %s)\n", c->data,
-         c->sock, c->log, url, c->bindir, c->bindir_from);
+    return cli_json_print(json_pack("{s:b, s:o, s:b, s:s, s:s, s:s, s:s, s:s, s:s}", "running",
+                                    pid > 0, "pid", pid > 0 ? json_integer(pid) : json_null(),
+                                    "initialised", init, "data_dir", c->data, "socket_dir", c->sock,
+                                    "log", c->log, "url", url, "bindir", c->bindir, "bindir_from",
+                                    c->bindir_from));
+  if (pid > 0) printf("%s (pid %ld)\n", verb, pid);
+  else if (init) printf("not running\n");
+  else printf("not running (not created yet: `cairnloop db start` creates it)\n");
+  printf("data:   %s\nsocket: %s\nlog:    %s\nurl:    %s\nserver: %s (from %s)\n", c->data, c->sock,
+         c->log, url, c->bindir, c->bindir_from);
   return 0;
 }
 
@@ -741,10 +688,8 @@ static int db_start(const cli_ctx *ctx) {
   long pid;
   int rc = ensure_running(&c, &started, &pid);
   char *url = rc == 0 ? cluster_url(&c) : NULL;
-  if (rc == 0 && !url)
-    rc = fail("out of memory");
-  if (rc == 0)
-    rc = print_state(ctx, &c, pid, url, started ? "started" : "already running");
+  if (rc == 0 && !url) rc = fail("out of memory");
+  if (rc == 0) rc = print_state(ctx, &c, pid, url, started ? "started" : "already running");
   free(url);
   return rc;
 }
@@ -752,17 +697,14 @@ static int db_start(const cli_ctx *ctx) {
 static int db_stop(const cli_ctx *ctx) {
   cluster c;
   int rc = locate(&c, false);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   long pid;
-  if ((rc = server_pid(&c, &pid)) != 0)
-    return rc;
+  if ((rc = server_pid(&c, &pid)) != 0) return rc;
   bool was_running = pid > 0;
   if (was_running) {
-    const char *argv[] = {"pg_ctl", "stop", "-D", c.data, "-m", "fast", "-w",
-                          "-t", PG_CTL_WAIT, NULL};
-    if ((rc = must_run(&c, true, argv, PG_CTL_TIMEOUT, "pg_ctl stop")) != 0)
-      return rc;
+    const char *argv[] = {"pg_ctl", "stop", "-D", c.data,      "-m",
+                          "fast",   "-w",   "-t", PG_CTL_WAIT, NULL};
+    if ((rc = must_run(&c, true, argv, PG_CTL_TIMEOUT, "pg_ctl stop")) != 0) return rc;
   }
   if (ctx->json)
     return cli_json_print(json_pack("{s:b, s:b}", "stopped", 1, "was_running", was_running));
@@ -773,14 +715,11 @@ static int db_stop(const cli_ctx *ctx) {
 static int db_status(const cli_ctx *ctx) {
   cluster c;
   int rc = locate(&c, false);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   long pid;
-  if ((rc = server_pid(&c, &pid)) != 0)
-    return rc;
+  if ((rc = server_pid(&c, &pid)) != 0) return rc;
   char *url = cluster_url(&c);
-  if (!url)
-    return fail("out of memory");
+  if (!url) return fail("out of memory");
   rc = print_state(ctx, &c, pid, url, "running");
   free(url);
   return rc != 0 ? rc : pid > 0 ? 0 : CLI_EXIT_NOT_RUNNING;
@@ -789,15 +728,11 @@ static int db_status(const cli_ctx *ctx) {
 static int db_url(const cli_ctx *ctx) {
   cluster c;
   int rc = locate(&c, false);
-  if (rc != 0)
-    return rc;
+  if (rc != 0) return rc;
   char *url = cluster_url(&c);
-  if (!url)
-    return fail("out of memory");
-  if (ctx->json)
-    rc = cli_json_print(json_pack("{s:s}", "url", url));
-  else
-    printf("%s\n", url);
+  if (!url) return fail("out of memory");
+  if (ctx->json) rc = cli_json_print(json_pack("{s:s}", "url", url));
+  else printf("%s\n", url);
   free(url);
   return rc;
 }
@@ -808,8 +743,7 @@ int cli_cmd_db(cli_ctx *ctx) {
     int (*run)(const cli_ctx *ctx);
   } actions[] = {{"start", db_start}, {"stop", db_stop}, {"status", db_status}, {"url", db_url}};
   for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
-    if (strcmp(ctx->args[0], actions[i].name) == 0)
-      return actions[i].run(ctx);
+    if (strcmp(ctx->args[0], actions[i].name) == 0) return actions[i].run(ctx);
   return cli_fail(CL_INVALID_ARGUMENT, "db: unknown action '%s' (start, stop, status, url)",
-                      ctx->args[0]);
+                  ctx->args[0]);
 }

@@ -16,7 +16,8 @@
 #include <string.h>
 
 /* Command flags. */
-#define CLI_ENGINE 0x1 /* opens an engine: accepts --database, --schema, --policy,
+#define CLI_ENGINE \
+  0x1                    /* opens an engine: accepts --database, --schema, --policy,
                           --no-prepared-statements */
 #define CLI_ARGS_RAW 0x2 /* options end at the first argument: the rest is the script's */
 
@@ -73,20 +74,27 @@ static const int output_options[] = {CLI_OPT_HELP, CLI_OPT_VERSION, CLI_OPT_JSON
 static const int engine_options[] = {CLI_OPT_DATABASE, CLI_OPT_SCHEMA, CLI_OPT_POLICY,
                                      CLI_OPT_NO_PREPARED_STATEMENTS, 0};
 
-static const int trigger_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_CONTENT, CLI_OPT_SCHEDULE_IN,
-                                      CLI_OPT_ACTOR, CLI_OPT_BULK_ENVELOPE_ID, 0};
-static const int bulk_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_BODY, CLI_OPT_BODY_FILE,
-                                   CLI_OPT_IDS, CLI_OPT_IDS_FILE, CLI_OPT_ACTOR,
+static const int trigger_options[] = {CLI_OPT_TEMPLATE,         CLI_OPT_CONTENT,
+                                      CLI_OPT_SCHEDULE_IN,      CLI_OPT_ACTOR,
+                                      CLI_OPT_BULK_ENVELOPE_ID, 0};
+static const int bulk_options[] = {CLI_OPT_TEMPLATE,    CLI_OPT_BODY,
+                                   CLI_OPT_BODY_FILE,   CLI_OPT_IDS,
+                                   CLI_OPT_IDS_FILE,    CLI_OPT_ACTOR,
                                    CLI_OPT_ENVELOPE_ID, CLI_OPT_MAX_BATCH_SIZE,
                                    CLI_OPT_SCHEDULE_IN, 0};
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
-static const int work_options[] = {CLI_OPT_ONCE, CLI_OPT_LIMIT, CLI_OPT_MAX_ATTEMPTS,
-                                   CLI_OPT_LEASE_SECONDS, CLI_OPT_BACKOFF_BASE_MS,
+static const int work_options[] = {CLI_OPT_ONCE,
+                                   CLI_OPT_LIMIT,
+                                   CLI_OPT_MAX_ATTEMPTS,
+                                   CLI_OPT_LEASE_SECONDS,
+                                   CLI_OPT_BACKOFF_BASE_MS,
                                    CLI_OPT_RETENTION_COMPLETED,
-                                   CLI_OPT_RETENTION_FAILED, CLI_OPT_METRICS, 0};
+                                   CLI_OPT_RETENTION_FAILED,
+                                   CLI_OPT_METRICS,
+                                   0};
 static const int migrate_options[] = {CLI_OPT_MIGRATE_STATUS, 0};
-static const int jobs_options[] = {CLI_OPT_STATE, CLI_OPT_ENVELOPE, CLI_OPT_TEMPLATE,
-                                   CLI_OPT_LIMIT, 0};
+static const int jobs_options[] = {CLI_OPT_STATE, CLI_OPT_ENVELOPE, CLI_OPT_TEMPLATE, CLI_OPT_LIMIT,
+                                   0};
 static const int stats_options[] = {CLI_OPT_ENVELOPE, 0};
 static const int retry_options[] = {CLI_OPT_ENVELOPE, CLI_OPT_ALL_DISCARDED, CLI_OPT_ACTOR, 0};
 static const int cancel_options[] = {CLI_OPT_ENVELOPE, CLI_OPT_ACTOR, 0};
@@ -221,8 +229,7 @@ static const cli_command commands[] = {
      "at a time every 30 s, never waiting on a row another session holds.\n"
      "Messages and envelopes are never deleted.  While delivery is paused\n"
      "(cairnloop pause) it claims nothing and says so once in its log.\n"},
-    {"jobs", cli_cmd_jobs, CLI_ENGINE, jobs_options, 0, 0,
-     "list delivery jobs, newest first",
+    {"jobs", cli_cmd_jobs, CLI_ENGINE, jobs_options, 0, 0, "list delivery jobs, newest first",
      "Usage: cairnloop jobs [--state S] [--envelope ID] [--template ID] [--limit N]\n"
      "\n"
      "Lists delivery jobs, newest first, with their attempts, due and finishing\n"
@@ -378,8 +385,8 @@ static void print_main_help(void) {
          "Commands:\n");
   for (size_t i = 0; i < N_COMMANDS; i++)
     printf("  %-11s %s\n", commands[i].name, commands[i].summary);
-  printf("\n%s\nRun `cairnloop COMMAND --help` for a command's options.\n\n%s\n%s",
-         common_help, env_help, exit_help);
+  printf("\n%s\nRun `cairnloop COMMAND --help` for a command's options.\n\n%s\n%s", common_help,
+         env_help, exit_help);
 }
 
 static void print_command_help(const cli_command *cmd) {
@@ -399,8 +406,7 @@ static void print_error_line(const char *code, const char *message) {
   size_t n = 0;
   for (const char *p = message; *p && n + 1 < sizeof line; p++)
     line[n++] = (*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : *p;
-  while (n > 0 && line[n - 1] == ' ')
-    n--;
+  while (n > 0 && line[n - 1] == ' ') n--;
   line[n] = '\0';
   fprintf(stderr, "cairnloop: %s: %s\n", code, n ? line : "(no message)");
 }
@@ -420,14 +426,13 @@ int cli_fail_status(cl_status status, const cl_error *err) {
   return cl_status_exit_code(status);
 }
 
-int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max,
-                      int64_t *out) {
+int cli_parse_i64(const char *what, const char *text, int64_t min, int64_t max, int64_t *out) {
   int64_t v;
   if (!cli_to_i64(text, &v))
     return cli_fail(CL_INVALID_ARGUMENT, "%s: '%s' is not an integer", what, text);
   if (v < min || v > max)
-    return cli_fail(CL_INVALID_ARGUMENT, "%s: %lld is out of range %lld..%lld", what,
-                        (long long)v, (long long)min, (long long)max);
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: %lld is out of range %lld..%lld", what, (long long)v,
+                    (long long)min, (long long)max);
   *out = v;
   return 0;
 }
@@ -446,8 +451,7 @@ static bool pg_env_set(void) {
   static const char *const names[] = {"PGHOST",     "PGHOSTADDR", "PGPORT",
                                       "PGDATABASE", "PGUSER",     "PGSERVICE"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (nonempty_env(names[i]))
-      return true;
+    if (nonempty_env(names[i])) return true;
   return false;
 }
 
@@ -462,14 +466,15 @@ static void log_to_stderr(void *ud, cl_log_level level, const char *line) {
 int cli_log_level(cl_log_level *out) {
   const char *v = nonempty_env("CAIRNLOOP_LOG_LEVEL");
   *out = CL_LOG_INFO;
-  if (!v || cl_log_level_parse(v, out, NULL) == CL_OK)
-    return 0;
+  if (!v || cl_log_level_parse(v, out, NULL) == CL_OK) return 0;
   /* The accepted names, from the engine's table: "debug, info, warn or error". */
   char names[128] = "";
   size_t n = 0;
   for (int i = 0; i < CL_LOG__COUNT; i++) {
     int k = snprintf(names + n, sizeof names - n, "%s%s",
-                     i == 0 ? "" : i == CL_LOG__COUNT - 1 ? " or " : ", ",
+                     i == 0                   ? ""
+                     : i == CL_LOG__COUNT - 1 ? " or "
+                                              : ", ",
                      cl_log_level_name((cl_log_level)i));
     if (k < 0 || (size_t)k >= sizeof names - n) break;
     n += (size_t)k;
@@ -486,16 +491,13 @@ int cli_open(const cli_ctx *ctx, cl_engine **out) {
 int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_config cfg = *cfgp;
   int rc = cli_log_level(&cfg.log_level);
-  if (rc != 0)
-    return rc;
-  if (!cfg.log)
-    cfg.log = log_to_stderr;
+  if (rc != 0) return rc;
+  if (!cfg.log) cfg.log = log_to_stderr;
 
   const char *url = ctx->database ? ctx->database : nonempty_env("CAIRNLOOP_DATABASE_URL");
   char *embedded = NULL;
   if (!url && !pg_env_set()) {
-    if ((rc = cli_db_ensure(&embedded)) != 0)
-      return rc;
+    if ((rc = cli_db_ensure(&embedded)) != 0) return rc;
     url = embedded;
   }
   cfg.database = url; /* NULL: libpq's own defaults, from the PG* variables */
@@ -506,8 +508,7 @@ int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
   cl_engine *eng = NULL;
   cl_status st = cl_open(&eng, &cfg, &err);
   free(embedded);
-  if (st != CL_OK)
-    return cli_fail_status(st, &err);
+  if (st != CL_OK) return cli_fail_status(st, &err);
 
   for (int i = 0; i < ctx->npolicies; i++) {
     st = cl_load_policy(eng, ctx->policies[i], &err);
@@ -526,22 +527,19 @@ int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
 
 static const struct option *find_option(int id) {
   for (size_t i = 0; i < N_ALL_OPTIONS; i++)
-    if (all_options[i].val == id)
-      return &all_options[i];
+    if (all_options[i].val == id) return &all_options[i];
   return NULL;
 }
 
 /* Appends the options listed in `ids` to `dst` (room is checked by the caller). */
 static size_t add_options(struct option *dst, size_t n, const int *ids) {
-  for (; *ids; ids++)
-    dst[n++] = *find_option(*ids);
+  for (; *ids; ids++) dst[n++] = *find_option(*ids);
   return n;
 }
 
 static const cli_command *find_command(const char *name) {
   for (size_t i = 0; i < N_COMMANDS; i++)
-    if (strcmp(commands[i].name, name) == 0)
-      return &commands[i];
+    if (strcmp(commands[i].name, name) == 0) return &commands[i];
   return NULL;
 }
 
@@ -549,10 +547,8 @@ static const cli_command *find_command(const char *name) {
 static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char *value) {
   switch (id) {
   case CLI_OPT_HELP:
-    if (cmd)
-      print_command_help(cmd);
-    else
-      print_main_help();
+    if (cmd) print_command_help(cmd);
+    else print_main_help();
     return 0;
   case CLI_OPT_VERSION:
     printf("cairnloop %s\n", CL_VERSION);
@@ -565,15 +561,13 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
     return CLI_CONTINUE;
   case CLI_OPT_POLICY:
     if (ctx->npolicies == CLI_MAX_POLICIES)
-      return cli_fail(CL_INVALID_ARGUMENT, "--policy: at most %d policy files",
-                          CLI_MAX_POLICIES);
+      return cli_fail(CL_INVALID_ARGUMENT, "--policy: at most %d policy files", CLI_MAX_POLICIES);
     ctx->policies[ctx->npolicies++] = value;
     return CLI_CONTINUE;
   case CLI_OPT_DATABASE:
   case CLI_OPT_SCHEMA: {
     const char **slot = id == CLI_OPT_DATABASE ? &ctx->database : &ctx->schema;
-    if (*slot)
-      return cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
+    if (*slot) return cli_fail(CL_INVALID_ARGUMENT, "--%s given twice", find_option(id)->name);
     *slot = value;
     return CLI_CONTINUE;
   }
@@ -595,16 +589,13 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
 static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv) {
   struct option longopts[N_ALL_OPTIONS + 1];
   size_t n = add_options(longopts, 0, output_options);
-  if (!cmd || (cmd->flags & CLI_ENGINE))
-    n = add_options(longopts, n, engine_options);
-  if (cmd)
-    n = add_options(longopts, n, cmd->options);
+  if (!cmd || (cmd->flags & CLI_ENGINE)) n = add_options(longopts, n, engine_options);
+  if (cmd) n = add_options(longopts, n, cmd->options);
   longopts[n] = (struct option){0};
 
   /* Errors name the command they are about: "trigger: unknown option ...". */
   char where[64] = "";
-  if (cmd)
-    snprintf(where, sizeof where, "%s: ", cmd->name);
+  if (cmd) snprintf(where, sizeof where, "%s: ", cmd->name);
   /* "+": stop at the command name (or, for `run`, at the script: its own
    * arguments are not ours); ":": report missing values ourselves. */
   const char *shortopts = (!cmd || (cmd->flags & CLI_ARGS_RAW)) ? "+:h" : ":h";
@@ -612,42 +603,36 @@ static int parse_options(cli_ctx *ctx, const cli_command *cmd, int argc, char **
   opterr = 0;
   for (;;) {
     int c = getopt_long(argc, argv, shortopts, longopts, NULL);
-    if (c == -1)
-      return CLI_CONTINUE;
+    if (c == -1) return CLI_CONTINUE;
     if (c == ':')
-      return cli_fail(CL_INVALID_ARGUMENT, "%soption '%s' needs a value", where,
-                          argv[optind - 1]);
+      return cli_fail(CL_INVALID_ARGUMENT, "%soption '%s' needs a value", where, argv[optind - 1]);
     if (c == '?') {
       const char *bad = optopt ? (const char[]){'-', (char)optopt, '\0'} : argv[optind - 1];
       return cli_fail(CL_INVALID_ARGUMENT, "%sunknown option '%s' (see `cairnloop%s%s --help`)",
-                          where, bad, cmd ? " " : "", cmd ? cmd->name : "");
+                      where, bad, cmd ? " " : "", cmd ? cmd->name : "");
     }
     int rc = store_option(ctx, cmd, c, optarg);
-    if (rc != CLI_CONTINUE)
-      return rc;
+    if (rc != CLI_CONTINUE) return rc;
   }
 }
 
 int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
   *run = NULL;
   int rc = parse_options(ctx, NULL, argc, argv);
-  if (rc != CLI_CONTINUE)
-    return rc;
+  if (rc != CLI_CONTINUE) return rc;
   if (optind >= argc)
     return cli_fail(CL_INVALID_ARGUMENT, "missing command (see `cairnloop --help`)");
 
   int at = optind;
   const cli_command *cmd = find_command(argv[at]);
-  if (!cmd)
-    return cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
+  if (!cmd) return cli_fail(CL_INVALID_ARGUMENT, "unknown command '%s'", argv[at]);
   ctx->command = cmd->name;
 
   /* The command's own pass sees argv[at] as its argv[0]. */
   int cargc = argc - at;
   char **cargv = argv + at;
   rc = parse_options(ctx, cmd, cargc, cargv);
-  if (rc != CLI_CONTINUE)
-    return rc;
+  if (rc != CLI_CONTINUE) return rc;
   if (!(cmd->flags & CLI_ENGINE) &&
       (ctx->database || ctx->schema || ctx->npolicies || ctx->no_prepared_statements))
     return cli_fail(CL_INVALID_ARGUMENT,
@@ -660,10 +645,10 @@ int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
     const char *synopsis = cmd->help + strlen("Usage: ");
     int len = (int)strcspn(synopsis, "\n");
     if (ctx->nargs < cmd->min_args)
-      return cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name,
-                      len, synopsis);
-    return cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)",
-                    cmd->name, ctx->args[cmd->max_args], len, synopsis);
+      return cli_fail(CL_INVALID_ARGUMENT, "%s: missing argument (usage: %.*s)", cmd->name, len,
+                      synopsis);
+    return cli_fail(CL_INVALID_ARGUMENT, "%s: unexpected argument '%s' (usage: %.*s)", cmd->name,
+                    ctx->args[cmd->max_args], len, synopsis);
   }
   *run = cmd->run;
   return CLI_CONTINUE;
@@ -674,11 +659,10 @@ int cli_parse(cli_ctx *ctx, int argc, char **argv, int (**run)(cli_ctx *ctx)) {
 #ifndef CLI_NO_MAIN
 int main(int argc, char **argv) {
   cli_ctx ctx = {0};
-  int (*run)(cli_ctx *ctx);
+  int (*run)(cli_ctx * ctx);
   cli_lua_path_default();
   int rc = cli_parse(&ctx, argc, argv, &run);
-  if (rc != CLI_CONTINUE)
-    return rc;
+  if (rc != CLI_CONTINUE) return rc;
   rc = run(&ctx);
   fflush(stdout);
   return rc;

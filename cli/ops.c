@@ -61,20 +61,13 @@ static json_t *str_or_null(const char *s) {
 static json_t *job_json(const cl_job *j) {
   const cl_delivery_job *d = &j->job;
   return json_pack("{s:I, s:s, s:o, s:o, s:{s:I, s:I, s:o, s:o}, s:i, s:i, s:o, s:o, s:o, s:o}",
-                   "id", (json_int_t)d->id,
-                   "worker", "outbound",
-                   "state", str_or_null(d->state),
-                   "scheduled_at", str_or_null(d->scheduled_at),
-                   "args",
-                     "message_id", (json_int_t)d->message_id,
-                     "conversation_id", (json_int_t)d->conversation_id,
-                     "template_id", str_or_null(d->template_id),
-                     "bulk_envelope_id", str_or_null(d->bulk_envelope_id),
-                   "attempt", j->attempt,
-                   "max_attempts", j->max_attempts,
-                   "attempted_at", str_or_null(j->attempted_at),
-                   "finished_at", str_or_null(j->finished_at),
-                   "inserted_at", str_or_null(j->inserted_at),
+                   "id", (json_int_t)d->id, "worker", "outbound", "state", str_or_null(d->state),
+                   "scheduled_at", str_or_null(d->scheduled_at), "args", "message_id",
+                   (json_int_t)d->message_id, "conversation_id", (json_int_t)d->conversation_id,
+                   "template_id", str_or_null(d->template_id), "bulk_envelope_id",
+                   str_or_null(d->bulk_envelope_id), "attempt", j->attempt, "max_attempts",
+                   j->max_attempts, "attempted_at", str_or_null(j->attempted_at), "finished_at",
+                   str_or_null(j->finished_at), "inserted_at", str_or_null(j->inserted_at),
                    "last_error", str_or_null(j->last_error));
 }
 
@@ -114,9 +107,9 @@ static void job_cells(const cl_job *j, char nums[3][48], const char *cells[J_N])
 }
 
 static void print_job_table(const cl_job_list *list) {
-  static const char *const header[J_N] = {"ID",       "STATE",    "ATTEMPT",     "CONVERSATION",
-                                          "TEMPLATE", "ENVELOPE", "SCHEDULED_AT", "FINISHED_AT",
-                                          "LAST_ERROR"};
+  static const char *const header[J_N] = {"ID",           "STATE",       "ATTEMPT",
+                                          "CONVERSATION", "TEMPLATE",    "ENVELOPE",
+                                          "SCHEDULED_AT", "FINISHED_AT", "LAST_ERROR"};
   if (list->count == 0) {
     printf("no jobs\n");
     return;
@@ -167,7 +160,8 @@ int cli_cmd_jobs(cli_ctx *ctx) {
   cl_status st = cl_jobs(eng, &q, &list, &err);
   if (st != CL_OK) rc = cli_fail_status(st, &err);
   else if (ctx->json)
-    for (size_t i = 0; i < list.count && rc == 0; i++) rc = cli_json_print(job_json(&list.items[i]));
+    for (size_t i = 0; i < list.count && rc == 0; i++)
+      rc = cli_json_print(job_json(&list.items[i]));
   else print_job_table(&list);
   cl_job_list_clear(&list);
   cl_close(eng);
@@ -275,10 +269,8 @@ static int set_paused(cli_ctx *ctx, bool paused) {
   cl_error err;
   const char *actor = cli_opt(ctx, CLI_OPT_ACTOR);
   cl_status st = paused ? cl_pause(eng, actor, &err) : cl_resume(eng, actor, &err);
-  if (st != CL_OK)
-    rc = cli_fail_status(st, &err);
-  else if (ctx->json)
-    rc = cli_json_print(json_pack("{s:b}", "paused", paused));
+  if (st != CL_OK) rc = cli_fail_status(st, &err);
+  else if (ctx->json) rc = cli_json_print(json_pack("{s:b}", "paused", paused));
   else
     printf(paused ? "delivery paused: workers of schema %s claim nothing until `cairnloop resume`\n"
                   : "delivery resumed: workers of schema %s claim again\n",

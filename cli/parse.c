@@ -20,8 +20,7 @@ static bool id_push(id_list *l, int64_t id) {
   if (l->count == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
     int64_t *items = realloc(l->items, cap * sizeof *items);
-    if (!items)
-      return false;
+    if (!items) return false;
     l->items = items;
     l->cap = cap;
   }
@@ -32,12 +31,10 @@ static bool id_push(id_list *l, int64_t id) {
 bool cli_to_i64(const char *text, int64_t *out) {
   const char *p = text + (*text == '-');
   /* Digits only: strtoll alone would accept " 7", "+7" and "7abc". */
-  if (!*p || strspn(p, "0123456789") != strlen(p))
-    return false;
+  if (!*p || strspn(p, "0123456789") != strlen(p)) return false;
   errno = 0;
   long long v = strtoll(text, NULL, 10);
-  if (errno == ERANGE)
-    return false;
+  if (errno == ERANGE) return false;
   *out = v;
   return true;
 }
@@ -49,18 +46,16 @@ static bool trimmed(const char *s, size_t n, char *buf, size_t size) {
     s++;
     n--;
   }
-  while (n > 0 && isspace((unsigned char)s[n - 1]))
-    n--;
-  if (n >= size)
-    return false;
+  while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
+  if (n >= size) return false;
   memcpy(buf, s, n);
   buf[n] = '\0';
   return true;
 }
 
 /* One id field; `where` says where it stood ("position 3", "f line 2"). */
-static bool parse_field(const char *s, size_t n, const char *what, const char *where,
-                        bool blank_ok, id_list *out, char *why, size_t why_size) {
+static bool parse_field(const char *s, size_t n, const char *what, const char *where, bool blank_ok,
+                        id_list *out, char *why, size_t why_size) {
   /* 64 bytes hold any int64 with room for blanks; longer is not an id. */
   char field[64];
   int64_t id;
@@ -69,8 +64,7 @@ static bool parse_field(const char *s, size_t n, const char *what, const char *w
     return false;
   }
   if (!*field) {
-    if (blank_ok)
-      return true;
+    if (blank_ok) return true;
     snprintf(why, why_size, "%s: empty id at %s", what, where);
     return false;
   }
@@ -94,10 +88,8 @@ bool cli_parse_id_list(const char *text, id_list *out, char *why, size_t why_siz
     size_t n = comma ? (size_t)(comma - field) : strlen(field);
     char where[48];
     snprintf(where, sizeof where, "position %zu", ++position);
-    if (!parse_field(field, n, "--ids", where, false, out, why, why_size))
-      return false;
-    if (!comma)
-      return true;
+    if (!parse_field(field, n, "--ids", where, false, out, why, why_size)) return false;
+    if (!comma) return true;
     field = comma + 1;
   }
 }
@@ -117,8 +109,7 @@ bool cli_parse_id_lines(const char *buf, size_t len, const char *name, id_list *
     }
     char where[300];
     snprintf(where, sizeof where, "%s line %zu", name, lineno);
-    if (!parse_field(start, n, "--ids-file", where, true, out, why, why_size))
-      return false;
+    if (!parse_field(start, n, "--ids-file", where, true, out, why, why_size)) return false;
     at += n + 1;
   }
   return true;

@@ -33,19 +33,19 @@ int luaopen_cairnloop(lua_State *L);
 /* What to run, and on which database.  Filled by the commands, read by
  * run_frame, which sets `status`. */
 typedef struct run_job {
-  const char *command;          /* "run" or "demo": arg[-1] */
-  const char *script;           /* a path, or "-" for standard input */
-  char **args;                  /* the script's arguments */
+  const char *command; /* "run" or "demo": arg[-1] */
+  const char *script;  /* a path, or "-" for standard input */
+  char **args;         /* the script's arguments */
   int nargs;
-  const char *database;         /* NULL: see `embedded` */
-  bool embedded;                /* no database configured: start the embedded cluster */
-  const char *schema;           /* NULL: the engine's default */
+  const char *database; /* NULL: see `embedded` */
+  bool embedded;        /* no database configured: start the embedded cluster */
+  const char *schema;   /* NULL: the engine's default */
   const char *const *policies;
   int npolicies;
-  const char *log_level;        /* "debug" .. "error" */
-  bool json;                    /* --json: cairnloop.json_output() */
-  char *embedded_url;           /* malloc'd by cli_db_ensure; freed by run_job_now */
-  int status;                   /* the exit status */
+  const char *log_level; /* "debug" .. "error" */
+  bool json;             /* --json: cairnloop.json_output() */
+  char *embedded_url;    /* malloc'd by cli_db_ensure; freed by run_job_now */
+  int status;            /* the exit status */
 } run_job;
 
 static const char *nonempty_env(const char *name) {
@@ -310,7 +310,7 @@ static bool open_engine(lua_State *L, run_job *job, int module) {
   if (lua_isnil(L, -3)) {
     cl_status st = status_named(lua_tostring(L, -2));
     job->status = cli_fail(st != CL_OK ? st : CL_DB_ERROR, "%s",
-                               lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+                           lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
     return false;
   }
   lua_pop(L, 2); /* engine */
@@ -335,10 +335,8 @@ static int run_frame(lua_State *L) {
   int rc = luaL_loadfile(L, strcmp(job->script, "-") == 0 ? NULL : job->script);
   if (rc != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
-    if (rc == LUA_ERRFILE)
-      job->status = cli_fail(CL_INVALID_ARGUMENT, "%s: %s", job->command, msg);
-    else
-      job->status = report_error(L);
+    if (rc == LUA_ERRFILE) job->status = cli_fail(CL_INVALID_ARGUMENT, "%s: %s", job->command, msg);
+    else job->status = report_error(L);
     return 0;
   }
   int chunk = lua_gettop(L);
@@ -444,8 +442,8 @@ int cli_cmd_demo(cli_ctx *ctx) {
   char *dir = examples_dir();
   if (!dir)
     return cli_fail(CL_INVALID_ARGUMENT,
-                        "demo: the example scripts were not found (lua/examples of the "
-                        "source tree, or share/cairnloop/examples of the install)");
+                    "demo: the example scripts were not found (lua/examples of the "
+                    "source tree, or share/cairnloop/examples of the install)");
   char script[PATH_MAX + 32], policy[PATH_MAX + 32];
   snprintf(script, sizeof script, "%s/campaign.lua", dir);
   snprintf(policy, sizeof policy, "%s/demo_policy.lua", dir);

@@ -212,7 +212,8 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
     if (b.released)
       cl_log(eng, stop_signal ? CL_LOG_INFO : CL_LOG_WARN,
              "work: handed back %d claimed jobs not yet started%s", b.released,
-             stop_signal ? "" : " (half their lease was spent: lower --limit or raise --lease-seconds)");
+             stop_signal ? ""
+                         : " (half their lease was spent: lower --limit or raise --lease-seconds)");
     progress(w, false);
     cli_metrics_refresh(w->metrics, eng, false);
     /* A full batch suggests more is due: go again without asking. */
@@ -235,8 +236,8 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
   return 0;
 }
 
-static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min,
-                    int64_t max, int64_t *out) {
+static int int_flag(const cli_ctx *ctx, enum cli_opt id, const char *name, int64_t min, int64_t max,
+                    int64_t *out) {
   const char *text = cli_opt(ctx, id);
   return text ? cli_parse_i64(name, text, min, max, out) : 0;
 }
@@ -268,7 +269,8 @@ int cli_cmd_work(cli_ctx *ctx) {
                   &backoff);
   if (rc == 0)
     rc = retention_flag(ctx, CLI_OPT_RETENTION_COMPLETED, "--retention-completed", &keep_completed);
-  if (rc == 0) rc = retention_flag(ctx, CLI_OPT_RETENTION_FAILED, "--retention-failed", &keep_failed);
+  if (rc == 0)
+    rc = retention_flag(ctx, CLI_OPT_RETENTION_FAILED, "--retention-failed", &keep_failed);
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
   const char *metrics_at = cli_opt(ctx, CLI_OPT_METRICS);
@@ -286,7 +288,7 @@ int cli_cmd_work(cli_ctx *ctx) {
   cl_config_init(&cfg);
   cfg.max_attempts = (int)max_attempts; /* 0: the engine's default */
   cfg.lease_seconds = (int)lease;
-  cfg.backoff_base_ms = (int)backoff; /* 0: the engine's default, 1000 ms */
+  cfg.backoff_base_ms = (int)backoff;               /* 0: the engine's default, 1000 ms */
   cfg.retention_completed_seconds = keep_completed; /* 0: the engine's default */
   cfg.retention_failed_seconds = keep_failed;
   cfg.log = log_line;

@@ -41,22 +41,22 @@ extern "C" {
  * by Lua and the CLI, and the CLI exit status.  Everything else derives
  * from it, so C, Lua and the CLI cannot drift apart.
  */
-#define CL_STATUS_MAP(XX)                                   \
-  XX(OK, "ok", 0)                                           \
-  XX(INVALID_ARGUMENT, "invalid_argument", 2)               \
-  XX(BATCH_TOO_LARGE, "batch_too_large", 3)                 \
-  XX(ACTOR_REJECTED, "actor_rejected", 4)                   \
-  XX(AUDIT_REJECTED, "audit_rejected", 4)                   \
-  XX(UNKNOWN_CONVERSATION, "unknown_conversation", 4)       \
-  XX(ENVELOPE_CONFLICT, "envelope_conflict", 4)             \
-  XX(HOOK_ERROR, "hook_error", 5)                           \
+#define CL_STATUS_MAP(XX)                             \
+  XX(OK, "ok", 0)                                     \
+  XX(INVALID_ARGUMENT, "invalid_argument", 2)         \
+  XX(BATCH_TOO_LARGE, "batch_too_large", 3)           \
+  XX(ACTOR_REJECTED, "actor_rejected", 4)             \
+  XX(AUDIT_REJECTED, "audit_rejected", 4)             \
+  XX(UNKNOWN_CONVERSATION, "unknown_conversation", 4) \
+  XX(ENVELOPE_CONFLICT, "envelope_conflict", 4)       \
+  XX(HOOK_ERROR, "hook_error", 5)                     \
   XX(DB_ERROR, "db_error", 6)
 
 typedef enum cl_status {
 #define CL__STATUS_ENUM(name, str, exit_code) CL_##name,
   CL_STATUS_MAP(CL__STATUS_ENUM)
 #undef CL__STATUS_ENUM
-  CL_STATUS__COUNT
+      CL_STATUS__COUNT
 } cl_status;
 
 /* The code string of API.md ("invalid_argument", ...); "unknown" if out of range. */
@@ -96,7 +96,7 @@ typedef enum cl_log_level {
 #define CL__LOG_LEVEL_ENUM(name, str) CL_LOG_##name,
   CL_LOG_LEVEL_MAP(CL__LOG_LEVEL_ENUM)
 #undef CL__LOG_LEVEL_ENUM
-  CL_LOG__COUNT
+      CL_LOG__COUNT
 } cl_log_level;
 
 /* "debug", "info", "warn", "error"; NULL if out of range. */
@@ -195,11 +195,7 @@ CL_API void cl_log(cl_engine *eng, cl_log_level level, const char *fmt, ...)
 /* Telemetry                                                            */
 /* ------------------------------------------------------------------ */
 
-typedef enum cl_value_type {
-  CL_VALUE_NIL,
-  CL_VALUE_INT,
-  CL_VALUE_STRING
-} cl_value_type;
+typedef enum cl_value_type { CL_VALUE_NIL, CL_VALUE_INT, CL_VALUE_STRING } cl_value_type;
 
 /* One key of a measurement or metadata map. */
 typedef struct cl_kv {
@@ -222,8 +218,7 @@ typedef cl_map cl_metadata;
  * ({"cairnloop","outbound","triggered","start",NULL}); everything passed is
  * valid only for the call.  A handler may call cl_detach(), also on itself.
  */
-typedef void (*cl_handler_fn)(const char *const *event,
-                              const cl_measurements *measurements,
+typedef void (*cl_handler_fn)(const char *const *event, const cl_measurements *measurements,
                               const cl_metadata *metadata, void *config);
 
 /*
@@ -239,9 +234,8 @@ CL_API cl_status cl_attach(cl_engine *eng, const char *handler_id, const char *e
                            cl_error *err);
 /* As cl_attach, for `count` event names under one id. */
 CL_API cl_status cl_attach_many(cl_engine *eng, const char *handler_id,
-                                const char *const *event_names, size_t count,
-                                cl_handler_fn fn, void *config,
-                                void (*release)(void *config), cl_error *err);
+                                const char *const *event_names, size_t count, cl_handler_fn fn,
+                                void *config, void (*release)(void *config), cl_error *err);
 /* Detaches a handler: 1 if it was attached, 0 otherwise. */
 CL_API int cl_detach(cl_engine *eng, const char *handler_id);
 
@@ -276,8 +270,8 @@ typedef struct cl_rows cl_rows;
  * lock of theirs); if not, the operation fails with CL_HOOK_ERROR "...
  * tx:exec changed the session (<what>)" and nothing is written.
  */
-CL_API cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams,
-                            const char *const *params, cl_rows **rows, cl_error *err);
+CL_API cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const *params,
+                            cl_rows **rows, cl_error *err);
 CL_API int cl_rows_count(const cl_rows *rows);
 CL_API int cl_rows_columns(const cl_rows *rows);
 CL_API const char *cl_rows_name(const cl_rows *rows, int column);
@@ -301,8 +295,7 @@ CL_API void cl_rows_free(cl_rows *rows);
 typedef struct cl_auditor {
   cl_status (*audit)(void *ud, cl_tx *tx, const char *action, const char *actor,
                      const cl_metadata *metadata, char **audit_json, cl_error *err);
-  cl_status (*list_events)(void *ud, const char *opts_json, char **events_json,
-                           cl_error *err);
+  cl_status (*list_events)(void *ud, const char *opts_json, char **events_json, cl_error *err);
   void (*release)(void *ud); /* called when replaced or on close; may be NULL */
   void *ud;
 } cl_auditor;
@@ -343,7 +336,7 @@ CL_API cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *
 typedef struct cl_message {
   int64_t id;
   int64_t conversation_id;
-  const char *role;             /* "system_outbound" */
+  const char *role; /* "system_outbound" */
   const char *content;
   const char *template_id;      /* metadata.template_id */
   const char *status;           /* metadata.status: "pending" | "sent" | "failed" */
@@ -389,9 +382,8 @@ typedef struct cl_trigger_result {
  * Returns CL_OK, CL_INVALID_ARGUMENT, CL_ACTOR_REJECTED, CL_AUDIT_REJECTED,
  * CL_UNKNOWN_CONVERSATION, CL_HOOK_ERROR or CL_DB_ERROR.
  */
-CL_API cl_status cl_trigger(cl_engine *eng, int64_t conversation_id,
-                            const cl_trigger_opts *opts, cl_trigger_result *res,
-                            cl_error *err);
+CL_API cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_opts *opts,
+                            cl_trigger_result *res, cl_error *err);
 CL_API void cl_trigger_result_clear(cl_trigger_result *res);
 
 typedef struct cl_envelope {
@@ -417,8 +409,8 @@ typedef struct cl_bulk_opts {
 
 typedef struct cl_bulk_result {
   cl_envelope envelope;
-  size_t count;                  /* == envelope.count */
-  cl_message *messages;          /* messages[i] is for ids[i] */
+  size_t count;         /* == envelope.count */
+  cl_message *messages; /* messages[i] is for ids[i] */
   cl_delivery_job *delivery_jobs;
   int replayed;     /* 1: envelope_id named a stored envelope with the same content */
   char *audit_json; /* the auditor's return value as JSON, or NULL */
@@ -439,9 +431,8 @@ typedef struct cl_bulk_result {
  * CL_AUDIT_REJECTED, CL_UNKNOWN_CONVERSATION, CL_ENVELOPE_CONFLICT,
  * CL_HOOK_ERROR or CL_DB_ERROR.
  */
-CL_API cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *conversation_ids,
-                                 size_t count, const cl_bulk_opts *opts,
-                                 cl_bulk_result *res, cl_error *err);
+CL_API cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *conversation_ids, size_t count,
+                                 const cl_bulk_opts *opts, cl_bulk_result *res, cl_error *err);
 CL_API void cl_bulk_result_clear(cl_bulk_result *res);
 
 /* ------------------------------------------------------------------ */
@@ -542,8 +533,7 @@ typedef enum cl_wake {
  * not subscribe (a transaction pooler would lend the LISTEN a random
  * session) and sleeps at most CL_POOLER_POLL_MS, logging that once at info.
  */
-CL_API cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why,
-                              cl_error *err);
+CL_API cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl_error *err);
 
 /* ------------------------------------------------------------------ */
 /* Envelope reads                                                       */
@@ -570,8 +560,8 @@ typedef struct cl_envelope_query {
 
 /* Reads one envelope: out->count is 1 and out->items[0] filled, or 0 when
  * no envelope has that id.  `out` must be released with cl_envelope_list_clear(). */
-CL_API cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id,
-                                 cl_envelope_list *out, cl_error *err);
+CL_API cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id, cl_envelope_list *out,
+                                 cl_error *err);
 /* Lists envelopes, newest requested_at first. */
 CL_API cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *query,
                                    cl_envelope_list *out, cl_error *err);
@@ -591,7 +581,6 @@ CL_API cl_status cl_query(cl_engine *eng, const char *sql, int nparams, const ch
 CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json,
                                  cl_error *err);
 
-
 /* ------------------------------------------------------------------ */
 /* Operating the queue                                                  */
 /* ------------------------------------------------------------------ */
@@ -602,20 +591,20 @@ CL_API cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **e
  * scheduled, executing, retryable; finished: completed, discarded (out of
  * attempts), cancelled (by cl_cancel).
  */
-#define CL_JOB_STATE_MAP(XX)  \
-  XX(AVAILABLE, "available")  \
-  XX(SCHEDULED, "scheduled")  \
-  XX(EXECUTING, "executing")  \
-  XX(RETRYABLE, "retryable")  \
-  XX(COMPLETED, "completed")  \
-  XX(DISCARDED, "discarded")  \
+#define CL_JOB_STATE_MAP(XX) \
+  XX(AVAILABLE, "available") \
+  XX(SCHEDULED, "scheduled") \
+  XX(EXECUTING, "executing") \
+  XX(RETRYABLE, "retryable") \
+  XX(COMPLETED, "completed") \
+  XX(DISCARDED, "discarded") \
   XX(CANCELLED, "cancelled")
 
 typedef enum cl_job_state {
 #define CL__JOB_STATE_ENUM(name, str) CL_JOB_##name,
   CL_JOB_STATE_MAP(CL__JOB_STATE_ENUM)
 #undef CL__JOB_STATE_ENUM
-  CL_JOB_STATE__COUNT
+      CL_JOB_STATE__COUNT
 } cl_job_state;
 
 /* "available", ...; NULL if out of range. */
@@ -636,13 +625,13 @@ typedef struct cl_job_query {
 } cl_job_query;
 
 typedef struct cl_job {
-  cl_delivery_job job;      /* id, worker, state, scheduled_at and the args */
-  int attempt;              /* attempts made (0 after a retry) */
+  cl_delivery_job job; /* id, worker, state, scheduled_at and the args */
+  int attempt;         /* attempts made (0 after a retry) */
   int max_attempts;
   const char *attempted_at; /* ISO 8601, UTC; NULL: never attempted */
   const char *finished_at;  /* when completed, discarded or cancelled; NULL: unfinished */
   const char *inserted_at;
-  const char *last_error;   /* the latest failed attempt's reason; NULL: none */
+  const char *last_error; /* the latest failed attempt's reason; NULL: none */
 } cl_job;
 
 typedef struct cl_job_list {
@@ -866,8 +855,8 @@ CL_API void cl_async_options_init(cl_async_options *opts);
  * while loading); the setup function's own status; CL_DB_ERROR (no
  * connection, no thread, no file descriptor, out of memory).
  */
-CL_API cl_status cl_async_open(cl_async **out, const cl_config *cfg,
-                               const cl_async_options *opts, cl_error *err);
+CL_API cl_status cl_async_open(cl_async **out, const cl_config *cfg, const cl_async_options *opts,
+                               cl_error *err);
 
 /*
  * Completion callbacks.  Each runs once per accepted submission, on the
@@ -891,8 +880,7 @@ typedef void (*cl_async_work_cb)(void *ud, cl_status status, const cl_error *err
                                  const cl_work_stats *stats);
 typedef void (*cl_async_envelopes_cb)(void *ud, cl_status status, const cl_error *err,
                                       cl_envelope_list *list);
-typedef void (*cl_async_rows_cb)(void *ud, cl_status status, const cl_error *err,
-                                 cl_rows **rows);
+typedef void (*cl_async_rows_cb)(void *ud, cl_status status, const cl_error *err, cl_rows **rows);
 
 /*
  * Submitting.  Each call copies its inputs (strings, id arrays, options),
@@ -908,12 +896,11 @@ typedef void (*cl_async_rows_cb)(void *ud, cl_status status, const cl_error *err
  *     cl_async_close() runs);
  *   CL_INVALID_ARGUMENT for a NULL engine; CL_DB_ERROR when out of memory.
  */
-CL_API cl_status cl_async_trigger(cl_async *a, int64_t conversation_id,
-                                  const cl_trigger_opts *opts, cl_async_trigger_cb cb, void *ud,
-                                  cl_error *err);
-CL_API cl_status cl_async_bulk_trigger(cl_async *a, const int64_t *conversation_ids,
-                                       size_t count, const cl_bulk_opts *opts,
-                                       cl_async_bulk_cb cb, void *ud, cl_error *err);
+CL_API cl_status cl_async_trigger(cl_async *a, int64_t conversation_id, const cl_trigger_opts *opts,
+                                  cl_async_trigger_cb cb, void *ud, cl_error *err);
+CL_API cl_status cl_async_bulk_trigger(cl_async *a, const int64_t *conversation_ids, size_t count,
+                                       const cl_bulk_opts *opts, cl_async_bulk_cb cb, void *ud,
+                                       cl_error *err);
 CL_API cl_status cl_async_work(cl_async *a, int limit, cl_async_work_cb cb, void *ud,
                                cl_error *err);
 CL_API cl_status cl_async_envelope_get(cl_async *a, const char *envelope_id,
@@ -931,8 +918,8 @@ CL_API cl_status cl_async_migrate(cl_async *a, cl_async_done_cb cb, void *ud, cl
  * cl_attach, ...).  Nothing is copied: what `ud` points to belongs to `fn`
  * until `cb` runs.  If the operation is cancelled, `fn` never runs.
  */
-CL_API cl_status cl_async_call(cl_async *a, cl_async_engine_fn fn, cl_async_done_cb cb,
-                               void *ud, cl_error *err);
+CL_API cl_status cl_async_call(cl_async *a, cl_async_engine_fn fn, cl_async_done_cb cb, void *ud,
+                               cl_error *err);
 
 /*
  * The completion descriptor: an eventfd (non-blocking, close-on-exec),

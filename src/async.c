@@ -512,11 +512,10 @@ size_t cl_async_pending(cl_async *a) {
 /* Submissions                                                          */
 /* ------------------------------------------------------------------ */
 
-#define ASYNC_ENTER(a, err)                                                             \
-  do {                                                                                  \
-    if (!(a))                                                                           \
-      return cl__fail((err), CL_INVALID_ARGUMENT, "%s: no asynchronous engine (NULL)", \
-                      __func__);                                                        \
+#define ASYNC_ENTER(a, err)                                                                       \
+  do {                                                                                            \
+    if (!(a))                                                                                     \
+      return cl__fail((err), CL_INVALID_ARGUMENT, "%s: no asynchronous engine (NULL)", __func__); \
   } while (0)
 
 /* Queues `o` (which it owns from now on, queued or freed). */

@@ -36,10 +36,10 @@ CL__STMT_MAP(CL__STMT_COLS)
 
 /* The statement table, indexed by cl__stmt. */
 static const struct stmt_def {
-  const char *name;         /* of the prepared statement */
-  const char *sql;          /* @S for the quoted schema */
+  const char *name; /* of the prepared statement */
+  const char *sql;  /* @S for the quoted schema */
   int nparams;
-  const char *const *cols;  /* NULL-terminated */
+  const char *const *cols; /* NULL-terminated */
 } stmts[CL__STMT__COUNT] = {
 #define CL__STMT_DEF(id, name, file, nparams, cols) {name, cl__sql_##file, nparams, cols_##id},
     CL__STMT_MAP(CL__STMT_DEF)
@@ -373,8 +373,8 @@ static cl_status run(cl__db *db, const char *begin, cl__stmt id, const char *sql
   return CL_OK;
 }
 
-cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
-                      const char *const *params, cl_rows **rows, cl_error *err) {
+cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams, const char *const *params,
+                      cl_rows **rows, cl_error *err) {
   if (rows) *rows = NULL;
   cl_status st = refuse_in_audit(db, stmts[id].name, err);
   if (st == CL_OK) st = check_nparams(id, nparams, err);
@@ -431,8 +431,8 @@ cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err) {
   int sent = !check || (PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL, NULL, 0) &&
                         PQpipelineSync(c));
   if (sent && ro) sent = PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
-  if (sent) sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) &&
-                   PQpipelineSync(c);
+  if (sent)
+    sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
   if (!sent) {
     PQexitPipelineMode(c);
     return conn_fail(db, err, "cannot send");
@@ -450,8 +450,8 @@ cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err) {
   return st;
 }
 
-cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
-                                const char *const *params, cl_rows **rows, cl_error *err) {
+cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams, const char *const *params,
+                                cl_rows **rows, cl_error *err) {
   cl_status st = refuse_in_audit(db, "query", err);
   if (st != CL_OK) return st;
   if (db->in_tx) return cl__fail(err, CL_INVALID_ARGUMENT, "query called inside a transaction");
@@ -653,9 +653,9 @@ static cl_status pipe_exec(cl__db *db, const char *sql, int nparams, const char 
       PQclear(r);
     } else {
       st = s == PGRES_PIPELINE_ABORTED
-               ? cl__fail(err, CL_DB_ERROR, "transaction aborted: %s",
-                          db->pipe_error[0] ? db->pipe_error : "an earlier statement failed")
-               : result_fail(db, r, err);
+             ? cl__fail(err, CL_DB_ERROR, "transaction aborted: %s",
+                        db->pipe_error[0] ? db->pipe_error : "an earlier statement failed")
+             : result_fail(db, r, err);
       PQclear(r);
     }
     while ((r = get_result(db)) != NULL) PQclear(r);
@@ -688,9 +688,9 @@ cl_status cl__db_tx_close(cl__db *db, bool commit, bool check, cl_rows **rows, c
    * the hook's session-level advisory locks go after the Sync. */
   bool unlock = check && !commit;
   check = check && commit;
-  int sent = commit ? !check || PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL,
-                                                  NULL, 0)
-                    : PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
+  int sent = commit
+               ? !check || PQsendQueryParams(c, cl__sql_session_check, 0, NULL, NULL, NULL, NULL, 0)
+               : PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0);
   if (sent) sent = PQpipelineSync(c);
   if (sent && unlock)
     sent = PQsendQueryParams(c, unlock_all_sql, 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(c);
@@ -791,7 +791,9 @@ bool cl__db_unique_violation(const cl__db *db) { return strcmp(db->sqlstate, "23
 
 bool cl__db_fk_violation(const cl__db *db) { return strcmp(db->sqlstate, "23503") == 0; }
 
-struct pg_conn *cl__db_conn(cl_engine *eng) { return eng ? eng->db.conn : NULL; }
+struct pg_conn *cl__db_conn(cl_engine *eng) {
+  return eng ? eng->db.conn : NULL;
+}
 
 uint64_t cl__db_round_trips(cl_engine *eng) { return eng->db.round_trips; }
 

@@ -23,7 +23,7 @@ typedef enum cl__stmt {
 #define CL__STMT_ENUM(id, name, file, nparams, cols) CL__STMT_##id,
   CL__STMT_MAP(CL__STMT_ENUM)
 #undef CL__STMT_ENUM
-  CL__STMT__COUNT
+      CL__STMT__COUNT
 } cl__stmt;
 
 typedef struct cl__db {
@@ -41,10 +41,10 @@ typedef struct cl__db {
   int pipe_pending[4];
   int pipe_npending;
   bool pipe_open;
-  cl__stmt pipe_id;                 /* the opening statement */
-  bool pipe_check;                  /* unnamed, first use: check its columns */
-  struct pg_result *pipe_kept;      /* its result */
-  cl_status pipe_status;            /* ... or its failure */
+  cl__stmt pipe_id;            /* the opening statement */
+  bool pipe_check;             /* unnamed, first use: check its columns */
+  struct pg_result *pipe_kept; /* its result */
+  cl_status pipe_status;       /* ... or its failure */
   char pipe_error[CL_ERROR_MESSAGE_MAX];
   char pipe_sqlstate[6];
   /* Auditor statements (tx:exec) prepared on this connection, by SQL text:
@@ -54,8 +54,8 @@ typedef struct cl__db {
     bool ready; /* its PREPARE succeeded */
   } txcache[16];
   int ntxcache;
-  uint64_t round_trips;       /* client waits for the server: one per Sync */
-  char sqlstate[6];           /* of the last server error, "" if none */
+  uint64_t round_trips; /* client waits for the server: one per Sync */
+  char sqlstate[6];     /* of the last server error, "" if none */
   /* The connection failed (a send, a read, or the server said it is going
    * away): reset it before the next statement, whatever PQstatus says. */
   bool lost;
@@ -83,8 +83,8 @@ void cl__db_close(cl__db *db);
  * and stays open (cl__db_commit/cl__db_rollback); without, the statement
  * commits on its own.  On error nothing stays open.
  */
-cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams,
-                      const char *const *params, cl_rows **rows, cl_error *err);
+cl_status cl__db_exec(cl__db *db, cl__stmt id, bool begin, int nparams, const char *const *params,
+                      cl_rows **rows, cl_error *err);
 /*
  * Runs a hook's statement (tx:exec) with text parameters: inside the
  * auditor's transaction when it is open, otherwise in a READ ONLY
@@ -105,8 +105,8 @@ cl_status cl__db_hook_exec(cl__db *db, const char *sql, int nparams, const char 
  */
 cl_status cl__db_hook_end(cl__db *db, bool check, cl_error *err);
 /* Runs ad-hoc SQL in a READ ONLY transaction of its own (cl_query). */
-cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams,
-                                const char *const *params, cl_rows **rows, cl_error *err);
+cl_status cl__db_query_readonly(cl__db *db, const char *sql, int nparams, const char *const *params,
+                                cl_rows **rows, cl_error *err);
 /* Runs one or more parameterless statements (migrations). */
 cl_status cl__db_exec_script(cl__db *db, const char *sql, cl_error *err);
 cl_status cl__db_commit(cl__db *db, cl_error *err);

@@ -93,7 +93,8 @@ static cl_status env_cap(int *out, cl_error *err) {
 
 /* CAIRNLOOP_NO_PREPARED_STATEMENTS: a yes/no word, else invalid_argument. */
 static cl_status env_no_prepare(bool *out, cl_error *err) {
-  static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"", "0", "false", "no", "off"};
+  static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"", "0", "false",
+                                                                              "no", "off"};
   const char *v = getenv("CAIRNLOOP_NO_PREPARED_STATEMENTS");
   *out = false;
   if (!v) return CL_OK;
@@ -142,12 +143,12 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   if (!eng) return cl__fail(err, CL_DB_ERROR, "out of memory");
   snprintf(eng->schema, sizeof eng->schema, "%s", schema);
   eng->max_batch_size = cap;
-  eng->hook_instruction_limit =
-      cfg->hook_instruction_limit ? cfg->hook_instruction_limit : CL_DEFAULT_HOOK_INSTRUCTIONS;
-  eng->hook_time_limit_ms = cfg->hook_time_limit_ms ? cfg->hook_time_limit_ms : CL_DEFAULT_HOOK_TIME_MS;
+  eng->hook_instruction_limit = cfg->hook_instruction_limit ? cfg->hook_instruction_limit
+                                                            : CL_DEFAULT_HOOK_INSTRUCTIONS;
+  eng->hook_time_limit_ms = cfg->hook_time_limit_ms ? cfg->hook_time_limit_ms
+                                                    : CL_DEFAULT_HOOK_TIME_MS;
   eng->hook_memory_limit = cfg->hook_memory_limit ? cfg->hook_memory_limit : CL_DEFAULT_HOOK_MEMORY;
-  if (cfg->max_attempts < 0 || cfg->lease_seconds < 0 || cfg->backoff_base_ms < 0)
-    goto fail_config;
+  if (cfg->max_attempts < 0 || cfg->lease_seconds < 0 || cfg->backoff_base_ms < 0) goto fail_config;
   eng->max_attempts = cfg->max_attempts ? cfg->max_attempts : CL_DEFAULT_MAX_ATTEMPTS;
   eng->lease_seconds = cfg->lease_seconds ? cfg->lease_seconds : CL_DEFAULT_LEASE_SECONDS;
   eng->backoff_base_ms = cfg->backoff_base_ms ? cfg->backoff_base_ms : CL_DEFAULT_BACKOFF_BASE_MS;
@@ -172,7 +173,8 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
 
 fail_config:
   free(eng);
-  return cl__fail(err, CL_INVALID_ARGUMENT, "max_attempts, lease_seconds and backoff_base_ms must not be negative");
+  return cl__fail(err, CL_INVALID_ARGUMENT,
+                  "max_attempts, lease_seconds and backoff_base_ms must not be negative");
 }
 
 void cl_close(cl_engine *eng) {

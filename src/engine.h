@@ -114,10 +114,10 @@ void cl__ok(cl_error *err);
  * configuration) check only for NULL.
  */
 cl_status cl__enter(const cl_engine *eng, const char *fn, cl_error *err);
-#define CL__ENTER(eng, err)                                  \
-  do {                                                       \
+#define CL__ENTER(eng, err)                                   \
+  do {                                                        \
     cl_status cl__entry_ = cl__enter((eng), __func__, (err)); \
-    if (cl__entry_ != CL_OK) return cl__entry_;              \
+    if (cl__entry_ != CL_OK) return cl__entry_;               \
   } while (0)
 
 void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap)

@@ -44,8 +44,8 @@ bool cl__envelope_from_row(cl__arena *a, const cl_rows *rows, int row, cl_envelo
   e->template_id = cl__arena_strdup(a, cl_rows_value(rows, row, CL__ENVELOPE_TEMPLATE_ID));
   e->rendered_body = cl__arena_strdup(a, cl_rows_value(rows, row, CL__ENVELOPE_RENDERED_BODY));
   /* The count is the cohort's length, so the stored count column is not read. */
-  e->recipient_conversation_ids =
-      cl__parse_int_array(a, cl_rows_value(rows, row, CL__ENVELOPE_RECIPIENTS), &e->count);
+  e->recipient_conversation_ids = cl__parse_int_array(
+      a, cl_rows_value(rows, row, CL__ENVELOPE_RECIPIENTS), &e->count);
   const char *cap = cl_rows_value(rows, row, CL__ENVELOPE_EFFECTIVE_CAP);
   e->effective_cap = cap ? atoi(cap) : 0;
   e->requested_by = cl__arena_strdup(a, cl_rows_value(rows, row, CL__ENVELOPE_REQUESTED_BY));
@@ -86,8 +86,8 @@ cl_status cl_envelope_get(cl_engine *eng, const char *envelope_id, cl_envelope_l
   cl__uuid_lower(envelope_id, id);
   const char *params[] = {id};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_ENVELOPE_GET, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_ENVELOPE_GET, false, CL__NPARAMS(params), params,
+                             &rows, err);
   if (st != CL_OK) return st;
   return fill_list(rows, out, err);
 }
@@ -113,8 +113,8 @@ cl_status cl_envelopes_list(cl_engine *eng, const cl_envelope_query *q, cl_envel
   snprintf(limit, sizeof limit, "%d", q->limit ? q->limit : CL_ENVELOPES_DEFAULT_LIMIT);
   const char *params[] = {q->template_id, q->status, limit};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_ENVELOPES, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_ENVELOPES, false, CL__NPARAMS(params), params,
+                             &rows, err);
   if (st != CL_OK) return st;
   return fill_list(rows, out, err);
 }

@@ -35,11 +35,9 @@ void cl__budget_arm(cl__budget *b, int64_t instructions, int64_t ms) {
 int cl__budget_tick(cl__budget *b, int count) {
   if (b->exceeded != CL__BUDGET_WITHIN) return b->exceeded;
   b->used += count;
-  if (b->used >= b->limit)
-    b->exceeded = CL__BUDGET_OVER_INSTRUCTIONS;
+  if (b->used >= b->limit) b->exceeded = CL__BUDGET_OVER_INSTRUCTIONS;
   /* tx:exec burns time without burning instructions: check the clock too. */
-  else if (now_ns() >= b->deadline_ns)
-    b->exceeded = CL__BUDGET_OVER_TIME;
+  else if (now_ns() >= b->deadline_ns) b->exceeded = CL__BUDGET_OVER_TIME;
   return b->exceeded;
 }
 
@@ -100,8 +98,7 @@ void cl__hook_failed(cl_engine *eng, const char *hook, const char *full, bool ou
   } else if (out_of_memory) {
     if (mem_limit)
       cl__fail(err, CL_HOOK_ERROR, "%s: memory limit exceeded (%zu bytes)", hook, mem_limit);
-    else
-      cl__fail(err, CL_HOOK_ERROR, "%s: not enough memory", hook);
+    else cl__fail(err, CL_HOOK_ERROR, "%s: not enough memory", hook);
     tb = NULL;
   }
   /* An auditor that raised only because the operation's own statement
@@ -145,12 +142,9 @@ char *cl__json_take_text(json_t *tree, bool any) {
 }
 
 void cl__param_float(char *buf, size_t cap, double d) {
-  if (isnan(d))
-    snprintf(buf, cap, "NaN");
-  else if (isinf(d))
-    snprintf(buf, cap, "%s", d > 0 ? "Infinity" : "-Infinity");
-  else
-    snprintf(buf, cap, "%.17g", d);
+  if (isnan(d)) snprintf(buf, cap, "NaN");
+  else if (isinf(d)) snprintf(buf, cap, "%s", d > 0 ? "Infinity" : "-Infinity");
+  else snprintf(buf, cap, "%.17g", d);
 }
 
 cl__cell cl__cell_of(unsigned type_oid) {

@@ -26,16 +26,16 @@ static void arm_deadline(cl_engine *eng) {
   int64_t now = cl__monotonic_ns();
   /* A limit too large to add (the C config takes any int64) is no limit. */
   eng->hook_deadline_ns = eng->hook_time_limit_ms > (INT64_MAX - now) / 1000000
-                              ? INT64_MAX
-                              : now + eng->hook_time_limit_ms * 1000000;
+                            ? INT64_MAX
+                            : now + eng->hook_time_limit_ms * 1000000;
 }
 
 /* ------------------------------------------------------------------ */
 /* Call points                                                          */
 /* ------------------------------------------------------------------ */
 
-cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *action,
-                               char **resolved, cl_error *err) {
+cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *action, char **resolved,
+                            cl_error *err) {
   *resolved = NULL;
   if (!eng->has_resolver) {
     if (actor && !(*resolved = strdup(actor))) return cl__fail(err, CL_DB_ERROR, "out of memory");
@@ -84,8 +84,8 @@ static cl_status call_auditor(cl_engine *eng, const char *action, const char *ac
   if (tx->failed && tx->fail_code == CL_HOOK_ERROR && st != CL_HOOK_ERROR)
     st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: tx:exec: %s", tx->failure);
   else if (st == CL_OK && tx->failed)
-    st = cl__fail(err, CL_HOOK_ERROR, "auditor.audit: a statement failed and aborted the transaction: %s",
-                  tx->failure);
+    st = cl__fail(err, CL_HOOK_ERROR,
+                  "auditor.audit: a statement failed and aborted the transaction: %s", tx->failure);
   else if (st != CL_OK && st != CL_AUDIT_REJECTED && st != CL_HOOK_ERROR && st != CL_DB_ERROR) {
     st = CL_HOOK_ERROR;
     if (err) err->code = st;
@@ -123,8 +123,7 @@ cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const 
   if (!sql) return cl__fail(err, CL_INVALID_ARGUMENT, "tx exec: sql is required");
   if (nparams < 0 || (nparams > 0 && !params))
     return cl__fail(err, CL_INVALID_ARGUMENT, "tx exec: %d parameters without a list", nparams);
-  if (tx->failed)
-    return cl__fail(err, tx->fail_code, "transaction is aborted: %s", tx->failure);
+  if (tx->failed) return cl__fail(err, tx->fail_code, "transaction is aborted: %s", tx->failure);
   cl_engine *eng = tx->eng;
   cl__db *db = &eng->db;
   if (!db->pipe_open && !eng->listing)
@@ -146,7 +145,8 @@ cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const 
     if (rows) *rows = NULL;
     return tx_fail(tx,
                    cl__fail(err, CL_HOOK_ERROR,
-                            "the statement was cancelled at the hook's time budget (%" PRId64 " ms)",
+                            "the statement was cancelled at the hook's time budget (%" PRId64
+                            " ms)",
                             eng->hook_time_limit_ms),
                    err);
   }
@@ -154,8 +154,8 @@ cl_status cl_tx_exec(cl_tx *tx, const char *sql, int nparams, const char *const 
 }
 
 cl_status cl__audited(cl_engine *eng, cl__stmt id, int nparams, const char *const *params,
-                         const char *action, const char *actor, const cl_kv *md, size_t nmd,
-                         char **audit_json, cl_rows **rows, cl_error *err) {
+                      const char *action, const char *actor, const cl_kv *md, size_t nmd,
+                      char **audit_json, cl_rows **rows, cl_error *err) {
   *rows = NULL;
   cl_status st = cl__db_tx_open(&eng->db, id, nparams, params, err);
   if (st != CL_OK) return st;
@@ -181,7 +181,6 @@ cl_status cl__audited(cl_engine *eng, cl__stmt id, int nparams, const char *cons
   }
   return st;
 }
-
 
 cl_status cl__deliver(cl_engine *eng, const cl_message *msg, const cl_conversation *conv,
                       const char *idempotency_key, int attempt, cl_error *err) {
@@ -233,10 +232,12 @@ cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error 
   return CL_OK;
 }
 
-cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json, cl_error *err) {
+cl_status cl_audit_events(cl_engine *eng, const char *opts_json, char **events_json,
+                          cl_error *err) {
   if (events_json) *events_json = NULL;
   CL__ENTER(eng, err);
-  if (!events_json) return cl__fail(err, CL_INVALID_ARGUMENT, "audit_events: no place for the result");
+  if (!events_json)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "audit_events: no place for the result");
   if (!eng->has_auditor || !eng->auditor.list_events) {
     *events_json = strdup("[]");
     if (!*events_json) return cl__fail(err, CL_DB_ERROR, "out of memory");

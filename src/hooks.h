@@ -10,8 +10,8 @@
 /* Resolves the caller's actor for `action`: *resolved is the actor to
  * record (malloc'd, or NULL for none).  Without a resolver the actor is
  * copied as it is.  Returns CL_OK, CL_ACTOR_REJECTED or CL_HOOK_ERROR. */
-cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *action,
-                            char **resolved, cl_error *err);
+cl_status cl__resolve_actor(cl_engine *eng, const char *actor, const char *action, char **resolved,
+                            cl_error *err);
 
 /*
  * Runs the auditor's transaction: the opening statement `id` and the audit

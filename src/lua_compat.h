@@ -96,8 +96,7 @@ static inline int compat_hook_begin(lua_State *L, int fn_ref) {
     lua_getfield(L, -1, "jit");
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "status"); /* jit.status() -> on, flags... */
-      if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 0) == LUA_OK)
-        was_on = lua_toboolean(L, -1);
+      if (lua_isfunction(L, -1) && lua_pcall(L, 0, 1, 0) == LUA_OK) was_on = lua_toboolean(L, -1);
     }
   }
   lua_settop(L, top);
@@ -131,9 +130,7 @@ static inline int compat_tointeger(lua_State *L, int i, int64_t *out) {
   return 1;
 }
 
-static inline void compat_pushint64(lua_State *L, int64_t v) {
-  lua_pushinteger(L, (lua_Integer)v);
-}
+static inline void compat_pushint64(lua_State *L, int64_t v) { lua_pushinteger(L, (lua_Integer)v); }
 
 #define compat_isinteger(L, i) lua_isinteger((L), (i))
 

@@ -62,10 +62,8 @@ static void host_count_hook(lua_State *L, lua_Debug *ar) {
   compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
   b = (cl__budget *)lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (b == NULL)
-    lua_sethook(L, NULL, 0, 0);
-  else
-    glue_count(L, host_count_hook, b);
+  if (b == NULL) lua_sethook(L, NULL, 0, 0);
+  else glue_count(L, host_count_hook, b);
 }
 
 /*
@@ -112,10 +110,8 @@ static cl_status host_call(glue_side *side, lua_CFunction frame, glue_call *c) {
   eng->in_hook = was_in_hook;
   compat_hook_end(L, jit_was_on);
   lua_sethook(L, hook, mask, count);
-  if (prev)
-    lua_pushlightuserdata(L, prev);
-  else
-    lua_pushboolean(L, 0);
+  if (prev) lua_pushlightuserdata(L, prev);
+  else lua_pushboolean(L, 0);
   compat_rawsetp(L, LUA_REGISTRYINDEX, &armed_key);
   return glue_call_end(L, eng, base, rc, &budget, 0, c);
 }
@@ -303,8 +299,8 @@ static void unstage_actor(lua_State *L, lengine *le, cl__box *json) {
 }
 
 /* opts[name] as an integer from min to max; *out untouched when absent. */
-static bool opt_int(lua_State *L, int idx, const char *name, int64_t min, int64_t max,
-                    int64_t *out, cl_error *err) {
+static bool opt_int(lua_State *L, int idx, const char *name, int64_t min, int64_t max, int64_t *out,
+                    cl_error *err) {
   int64_t v;
   lua_getfield(L, idx, name);
   if (lua_isnil(L, -1)) {
@@ -446,11 +442,19 @@ static cl_status load_policies(lua_State *L, lengine *le, int idx, cl_error *err
  * transaction mode: cl_config.no_prepared_statements).
  */
 static int engine_open(lua_State *L) {
-  static const char *const allowed[] = {
-      "database",          "schema",        "max_batch_size", "policy",
-      "hook_instruction_limit", "hook_time_limit_ms", "hook_memory_limit",
-      "max_attempts",      "lease_seconds", "log",            "log_level",
-      "prepared_statements", NULL};
+  static const char *const allowed[] = {"database",
+                                        "schema",
+                                        "max_batch_size",
+                                        "policy",
+                                        "hook_instruction_limit",
+                                        "hook_time_limit_ms",
+                                        "hook_memory_limit",
+                                        "max_attempts",
+                                        "lease_seconds",
+                                        "log",
+                                        "log_level",
+                                        "prepared_statements",
+                                        NULL};
   bool has_opts = opt_table(L, 1);
   cl_config cfg;
   cl_error err;
@@ -559,10 +563,8 @@ static int engine_gc(lua_State *L) {
 
 static int engine_tostring(lua_State *L) {
   lengine *le = (lengine *)luaL_checkudata(L, 1, ENGINE_MT);
-  if (le->eng)
-    lua_pushfstring(L, "cairnloop.engine (%s)", cl_schema(le->eng));
-  else
-    lua_pushliteral(L, "cairnloop.engine (closed)");
+  if (le->eng) lua_pushfstring(L, "cairnloop.engine (%s)", cl_schema(le->eng));
+  else lua_pushliteral(L, "cairnloop.engine (closed)");
   return 1;
 }
 
@@ -631,8 +633,8 @@ static int engine_query(lua_State *L) {
 
 /* engine:trigger(conversation_id, opts) -> res | nil, code, msg; raises if opts is not a table */
 static int engine_trigger(lua_State *L) {
-  static const char *const allowed[] = {"template_id", "content", "schedule_in", "actor",
-                                        "bulk_envelope_id", NULL};
+  static const char *const allowed[] = {"template_id", "content",          "schedule_in",
+                                        "actor",       "bulk_envelope_id", NULL};
   lengine *le = check_engine(L, "trigger", false);
   cl_trigger_opts o;
   cl_trigger_result *res;
@@ -680,8 +682,8 @@ static int engine_trigger(lua_State *L) {
 
 /* engine:bulk_trigger(ids, opts) -> res | nil, code, msg; raises if opts is not a table */
 static int engine_bulk_trigger(lua_State *L) {
-  static const char *const allowed[] = {"template_id", "rendered_body", "actor", "envelope_id",
-                                        "schedule_in", NULL};
+  static const char *const allowed[] = {"template_id", "rendered_body", "actor",
+                                        "envelope_id", "schedule_in",   NULL};
   lengine *le = check_engine(L, "bulk_trigger", false);
   cl_bulk_opts o;
   cl_bulk_result *res;
@@ -726,8 +728,7 @@ static int engine_bulk_trigger(lua_State *L) {
     lua_pop(L, 1);
     if (!ok) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   }
-  if (!check_keys(L, 3, allowed, &err) ||
-      !opt_string(L, 3, "template_id", &o.template_id, &err) ||
+  if (!check_keys(L, 3, allowed, &err) || !opt_string(L, 3, "template_id", &o.template_id, &err) ||
       !opt_string(L, 3, "rendered_body", &o.rendered_body, &err) ||
       !opt_actor(L, le, 3, &o.actor, &actor_idx, &actor_json, &err) ||
       !opt_string(L, 3, "envelope_id", &o.envelope_id, &err) ||
@@ -794,10 +795,8 @@ static int engine_envelope(lua_State *L) {
     cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
-  if (list->count == 0)
-    lua_pushnil(L);
-  else
-    push_envelope(L, &list->items[0]);
+  if (list->count == 0) lua_pushnil(L);
+  else push_envelope(L, &list->items[0]);
   cl__box_release(box);
   return 1;
 }
@@ -852,7 +851,8 @@ static int engine_audit_events(lua_State *L) {
   out = glue_newbox(L, 0);
   if (!lua_isnil(L, 2)) {
     if ((j = glue_to_json(L, 2, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s", why);
+      cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s",
+               why);
       return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
     }
     if ((in->p = cl__json_take_text(j, false)) == NULL) return luaL_error(L, "not enough memory");
@@ -1161,32 +1161,31 @@ static int engine_prune(lua_State *L) {
 CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L);
 
 CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"migrate", engine_migrate},
-      {"configure", engine_configure},
-      {"max_batch_size", engine_max_batch_size},
-      {"query", engine_query},
-      {"trigger", engine_trigger},
-      {"bulk_trigger", engine_bulk_trigger},
-      {"envelope", engine_envelope},
-      {"envelopes", engine_envelopes},
-      {"audit_events", engine_audit_events},
-      {"work", engine_work},
-      {"auditor", engine_auditor},
-      {"actor_resolver", engine_actor_resolver},
-      {"notifier", engine_notifier},
-      {"attach", engine_attach},
-      {"attach_many", engine_attach_many},
-      {"detach", engine_detach},
-      {"close", engine_close},
-      {"jobs", engine_jobs},
-      {"stats", engine_stats},
-      {"retry", engine_retry},
-      {"cancel", engine_cancel},
-      {"pause", engine_pause},
-      {"resume", engine_resume},
-      {"prune", engine_prune},
-      {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"migrate", engine_migrate},
+                                     {"configure", engine_configure},
+                                     {"max_batch_size", engine_max_batch_size},
+                                     {"query", engine_query},
+                                     {"trigger", engine_trigger},
+                                     {"bulk_trigger", engine_bulk_trigger},
+                                     {"envelope", engine_envelope},
+                                     {"envelopes", engine_envelopes},
+                                     {"audit_events", engine_audit_events},
+                                     {"work", engine_work},
+                                     {"auditor", engine_auditor},
+                                     {"actor_resolver", engine_actor_resolver},
+                                     {"notifier", engine_notifier},
+                                     {"attach", engine_attach},
+                                     {"attach_many", engine_attach_many},
+                                     {"detach", engine_detach},
+                                     {"close", engine_close},
+                                     {"jobs", engine_jobs},
+                                     {"stats", engine_stats},
+                                     {"retry", engine_retry},
+                                     {"cancel", engine_cancel},
+                                     {"pause", engine_pause},
+                                     {"resume", engine_resume},
+                                     {"prune", engine_prune},
+                                     {NULL, NULL}};
   static const luaL_Reg metamethods[] = {
       {"__gc", engine_gc}, {"__close", engine_gc}, {"__tostring", engine_tostring}, {NULL, NULL}};
   static const luaL_Reg module[] = {{"open", engine_open}, {NULL, NULL}};

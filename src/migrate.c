@@ -135,8 +135,8 @@ cl_status cl_migrations(cl_engine *eng, cl_migration_list *out, cl_error *err) {
   cl_rows *rows = NULL;
   cl_status st = cl__db_exec(&eng->db, CL__STMT_MIGRATE_STATUS, false, 0, NULL, &rows, err);
   /* No migrations table (42P01) or no schema (3F000): nothing applied. */
-  if (st == CL_DB_ERROR && (strcmp(eng->db.sqlstate, "42P01") == 0 ||
-                            strcmp(eng->db.sqlstate, "3F000") == 0))
+  if (st == CL_DB_ERROR &&
+      (strcmp(eng->db.sqlstate, "42P01") == 0 || strcmp(eng->db.sqlstate, "3F000") == 0))
     st = CL_OK;
   if (st != CL_OK) return st;
   int nrows = cl_rows_count(rows);
@@ -145,7 +145,8 @@ cl_status cl_migrations(cl_engine *eng, cl_migration_list *out, cl_error *err) {
   for (size_t i = 0; ok && i < cl__migrations_count; i++) {
     const char *at = NULL;
     for (int r = 0; r < nrows && !at; r++)
-      if (strcmp(cl_rows_value(rows, r, CL__MIGRATE_STATUS_VERSION), cl__migrations[i].version) == 0)
+      if (strcmp(cl_rows_value(rows, r, CL__MIGRATE_STATUS_VERSION), cl__migrations[i].version) ==
+          0)
         at = cl_rows_value(rows, r, CL__MIGRATE_STATUS_APPLIED_AT);
     ok = list_add(out, cl__migrations[i].version, at);
   }

@@ -20,9 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KV_INT(k, v) {(k), CL_VALUE_INT, (v), NULL}
-#define KV_STR(k, v) {(k), CL_VALUE_STRING, 0, (v)}
-#define KV_OPT_STR(k, v) {(k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v)}
+#define KV_INT(k, v) \
+  { (k), CL_VALUE_INT, (v), NULL }
+#define KV_STR(k, v) \
+  { (k), CL_VALUE_STRING, 0, (v) }
+#define KV_OPT_STR(k, v) \
+  { (k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v) }
 #define NKV(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Rows a retention pass deletes at most, per kind (completed; discarded and
@@ -117,8 +120,7 @@ static cl_status check_selector(const cl_job_selector *sel, bool retry, char *en
                     CL_JOBS_MAX_LIMIT);
   for (size_t i = 0; i < sel->count; i++)
     if (sel->ids[i] <= 0)
-      return cl__fail(err, CL_INVALID_ARGUMENT, "job id %" PRId64 " is not positive",
-                      sel->ids[i]);
+      return cl__fail(err, CL_INVALID_ARGUMENT, "job id %" PRId64 " is not positive", sel->ids[i]);
   int64_t *sorted = malloc(sel->count * sizeof *sorted);
   char *text = malloc(sel->count * 21 + 3), *p = text;
   if (!sorted || !text) {
@@ -257,7 +259,7 @@ cl_status cl_stats(cl_engine *eng, const char *envelope_id, cl_queue_stats *out,
 }
 
 cl_status cl_envelopes_progress(cl_engine *eng, const char *const *envelope_ids, size_t count,
-                               cl_envelope_progress *out, cl_error *err) {
+                                cl_envelope_progress *out, cl_error *err) {
   CL__ENTER(eng, err);
   if (count > 0 && (!envelope_ids || !out))
     return cl__fail(err, CL_INVALID_ARGUMENT, "envelope_progress: ids and a result are required");
@@ -275,7 +277,8 @@ cl_status cl_envelopes_progress(cl_engine *eng, const char *const *envelope_ids,
   for (size_t i = 0; i < count; i++) {
     char id[CL_UUID_LEN + 1];
     cl_status st = check_uuid("envelope id", envelope_ids[i], id, err);
-    if (st == CL_OK && !envelope_ids[i]) st = cl__fail(err, CL_INVALID_ARGUMENT, "envelope id is NULL");
+    if (st == CL_OK && !envelope_ids[i])
+      st = cl__fail(err, CL_INVALID_ARGUMENT, "envelope id is NULL");
     if (st != CL_OK) {
       free(text);
       return st;
@@ -288,8 +291,8 @@ cl_status cl_envelopes_progress(cl_engine *eng, const char *const *envelope_ids,
   *p = '\0';
   const char *params[] = {text};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_ENVELOPE_PROGRESS, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_ENVELOPE_PROGRESS, false, CL__NPARAMS(params),
+                             params, &rows, err);
   free(text);
   if (st != CL_OK) return st;
   /* One row per id, in their order. */
@@ -321,8 +324,7 @@ static cl_status run_change(cl_engine *eng, cl__stmt id, int nparams, const char
   cl_status st;
   if (eng->has_auditor)
     st = cl__audited(eng, id, nparams, params, action, actor, md, nmd, &audit_json, &rows, err);
-  else
-    st = cl__db_exec(&eng->db, id, false, nparams, params, &rows, err);
+  else st = cl__db_exec(&eng->db, id, false, nparams, params, &rows, err);
   /* The operations return counts; the auditor's answer is its own record. */
   free(audit_json);
   if (st == CL_OK && changed)
@@ -361,14 +363,15 @@ static cl_status change_jobs(cl_engine *eng, bool retry, const cl_job_selector *
     /* One statement selects and changes; nothing to tell beforehand. */
     const char *rparams[] = {ids_text, env, all, NULL};
     const char *cparams[] = {ids_text, env, NULL};
-    st = retry ? run_change(eng, stmt, CL__NPARAMS(rparams), rparams, action, actor, NULL, 0, &n, err)
-               : run_change(eng, stmt, CL__NPARAMS(cparams), cparams, action, actor, NULL, 0, &n, err);
+    st = retry
+           ? run_change(eng, stmt, CL__NPARAMS(rparams), rparams, action, actor, NULL, 0, &n, err)
+           : run_change(eng, stmt, CL__NPARAMS(cparams), cparams, action, actor, NULL, 0, &n, err);
   } else {
     const char *tparams[] = {retry ? "retry" : "cancel", ids_text, env, all};
     for (int attempt = 1;; attempt++) {
       cl_rows *rows = NULL;
-      st = cl__db_exec(&eng->db, CL__STMT_OPS_TARGETS, false, CL__NPARAMS(tparams), tparams,
-                       &rows, err);
+      st = cl__db_exec(&eng->db, CL__STMT_OPS_TARGETS, false, CL__NPARAMS(tparams), tparams, &rows,
+                       err);
       if (st != CL_OK) break;
       n = to_i64(cl_rows_value(rows, 0, CL__OPS_TARGETS_COUNT));
       if (n == 0) { /* nothing would change: no change, no audit */
@@ -383,10 +386,10 @@ static cl_status change_jobs(cl_engine *eng, bool retry, const cl_job_selector *
       const char *cparams[] = {target, NULL, expected};
       cl_kv md[] = {KV_INT("count", n), KV_OPT_STR("bulk_envelope_id", env)};
       int64_t done = 0;
-      st = retry ? run_change(eng, stmt, CL__NPARAMS(rparams), rparams, action, actor, md,
-                              NKV(md), &done, err)
-                 : run_change(eng, stmt, CL__NPARAMS(cparams), cparams, action, actor, md,
-                              NKV(md), &done, err);
+      st = retry ? run_change(eng, stmt, CL__NPARAMS(rparams), rparams, action, actor, md, NKV(md),
+                              &done, err)
+                 : run_change(eng, stmt, CL__NPARAMS(cparams), cparams, action, actor, md, NKV(md),
+                              &done, err);
       cl_rows_free(rows);
       if (st == CL_OK) {
         n = done;
@@ -462,8 +465,8 @@ void cl__ops_init(cl__ops *ops, const cl_config *cfg) {
                                                                 : CL_DEFAULT_RETENTION_COMPLETED_S;
   ops->retention_failed_s = cfg->retention_failed_seconds ? cfg->retention_failed_seconds
                                                           : CL_DEFAULT_RETENTION_FAILED_S;
-  ops->retention_interval_ms =
-      cfg->retention_interval_ms ? cfg->retention_interval_ms : CL_DEFAULT_RETENTION_INTERVAL_MS;
+  ops->retention_interval_ms = cfg->retention_interval_ms ? cfg->retention_interval_ms
+                                                          : CL_DEFAULT_RETENTION_INTERVAL_MS;
   /* Not at once: a one-shot cl_work (a script, a test) pays nothing extra. */
   ops->next_retention_ms = cl__monotonic_ns() / 1000000 + ops->retention_interval_ms;
 }
@@ -477,8 +480,8 @@ static cl_status prune_once(cl_engine *eng, int64_t completed_s, int64_t failed_
   snprintf(l, sizeof l, "%d", limit);
   const char *params[] = {completed_s >= 0 ? c : NULL, failed_s >= 0 ? f : NULL, l};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_OPS_PRUNE, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_OPS_PRUNE, false, CL__NPARAMS(params), params,
+                             &rows, err);
   if (st == CL_OK) *deleted = to_i64(cl_rows_value(rows, 0, CL__OPS_CHANGED));
   cl_rows_free(rows);
   return st;
@@ -501,14 +504,15 @@ void cl__ops_retention_pass(cl_engine *eng) {
     cl_log(eng, CL_LOG_DEBUG, "retention: deleted %" PRId64 " finished jobs", deleted);
   /* A full batch: more are waiting, so the next batch prunes again. */
   ops->next_retention_ms = st == CL_OK && deleted >= RETENTION_BATCH
-                               ? now
-                               : now + ops->retention_interval_ms;
+                             ? now
+                             : now + ops->retention_interval_ms;
 }
 
 cl_status cl_prune(cl_engine *eng, int64_t older_than_seconds, int64_t *deleted, cl_error *err) {
   if (deleted) *deleted = 0;
   CL__ENTER(eng, err);
-  int64_t completed_s = older_than_seconds >= 0 ? older_than_seconds : eng->ops.retention_completed_s;
+  int64_t completed_s = older_than_seconds >= 0 ? older_than_seconds
+                                                : eng->ops.retention_completed_s;
   int64_t failed_s = older_than_seconds >= 0 ? older_than_seconds : eng->ops.retention_failed_s;
   int64_t total = 0, n;
   cl_status st = CL_OK;
@@ -528,8 +532,8 @@ void cl__ops_note_paused(cl_engine *eng, bool paused) {
   if (paused == eng->ops.paused_seen) return;
   eng->ops.paused_seen = paused;
   if (paused)
-    cl_log(eng, CL_LOG_INFO, "delivery is paused: claiming nothing until it is resumed "
-                             "(cairnloop resume)");
-  else
-    cl_log(eng, CL_LOG_INFO, "delivery resumed: claiming again");
+    cl_log(eng, CL_LOG_INFO,
+           "delivery is paused: claiming nothing until it is resumed "
+           "(cairnloop resume)");
+  else cl_log(eng, CL_LOG_INFO, "delivery resumed: claiming again");
 }

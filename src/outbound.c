@@ -80,22 +80,27 @@ static cl_status check_ids(const int64_t *ids, size_t n, cl_error *err) {
 /* Telemetry                                                            */
 /* ------------------------------------------------------------------ */
 
-#define KV_STR(k, v) {(k), CL_VALUE_STRING, 0, (v)}
-#define KV_INT(k, v) {(k), CL_VALUE_INT, (v), NULL}
-#define KV_OPT_STR(k, v) {(k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v)}
-#define KV_OPT_INT(k, v) {(k), (v) ? CL_VALUE_INT : CL_VALUE_NIL, (v), NULL}
+#define KV_STR(k, v) \
+  { (k), CL_VALUE_STRING, 0, (v) }
+#define KV_INT(k, v) \
+  { (k), CL_VALUE_INT, (v), NULL }
+#define KV_OPT_STR(k, v) \
+  { (k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v) }
+#define KV_OPT_INT(k, v) \
+  { (k), (v) ? CL_VALUE_INT : CL_VALUE_NIL, (v), NULL }
 #define NKV(a) (sizeof(a) / sizeof((a)[0]))
 
 static void emit_start(cl_engine *eng, cl__event ev, const char *outcome, int64_t count,
                        bool with_count) {
   if (!cl__tel_on(&eng->tel, ev)) return;
-  cl_kv m[] = {KV_INT("system_time", cl__system_ns()), KV_INT("monotonic_time", cl__monotonic_ns())};
+  cl_kv m[] = {KV_INT("system_time", cl__system_ns()),
+               KV_INT("monotonic_time", cl__monotonic_ns())};
   cl_kv md[] = {KV_STR("outcome", outcome), KV_INT("count", count)};
   cl__tel_emit(&eng->tel, ev, m, NKV(m), md, with_count ? 2 : 1);
 }
 
-static void emit_stop(cl_engine *eng, cl__event ev, int64_t t0, const char *outcome,
-                      int64_t count, bool with_count) {
+static void emit_stop(cl_engine *eng, cl__event ev, int64_t t0, const char *outcome, int64_t count,
+                      bool with_count) {
   if (!cl__tel_on(&eng->tel, ev)) return;
   int64_t now = cl__monotonic_ns();
   cl_kv m[] = {KV_INT("duration", now - t0), KV_INT("monotonic_time", now)};
@@ -103,8 +108,8 @@ static void emit_stop(cl_engine *eng, cl__event ev, int64_t t0, const char *outc
   cl__tel_emit(&eng->tel, ev, m, NKV(m), md, with_count ? 2 : 1);
 }
 
-static void emit_exception(cl_engine *eng, cl__event ev, int64_t t0, cl_status st,
-                           int64_t count, bool with_count) {
+static void emit_exception(cl_engine *eng, cl__event ev, int64_t t0, cl_status st, int64_t count,
+                           bool with_count) {
   if (!cl__tel_on(&eng->tel, ev)) return;
   cl_kv m[] = {KV_INT("duration", cl__monotonic_ns() - t0)};
   cl_kv md[] = {KV_STR("outcome", "exception"), KV_STR("kind", cl_status_name(st)),
@@ -177,8 +182,9 @@ static void fill_job(cl_delivery_job *j, int64_t id, const char *state, const ch
 /* Statuses and states come back from the database; intern the known ones
  * so results do not copy them per row. */
 static const char *intern(cl__arena *a, const char *s) {
-  static const char *const known[] = {"pending", "sent", "failed", "available", "scheduled",
-                                      "executing", "completed", "retryable", "discarded"};
+  static const char *const known[] = {"pending",   "sent",      "failed",
+                                      "available", "scheduled", "executing",
+                                      "completed", "retryable", "discarded"};
   if (!s) return NULL;
   for (size_t i = 0; i < NKV(known); i++)
     if (strcmp(s, known[i]) == 0) return known[i];
@@ -213,7 +219,8 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   if (conversation_id <= 0)
     return cl__fail(err, CL_INVALID_ARGUMENT, "conversation id %" PRId64 " is not positive",
                     conversation_id);
-  if ((st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+  if ((st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true,
+                           err)) ||
       (st = cl__check_text("content", opts->content, CL_MAX_BODY_BYTES, false, err)) ||
       (st = cl__check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
       (st = check_schedule(opts->schedule_in, err)) ||
@@ -289,8 +296,8 @@ cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_o
   bool dup = strcmp(cl_rows_value(rows, 0, CL__TRIGGER_DUPLICATE), "t") == 0;
   const char *tid = cl__arena_strdup(arena, opts->template_id);
   const char *env = envelope_id[0] ? cl__arena_strdup(arena, envelope_id) : NULL;
-  const char *body =
-      cl__arena_strdup(arena, dup ? cl_rows_value(rows, 0, CL__TRIGGER_CONTENT) : content);
+  const char *body = cl__arena_strdup(arena,
+                                      dup ? cl_rows_value(rows, 0, CL__TRIGGER_CONTENT) : content);
   const char *status = dup ? intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATUS)) : "pending";
   const char *sched = cl__arena_strdup(arena, cl_rows_value(rows, 0, CL__TRIGGER_SCHEDULED_AT));
   const char *state = intern(arena, cl_rows_value(rows, 0, CL__TRIGGER_STATE));
@@ -367,8 +374,8 @@ static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *i
   if (!cl__envelope_from_row(a, prior, 0, e)) return cl__fail(err, CL_DB_ERROR, "out of memory");
   const char *params[] = {e->id, ids_text, e->template_id};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_BULK_ROWS, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_BULK_ROWS, false, CL__NPARAMS(params), params,
+                             &rows, err);
   if (st != CL_OK) return st;
   size_t n = (size_t)cl_rows_count(rows);
   res->messages = cl__arena_alloc(a, (n ? n : 1) * sizeof *res->messages);
@@ -399,20 +406,20 @@ static cl_status load_replay(cl_engine *eng, const cl_rows *prior, const char *i
 }
 
 /* Over the cap: store the refused attempt on its own, report the outcome. */
-static cl_status refuse(cl_engine *eng, size_t n, const cl_bulk_opts *opts,
-                        const char *envelope_id, const char *ids_text, const char *actor, int cap,
-                        cl_bulk_result *res, cl_error *err) {
+static cl_status refuse(cl_engine *eng, size_t n, const cl_bulk_opts *opts, const char *envelope_id,
+                        const char *ids_text, const char *actor, int cap, cl_bulk_result *res,
+                        cl_error *err) {
   char reason[96], capbuf[16];
   snprintf(reason, sizeof reason, "batch_size %zu exceeds cap %d", n, cap);
   snprintf(capbuf, sizeof capbuf, "%d", cap);
-  const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text,
-                          capbuf, actor, reason};
+  const char *params[] = {
+      envelope_id, opts->template_id, opts->rendered_body, ids_text, capbuf, actor, reason};
   trace_ctx trace = {envelope_id, 0, opts->template_id, actor};
   cl_rows *rows = NULL;
   cl_error dberr;
   const char *outcome = "refused_cap_exceeded";
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_REFUSE, false, CL__NPARAMS(params), params, &rows, &dberr);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_REFUSE, false, CL__NPARAMS(params), params, &rows,
+                             &dberr);
   /* The same caller-chosen id refused (or submitted) concurrently: that
    * envelope committed while this insert waited on the key.  Looked at
    * again, it is the stored envelope, and nothing more is written. */
@@ -426,8 +433,8 @@ static cl_status refuse(cl_engine *eng, size_t n, const cl_bulk_opts *opts,
   } else if (strcmp(cl_rows_value(rows, 0, CL__REFUSE_INSERTED), "0") == 0) {
     /* The caller's envelope id names a stored envelope: its outcome stands. */
     if (!same_content(rows, opts, ids_text)) {
-      st = cl__fail(err, CL_ENVELOPE_CONFLICT,
-                    "envelope %s already exists with different content", envelope_id);
+      st = cl__fail(err, CL_ENVELOPE_CONFLICT, "envelope %s already exists with different content",
+                    envelope_id);
       cl_rows_free(rows);
       return st;
     }
@@ -496,8 +503,8 @@ static cl_status load_submit(const cl_rows *rows, const int64_t *ids, size_t n,
   cl_envelope *e = &res->envelope;
   size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0;
   int64_t *mids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_MESSAGE_IDS), &n1);
-  int64_t *mcids =
-      cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_MESSAGE_CONVERSATION_IDS), &n2);
+  int64_t *mcids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_MESSAGE_CONVERSATION_IDS),
+                                       &n2);
   int64_t *jids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_JOB_IDS), &n3);
   int64_t *jmids = cl__parse_int_array(a, cl_rows_value(rows, 0, CL__BULK_JOB_MESSAGE_IDS), &n4);
   int64_t *cids = cl__arena_alloc(a, n * sizeof *cids);
@@ -512,9 +519,9 @@ static cl_status load_submit(const cl_rows *rows, const int64_t *ids, size_t n,
   e->requested_at = cl__arena_strdup(a, cl_rows_value(rows, 0, CL__BULK_SUBMITTED_AT));
   const char *sched = cl__arena_strdup(a, cl_rows_value(rows, 0, CL__BULK_SCHEDULED_AT));
   const char *env_id = cl__arena_strdup(a, envelope_id);
-  if (!mids || !mcids || !jids || !jmids || !cids || !msg_by_ord || !job_by_ord ||
-      !res->messages || !res->delivery_jobs || !e->template_id || !e->rendered_body ||
-      (actor && !e->requested_by) || !e->requested_at || !sched || !env_id)
+  if (!mids || !mcids || !jids || !jmids || !cids || !msg_by_ord || !job_by_ord || !res->messages ||
+      !res->delivery_jobs || !e->template_id || !e->rendered_body || (actor && !e->requested_by) ||
+      !e->requested_at || !sched || !env_id)
     return cl__fail(err, CL_DB_ERROR, "out of memory");
   if (n1 != n || n2 != n || n3 != n || n4 != n || !align(ids, mcids, mids, n, msg_by_ord) ||
       !align(msg_by_ord, jmids, jids, n, job_by_ord))
@@ -541,14 +548,13 @@ static cl_status name_missing(cl_engine *eng, const char *ids_text, cl_error *er
   snprintf(why, sizeof why, "%s", err ? err->message : "");
   const char *params[] = {ids_text};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_MISSING, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_MISSING, false, CL__NPARAMS(params), params, &rows,
+                             err);
   if (st != CL_OK) return st;
   if (cl_rows_count(rows) == 1)
     st = cl__fail(err, CL_UNKNOWN_CONVERSATION, "conversation %s does not exist",
                   cl_rows_value(rows, 0, CL__MISSING_CONVERSATION_ID));
-  else /* it exists now: a concurrent insert raced us */
-    st = cl__fail(err, CL_DB_ERROR, "%s", why);
+  else /* it exists now: a concurrent insert raced us */ st = cl__fail(err, CL_DB_ERROR, "%s", why);
   cl_rows_free(rows);
   return st;
 }
@@ -561,7 +567,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   CL__ENTER(eng, err);
   if (!opts || !res) return cl__fail(err, CL_INVALID_ARGUMENT, "opts and result are required");
   if ((st = check_ids(ids, n, err)) ||
-      (st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true, err)) ||
+      (st = cl__check_text("template_id", opts->template_id, CL_MAX_TEMPLATE_ID_BYTES, true,
+                           err)) ||
       (st = cl__check_text("rendered_body", opts->rendered_body, CL_MAX_BODY_BYTES, true, err)) ||
       (st = cl__check_text("actor", opts->actor, CL_MAX_ACTOR_BYTES, false, err)) ||
       (st = check_schedule(opts->schedule_in, err)) ||
@@ -606,8 +613,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   char capbuf[16], schedbuf[24];
   snprintf(capbuf, sizeof capbuf, "%d", cap);
   snprintf(schedbuf, sizeof schedbuf, "%" PRId64, opts->schedule_in);
-  const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text,
-                          capbuf, actor, schedbuf};
+  const char *params[] = {envelope_id, opts->template_id, opts->rendered_body, ids_text, capbuf,
+                          actor,       schedbuf};
   const char *outcome = "submitted", *recipient_outcome = "triggered";
   cl_rows *rows = NULL;
   if (!eng->has_auditor) {
@@ -629,8 +636,7 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
     cl_error why = err ? *err : (cl_error){0};
     const char *pparams[] = {envelope_id};
     st = cl__db_exec(&eng->db, CL__STMT_PRIOR, false, CL__NPARAMS(pparams), pparams, &rows, err);
-    if (st == CL_OK && cl_rows_count(rows) == 0)
-      st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
+    if (st == CL_OK && cl_rows_count(rows) == 0) st = cl__fail(err, CL_DB_ERROR, "%s", why.message);
   }
   if (st != CL_OK && cl__db_fk_violation(&eng->db)) st = name_missing(eng, ids_text, err);
   if (st != CL_OK) goto fail;
@@ -639,8 +645,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   if (cl_rows_value(rows, 0, CL__ENVELOPE_ID)) {
     /* The caller's envelope id names a stored envelope: nothing was written. */
     if (!same_content(rows, opts, ids_text)) {
-      st = cl__fail(err, CL_ENVELOPE_CONFLICT,
-                    "envelope %s already exists with different content", envelope_id);
+      st = cl__fail(err, CL_ENVELOPE_CONFLICT, "envelope %s already exists with different content",
+                    envelope_id);
       goto fail;
     }
     const char *status = cl_rows_value(rows, 0, CL__ENVELOPE_STATUS);
@@ -658,7 +664,8 @@ cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl
   }
   cl_rows_free(rows);
 
-  if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_STOP)) emit_recipients(eng, true, t0, recipient_outcome, n);
+  if (cl__tel_on(&eng->tel, CL__EV_TRIGGER_STOP))
+    emit_recipients(eng, true, t0, recipient_outcome, n);
   emit_stop(eng, CL__EV_BULK_STOP, t0, outcome, (int64_t)n, true);
   if (!res->replayed) emit_trace(eng, CL__EV_TRACE_BULK_SUBMITTED, &trace, outcome, 0);
   goto done;

@@ -219,11 +219,14 @@ static int policy_log(lua_State *L) {
 }
 
 static int open_policy_api(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"auditor", policy_auditor},         {"actor_resolver", policy_actor_resolver},
-      {"notifier", policy_notifier},       {"attach", policy_attach},
-      {"attach_many", policy_attach_many}, {"detach", policy_detach},
-      {"log", policy_log},                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"auditor", policy_auditor},
+                                 {"actor_resolver", policy_actor_resolver},
+                                 {"notifier", policy_notifier},
+                                 {"attach", policy_attach},
+                                 {"attach_many", policy_attach_many},
+                                 {"detach", policy_detach},
+                                 {"log", policy_log},
+                                 {NULL, NULL}};
   struct cl__policy *p = policy_of(L);
   luaL_newlibtable(L, fns);
   lua_pushlightuserdata(L, p);
@@ -335,8 +338,8 @@ static int policy_searcher(lua_State *L) {
     lua_remove(L, -2); /* template */
     if (readable(file)) {
       if (luaL_loadfilex(L, file, "t") != LUA_OK)
-        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
-                          lua_tostring(L, 1), file, lua_tostring(L, -1));
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", lua_tostring(L, 1),
+                          file, lua_tostring(L, -1));
       lua_pushstring(L, file);
       return 2; /* loader, file */
     }
@@ -350,10 +353,8 @@ static int policy_searcher(lua_State *L) {
 static void path_add(char *out, size_t cap, const char *entry, size_t len) {
   size_t n = strlen(out);
   if (len == 0) return;
-  if (memchr(entry, '?', len))
-    snprintf(out + n, cap - n, "%.*s;", (int)len, entry);
-  else
-    snprintf(out + n, cap - n, "%.*s/?.lua;%.*s/?/init.lua;", (int)len, entry, (int)len, entry);
+  if (memchr(entry, '?', len)) snprintf(out + n, cap - n, "%.*s;", (int)len, entry);
+  else snprintf(out + n, cap - n, "%.*s/?.lua;%.*s/?/init.lua;", (int)len, entry, (int)len, entry);
 }
 
 /* Removes the last component of the path in buf; false if there is none. */
@@ -401,8 +402,8 @@ static bool installed_lua_dir(char *out) {
   name = last_component(obj);
   if (strcmp(name, "bin") != 0 && strcmp(name, "lib") != 0 && strcmp(name, "lib64") != 0) {
     /* Only <tree>/lib/lua/<version> is left: up to <tree>/lib. */
-    if (!strip_component(obj) || strcmp(last_component(obj), "lua") != 0 ||
-        !strip_component(obj) || strcmp(last_component(obj), "lib") != 0)
+    if (!strip_component(obj) || strcmp(last_component(obj), "lua") != 0 || !strip_component(obj) ||
+        strcmp(last_component(obj), "lib") != 0)
       return false;
   }
   if (!strip_component(obj)) return false; /* the prefix, or the tree */

@@ -120,10 +120,14 @@ static void sleep_ms(int ms) {
 /* Telemetry                                                            */
 /* ------------------------------------------------------------------ */
 
-#define KV_STR(k, v) {(k), CL_VALUE_STRING, 0, (v)}
-#define KV_INT(k, v) {(k), CL_VALUE_INT, (v), NULL}
-#define KV_OPT_STR(k, v) {(k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v)}
-#define KV_NIL(k) {(k), CL_VALUE_NIL, 0, NULL}
+#define KV_STR(k, v) \
+  { (k), CL_VALUE_STRING, 0, (v) }
+#define KV_INT(k, v) \
+  { (k), CL_VALUE_INT, (v), NULL }
+#define KV_OPT_STR(k, v) \
+  { (k), (v) ? CL_VALUE_STRING : CL_VALUE_NIL, 0, (v) }
+#define KV_NIL(k) \
+  { (k), CL_VALUE_NIL, 0, NULL }
 #define NKV(a) (sizeof(a) / sizeof((a)[0]))
 
 /* The metric event (enum-only) and, for sent/failed, the trace event. */
@@ -217,10 +221,11 @@ static cl_status complete_once(cl_engine *eng, const outcomes *o, cl_work_stats 
                                cl_batch_info *batch, cl_error *err) {
   char p_base[32];
   snprintf(p_base, sizeof p_base, "%.3f", eng->backoff_base_ms / 1000.0);
-  const char *params[] = {o->all.p, o->failed.p, o->released.p, o->reasons.p, eng->worker_id, p_base};
+  const char *params[] = {o->all.p,     o->failed.p,    o->released.p,
+                          o->reasons.p, eng->worker_id, p_base};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_COMPLETE, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_COMPLETE, false, CL__NPARAMS(params), params, &rows,
+                             err);
   if (st != CL_OK) return st;
   stats->sent += o->sent;
   stats->failed += o->delivery_failed;
@@ -247,7 +252,8 @@ static cl_status complete_once(cl_engine *eng, const outcomes *o, cl_work_stats 
  */
 static cl_status complete(cl_engine *eng, outcomes *o, int64_t claimed_at_ms, cl_work_stats *stats,
                           cl_batch_info *batch, cl_error *err) {
-  if (!outcomes_close(o)) return cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", o->n);
+  if (!outcomes_close(o))
+    return cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", o->n);
   int64_t window = (int64_t)eng->lease_seconds * 1000 / 2;
   if (window > 10000) window = 10000;
   int delay = 100, retries = 0;
@@ -324,8 +330,8 @@ static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_m
                             cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
   const char *params[] = {p_limit, p_max};
   cl_rows *rows = NULL;
-  cl_status st =
-      cl__db_exec(&eng->db, CL__STMT_NO_OP, false, CL__NPARAMS(params), params, &rows, err);
+  cl_status st = cl__db_exec(&eng->db, CL__STMT_NO_OP, false, CL__NPARAMS(params), params, &rows,
+                             err);
   if (st != CL_OK) return st;
   int n = (int)to_i64(cl_rows_value(rows, 0, CL__NO_OP_COMPLETED));
   if (batch) {
@@ -341,7 +347,7 @@ static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_m
 }
 
 cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
-                         cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
+                        cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
   cl_work_stats scratch;
   cl_work_stats *stats = stats_out ? stats_out : &scratch;
   memset(stats, 0, sizeof *stats);
@@ -366,8 +372,7 @@ cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *
   const char *params[] = {p_limit, eng->worker_id, p_lease, p_max};
   cl_rows *rows = NULL;
   int64_t claimed_at_ms = cl__monotonic_ns() / 1000000;
-  st =
-      cl__db_exec(&eng->db, CL__STMT_CLAIM, false, CL__NPARAMS(params), params, &rows, err);
+  st = cl__db_exec(&eng->db, CL__STMT_CLAIM, false, CL__NPARAMS(params), params, &rows, err);
   if (st != CL_OK) return st;
 
   int n = cl_rows_count(rows);
@@ -506,10 +511,18 @@ cl_status cl_work_wait(cl_engine *eng, int max_ms, int wake_fd, cl_wake *why, cl
   cl_rows_free(rows);
 
   switch (cl__db_wait(db, (int)wait, wake_fd)) {
-  case CL__DB_WAKE_NOTIFY: *why = CL_WAKE_NOTIFIED; break;
-  case CL__DB_WAKE_FD: *why = CL_WAKE_FD; break;
-  case CL__DB_WAKE_SIGNAL: *why = CL_WAKE_SIGNAL; break;
-  case CL__DB_WAKE_TIMEOUT: *why = wait < limit ? CL_WAKE_DUE : CL_WAKE_TIMEOUT; break;
+  case CL__DB_WAKE_NOTIFY:
+    *why = CL_WAKE_NOTIFIED;
+    break;
+  case CL__DB_WAKE_FD:
+    *why = CL_WAKE_FD;
+    break;
+  case CL__DB_WAKE_SIGNAL:
+    *why = CL_WAKE_SIGNAL;
+    break;
+  case CL__DB_WAKE_TIMEOUT:
+    *why = wait < limit ? CL_WAKE_DUE : CL_WAKE_TIMEOUT;
+    break;
   case CL__DB_WAKE_LOST:
     return cl__fail(err, CL_DB_ERROR, "connection lost while waiting for jobs");
   }

@@ -18,8 +18,7 @@ static const char *const allowed[] = {"select", "insert", "update", "delete",
 /* Skips blanks, comments and '(' from s; NULL on an unterminated comment. */
 static const char *skip_noise(const char *s) {
   for (;;) {
-    while (isspace((unsigned char)*s) || *s == '(')
-      s++;
+    while (isspace((unsigned char)*s) || *s == '(') s++;
     if (s[0] == '-' && s[1] == '-') {
       s += strcspn(s, "\n");
       continue;
@@ -28,8 +27,7 @@ static const char *skip_noise(const char *s) {
       int depth = 1;
       s += 2;
       while (depth > 0) {
-        if (!*s)
-          return NULL;
+        if (!*s) return NULL;
         if (s[0] == '/' && s[1] == '*') {
           depth++;
           s += 2;
@@ -53,13 +51,10 @@ bool cl__sql_hook_allowed(const char *sql, char *why, size_t why_size) {
     return false;
   }
   size_t n = 0;
-  while (isalpha((unsigned char)s[n]) || s[n] == '_')
-    n++;
+  while (isalpha((unsigned char)s[n]) || s[n] == '_') n++;
   for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
-    if (n == strlen(allowed[i]) && strncasecmp(s, allowed[i], n) == 0)
-      return true;
-  if (n == 0)
-    snprintf(why, why_size, "no statement keyword found");
+    if (n == strlen(allowed[i]) && strncasecmp(s, allowed[i], n) == 0) return true;
+  if (n == 0) snprintf(why, why_size, "no statement keyword found");
   else
     snprintf(why, why_size,
              "only SELECT, INSERT, UPDATE, DELETE, WITH, VALUES or TABLE may run here, not %.*s "

@@ -23,27 +23,27 @@
 
 /* The stored envelope: the first columns of every statement returning one
  * (envelope.c maps them to cl_envelope). */
-#define CL__ENVELOPE_COLS(X)                                   \
-  X(CL__ENVELOPE_ID, id)                                       \
-  X(CL__ENVELOPE_TEMPLATE_ID, template_id)                     \
-  X(CL__ENVELOPE_RENDERED_BODY, rendered_body)                 \
-  X(CL__ENVELOPE_RECIPIENTS, recipient_conversation_ids)       \
-  X(CL__ENVELOPE_COUNT, count)                                 \
-  X(CL__ENVELOPE_EFFECTIVE_CAP, effective_cap)                 \
-  X(CL__ENVELOPE_REQUESTED_BY, requested_by)                   \
-  X(CL__ENVELOPE_REQUESTED_AT, requested_at)                   \
-  X(CL__ENVELOPE_STATUS, status)                               \
+#define CL__ENVELOPE_COLS(X)                             \
+  X(CL__ENVELOPE_ID, id)                                 \
+  X(CL__ENVELOPE_TEMPLATE_ID, template_id)               \
+  X(CL__ENVELOPE_RENDERED_BODY, rendered_body)           \
+  X(CL__ENVELOPE_RECIPIENTS, recipient_conversation_ids) \
+  X(CL__ENVELOPE_COUNT, count)                           \
+  X(CL__ENVELOPE_EFFECTIVE_CAP, effective_cap)           \
+  X(CL__ENVELOPE_REQUESTED_BY, requested_by)             \
+  X(CL__ENVELOPE_REQUESTED_AT, requested_at)             \
+  X(CL__ENVELOPE_STATUS, status)                         \
   X(CL__ENVELOPE_REFUSED_REASON, refused_reason)
 enum cl__envelope_col { CL__ENVELOPE_COLS(CL__COL_ENUM) CL__ENVELOPE__NCOLS };
 
 /* cl_bulk, cl_bulk_tx: after the stored envelope with the caller's id
  * (NULLs when there is none), what the submit wrote. */
-#define CL__BULK_COLS(X)                                       \
-  X(CL__BULK_SUBMITTED_AT, submitted_at)                       \
-  X(CL__BULK_MESSAGE_IDS, message_ids)                         \
+#define CL__BULK_COLS(X)                                         \
+  X(CL__BULK_SUBMITTED_AT, submitted_at)                         \
+  X(CL__BULK_MESSAGE_IDS, message_ids)                           \
   X(CL__BULK_MESSAGE_CONVERSATION_IDS, message_conversation_ids) \
-  X(CL__BULK_JOB_IDS, job_ids)                                 \
-  X(CL__BULK_JOB_MESSAGE_IDS, job_message_ids)                 \
+  X(CL__BULK_JOB_IDS, job_ids)                                   \
+  X(CL__BULK_JOB_MESSAGE_IDS, job_message_ids)                   \
   X(CL__BULK_SCHEDULED_AT, scheduled_at)
 #define CL__BULK_ROW(X) CL__ENVELOPE_COLS(X) CL__BULK_COLS(X)
 /* Numbered on from the envelope's columns. */
@@ -61,24 +61,24 @@ enum cl__refuse_col {
 };
 
 /* cl_trigger and cl_existing: one trigger's job and message. */
-#define CL__TRIGGER_COLS(X)                                    \
-  X(CL__TRIGGER_DUPLICATE, duplicate)                          \
-  X(CL__TRIGGER_JOB_ID, job_id)                                \
-  X(CL__TRIGGER_MESSAGE_ID, message_id)                        \
-  X(CL__TRIGGER_STATE, state)                                  \
-  X(CL__TRIGGER_SCHEDULED_AT, scheduled_at)                    \
-  X(CL__TRIGGER_CONTENT, content)                              \
+#define CL__TRIGGER_COLS(X)                 \
+  X(CL__TRIGGER_DUPLICATE, duplicate)       \
+  X(CL__TRIGGER_JOB_ID, job_id)             \
+  X(CL__TRIGGER_MESSAGE_ID, message_id)     \
+  X(CL__TRIGGER_STATE, state)               \
+  X(CL__TRIGGER_SCHEDULED_AT, scheduled_at) \
+  X(CL__TRIGGER_CONTENT, content)           \
   X(CL__TRIGGER_STATUS, status)
 enum cl__trigger_col { CL__TRIGGER_COLS(CL__COL_ENUM) };
 
 /* cl_bulk_rows: one replayed recipient per row. */
-#define CL__BULK_ROWS_COLS(X)                                  \
-  X(CL__BULK_ROWS_JOB_ID, job_id)                              \
-  X(CL__BULK_ROWS_MESSAGE_ID, message_id)                      \
-  X(CL__BULK_ROWS_STATE, state)                                \
-  X(CL__BULK_ROWS_SCHEDULED_AT, scheduled_at)                  \
-  X(CL__BULK_ROWS_CONTENT, content)                            \
-  X(CL__BULK_ROWS_STATUS, status)                              \
+#define CL__BULK_ROWS_COLS(X)                 \
+  X(CL__BULK_ROWS_JOB_ID, job_id)             \
+  X(CL__BULK_ROWS_MESSAGE_ID, message_id)     \
+  X(CL__BULK_ROWS_STATE, state)               \
+  X(CL__BULK_ROWS_SCHEDULED_AT, scheduled_at) \
+  X(CL__BULK_ROWS_CONTENT, content)           \
+  X(CL__BULK_ROWS_STATUS, status)             \
   X(CL__BULK_ROWS_CONVERSATION_ID, conversation_id)
 enum cl__bulk_rows_col { CL__BULK_ROWS_COLS(CL__COL_ENUM) };
 
@@ -86,59 +86,59 @@ enum cl__bulk_rows_col { CL__BULK_ROWS_COLS(CL__COL_ENUM) };
 enum cl__missing_col { CL__MISSING_COLS(CL__COL_ENUM) };
 
 /* cl_claim: one claimed job per row, with its message and conversation. */
-#define CL__CLAIM_COLS(X)                                      \
-  X(CL__CLAIM_JOB_ID, job_id)                                  \
-  X(CL__CLAIM_MESSAGE_ID, message_id)                          \
-  X(CL__CLAIM_CONVERSATION_ID, conversation_id)                \
-  X(CL__CLAIM_ATTEMPT, attempt)                                \
-  X(CL__CLAIM_TEMPLATE_ID, template_id)                        \
-  X(CL__CLAIM_ENVELOPE_ID, bulk_envelope_id)                   \
-  X(CL__CLAIM_CONTENT, content)                                \
-  X(CL__CLAIM_ROLE, role)                                      \
-  X(CL__CLAIM_STATUS, status)                                  \
-  X(CL__CLAIM_CONVERSATION_STATUS, conversation_status)        \
-  X(CL__CLAIM_SUBJECT, subject)                                \
-  X(CL__CLAIM_CUSTOMER_REF, customer_ref)                      \
+#define CL__CLAIM_COLS(X)                               \
+  X(CL__CLAIM_JOB_ID, job_id)                           \
+  X(CL__CLAIM_MESSAGE_ID, message_id)                   \
+  X(CL__CLAIM_CONVERSATION_ID, conversation_id)         \
+  X(CL__CLAIM_ATTEMPT, attempt)                         \
+  X(CL__CLAIM_TEMPLATE_ID, template_id)                 \
+  X(CL__CLAIM_ENVELOPE_ID, bulk_envelope_id)            \
+  X(CL__CLAIM_CONTENT, content)                         \
+  X(CL__CLAIM_ROLE, role)                               \
+  X(CL__CLAIM_STATUS, status)                           \
+  X(CL__CLAIM_CONVERSATION_STATUS, conversation_status) \
+  X(CL__CLAIM_SUBJECT, subject)                         \
+  X(CL__CLAIM_CUSTOMER_REF, customer_ref)               \
   X(CL__CLAIM_RESCUED, rescued)
 enum cl__claim_col { CL__CLAIM_COLS(CL__COL_ENUM) };
 
 #define CL__NO_OP_COLS(X) X(CL__NO_OP_COMPLETED, completed) X(CL__NO_OP_RESCUED, rescued)
 enum cl__no_op_col { CL__NO_OP_COLS(CL__COL_ENUM) };
 
-#define CL__COMPLETE_COLS(X)                                   \
-  X(CL__COMPLETE_RETRIED, retried)                             \
-  X(CL__COMPLETE_DISCARDED, discarded)                         \
+#define CL__COMPLETE_COLS(X)           \
+  X(CL__COMPLETE_RETRIED, retried)     \
+  X(CL__COMPLETE_DISCARDED, discarded) \
   X(CL__COMPLETE_RECORDED, recorded)
 enum cl__complete_col { CL__COMPLETE_COLS(CL__COL_ENUM) };
 
-#define CL__NEXT_DUE_COLS(X)                                   \
-  X(CL__NEXT_DUE_IN_MS, due_in_ms)                             \
-  X(CL__NEXT_DUE_LISTENING, listening)                         \
+#define CL__NEXT_DUE_COLS(X)           \
+  X(CL__NEXT_DUE_IN_MS, due_in_ms)     \
+  X(CL__NEXT_DUE_LISTENING, listening) \
   X(CL__NEXT_DUE_PAUSED, paused)
 enum cl__next_due_col { CL__NEXT_DUE_COLS(CL__COL_ENUM) };
 
 /* Operating the queue (ops.c).  cl_ops_jobs: one job per row. */
-#define CL__OPS_JOBS_COLS(X)                                   \
-  X(CL__OPS_JOBS_ID, id)                                       \
-  X(CL__OPS_JOBS_STATE, state)                                 \
-  X(CL__OPS_JOBS_SCHEDULED_AT, scheduled_at)                   \
-  X(CL__OPS_JOBS_MESSAGE_ID, message_id)                       \
-  X(CL__OPS_JOBS_CONVERSATION_ID, conversation_id)             \
-  X(CL__OPS_JOBS_TEMPLATE_ID, template_id)                     \
-  X(CL__OPS_JOBS_ENVELOPE_ID, bulk_envelope_id)                \
-  X(CL__OPS_JOBS_ATTEMPT, attempt)                             \
-  X(CL__OPS_JOBS_MAX_ATTEMPTS, max_attempts)                   \
-  X(CL__OPS_JOBS_ATTEMPTED_AT, attempted_at)                   \
-  X(CL__OPS_JOBS_FINISHED_AT, finished_at)                     \
-  X(CL__OPS_JOBS_INSERTED_AT, inserted_at)                     \
+#define CL__OPS_JOBS_COLS(X)                       \
+  X(CL__OPS_JOBS_ID, id)                           \
+  X(CL__OPS_JOBS_STATE, state)                     \
+  X(CL__OPS_JOBS_SCHEDULED_AT, scheduled_at)       \
+  X(CL__OPS_JOBS_MESSAGE_ID, message_id)           \
+  X(CL__OPS_JOBS_CONVERSATION_ID, conversation_id) \
+  X(CL__OPS_JOBS_TEMPLATE_ID, template_id)         \
+  X(CL__OPS_JOBS_ENVELOPE_ID, bulk_envelope_id)    \
+  X(CL__OPS_JOBS_ATTEMPT, attempt)                 \
+  X(CL__OPS_JOBS_MAX_ATTEMPTS, max_attempts)       \
+  X(CL__OPS_JOBS_ATTEMPTED_AT, attempted_at)       \
+  X(CL__OPS_JOBS_FINISHED_AT, finished_at)         \
+  X(CL__OPS_JOBS_INSERTED_AT, inserted_at)         \
   X(CL__OPS_JOBS_LAST_ERROR, last_error)
 enum cl__ops_jobs_col { CL__OPS_JOBS_COLS(CL__COL_ENUM) };
 
 /* cl_ops_stats: one row per state, the queue-wide values on every row. */
-#define CL__OPS_STATS_COLS(X)                                  \
-  X(CL__OPS_STATS_STATE, state)                                \
-  X(CL__OPS_STATS_COUNT, count)                                \
-  X(CL__OPS_STATS_OLDEST, oldest_due_age_seconds)              \
+#define CL__OPS_STATS_COLS(X)                     \
+  X(CL__OPS_STATS_STATE, state)                   \
+  X(CL__OPS_STATS_COUNT, count)                   \
+  X(CL__OPS_STATS_OLDEST, oldest_due_age_seconds) \
   X(CL__OPS_STATS_PAUSED, paused)
 enum cl__ops_stats_col { CL__OPS_STATS_COLS(CL__COL_ENUM) };
 
@@ -151,11 +151,11 @@ enum cl__ops_targets_col { CL__OPS_TARGETS_COLS(CL__COL_ENUM) };
 /* The single count of a retry, cancel or prune is column 0. */
 enum { CL__OPS_CHANGED = 0 };
 
-#define CL__ENVELOPE_PROGRESS_COLS(X)                          \
-  X(CL__PROGRESS_ENVELOPE_ID, envelope_id)                     \
-  X(CL__PROGRESS_PENDING, pending)                             \
-  X(CL__PROGRESS_SENT, sent)                                   \
-  X(CL__PROGRESS_FAILED, failed)                               \
+#define CL__ENVELOPE_PROGRESS_COLS(X)      \
+  X(CL__PROGRESS_ENVELOPE_ID, envelope_id) \
+  X(CL__PROGRESS_PENDING, pending)         \
+  X(CL__PROGRESS_SENT, sent)               \
+  X(CL__PROGRESS_FAILED, failed)           \
   X(CL__PROGRESS_CANCELLED, cancelled)
 enum cl__envelope_progress_col { CL__ENVELOPE_PROGRESS_COLS(CL__COL_ENUM) };
 
@@ -164,8 +164,8 @@ enum cl__envelope_progress_col { CL__ENVELOPE_PROGRESS_COLS(CL__COL_ENUM) };
 #define CL__MIGRATE_UNLOCK_COLS(X) X(CL__MIGRATE_UNLOCKED, unlocked)
 #define CL__MIGRATE_APPLIED_COLS(X) X(CL__MIGRATE_APPLIED_VERSION, version)
 enum cl__migrate_applied_col { CL__MIGRATE_APPLIED_COLS(CL__COL_ENUM) };
-#define CL__MIGRATE_STATUS_COLS(X)                             \
-  X(CL__MIGRATE_STATUS_VERSION, version)                       \
+#define CL__MIGRATE_STATUS_COLS(X)       \
+  X(CL__MIGRATE_STATUS_VERSION, version) \
   X(CL__MIGRATE_STATUS_APPLIED_AT, applied_at)
 enum cl__migrate_status_col { CL__MIGRATE_STATUS_COLS(CL__COL_ENUM) };
 
@@ -175,34 +175,33 @@ enum cl__migrate_status_col { CL__MIGRATE_STATUS_COLS(CL__COL_ENUM) };
  * stay stable.  Statements that share a result shape share its list, so
  * the caller reads either through the same enum.
  */
-#define CL__STMT_MAP(XX)                                                    \
-  XX(TRIGGER, "cl_trigger", trigger, 5, CL__TRIGGER_COLS)                   \
-  XX(BULK, "cl_bulk", bulk, 7, CL__BULK_ROW)                                \
-  XX(REFUSE, "cl_refuse", refuse, 7, CL__REFUSE_ROW)                        \
-  XX(BULK_ROWS, "cl_bulk_rows", bulk_rows, 3, CL__BULK_ROWS_COLS)           \
-  XX(MISSING, "cl_missing", missing, 1, CL__MISSING_COLS)                   \
-  XX(BULK_TX, "cl_bulk_tx", bulk_tx, 7, CL__BULK_ROW)                       \
-  XX(EXISTING, "cl_existing", existing, 3, CL__TRIGGER_COLS)                \
-  XX(PRIOR, "cl_prior", prior, 1, CL__ENVELOPE_COLS)                        \
-  XX(ENVELOPE_GET, "cl_envelope_get", envelope_get, 1, CL__ENVELOPE_COLS)   \
-  XX(ENVELOPES, "cl_envelopes", envelopes, 3, CL__ENVELOPE_COLS)            \
-  XX(CLAIM, "cl_claim", claim, 4, CL__CLAIM_COLS)                           \
-  XX(COMPLETE, "cl_complete", complete, 6, CL__COMPLETE_COLS)               \
-  XX(NO_OP, "cl_no_op", no_op, 2, CL__NO_OP_COLS)                           \
-  XX(NEXT_DUE, "cl_next_due", next_due, 1, CL__NEXT_DUE_COLS)               \
-  XX(MIGRATE_LOCK, "cl_migrate_lock", migrate_lock, 1, CL__MIGRATE_LOCK_COLS) \
-  XX(MIGRATE_UNLOCK, "cl_migrate_unlock", migrate_unlock, 1, CL__MIGRATE_UNLOCK_COLS) \
+#define CL__STMT_MAP(XX)                                                                  \
+  XX(TRIGGER, "cl_trigger", trigger, 5, CL__TRIGGER_COLS)                                 \
+  XX(BULK, "cl_bulk", bulk, 7, CL__BULK_ROW)                                              \
+  XX(REFUSE, "cl_refuse", refuse, 7, CL__REFUSE_ROW)                                      \
+  XX(BULK_ROWS, "cl_bulk_rows", bulk_rows, 3, CL__BULK_ROWS_COLS)                         \
+  XX(MISSING, "cl_missing", missing, 1, CL__MISSING_COLS)                                 \
+  XX(BULK_TX, "cl_bulk_tx", bulk_tx, 7, CL__BULK_ROW)                                     \
+  XX(EXISTING, "cl_existing", existing, 3, CL__TRIGGER_COLS)                              \
+  XX(PRIOR, "cl_prior", prior, 1, CL__ENVELOPE_COLS)                                      \
+  XX(ENVELOPE_GET, "cl_envelope_get", envelope_get, 1, CL__ENVELOPE_COLS)                 \
+  XX(ENVELOPES, "cl_envelopes", envelopes, 3, CL__ENVELOPE_COLS)                          \
+  XX(CLAIM, "cl_claim", claim, 4, CL__CLAIM_COLS)                                         \
+  XX(COMPLETE, "cl_complete", complete, 6, CL__COMPLETE_COLS)                             \
+  XX(NO_OP, "cl_no_op", no_op, 2, CL__NO_OP_COLS)                                         \
+  XX(NEXT_DUE, "cl_next_due", next_due, 1, CL__NEXT_DUE_COLS)                             \
+  XX(MIGRATE_LOCK, "cl_migrate_lock", migrate_lock, 1, CL__MIGRATE_LOCK_COLS)             \
+  XX(MIGRATE_UNLOCK, "cl_migrate_unlock", migrate_unlock, 1, CL__MIGRATE_UNLOCK_COLS)     \
   XX(MIGRATE_APPLIED, "cl_migrate_applied", migrate_applied, 0, CL__MIGRATE_APPLIED_COLS) \
-  XX(MIGRATE_STATUS, "cl_migrate_status", migrate_status, 0, CL__MIGRATE_STATUS_COLS) \
-  XX(OPS_JOBS, "cl_ops_jobs", ops_jobs, 4, CL__OPS_JOBS_COLS)               \
-  XX(OPS_STATS, "cl_ops_stats", ops_stats, 1, CL__OPS_STATS_COLS)           \
-  XX(OPS_TARGETS, "cl_ops_targets", ops_targets, 4, CL__OPS_TARGETS_COLS)   \
-  XX(OPS_RETRY, "cl_ops_retry", ops_retry, 4, CL__OPS_RETRY_COLS)           \
-  XX(OPS_CANCEL, "cl_ops_cancel", ops_cancel, 3, CL__OPS_CANCEL_COLS)       \
-  XX(OPS_PAUSE, "cl_ops_pause", ops_pause, 2, CL__OPS_PAUSE_COLS)           \
-  XX(OPS_PRUNE, "cl_ops_prune", ops_prune, 3, CL__OPS_PRUNE_COLS)           \
-  XX(ENVELOPE_PROGRESS, "cl_envelope_progress", envelope_progress, 1,       \
-     CL__ENVELOPE_PROGRESS_COLS)
+  XX(MIGRATE_STATUS, "cl_migrate_status", migrate_status, 0, CL__MIGRATE_STATUS_COLS)     \
+  XX(OPS_JOBS, "cl_ops_jobs", ops_jobs, 4, CL__OPS_JOBS_COLS)                             \
+  XX(OPS_STATS, "cl_ops_stats", ops_stats, 1, CL__OPS_STATS_COLS)                         \
+  XX(OPS_TARGETS, "cl_ops_targets", ops_targets, 4, CL__OPS_TARGETS_COLS)                 \
+  XX(OPS_RETRY, "cl_ops_retry", ops_retry, 4, CL__OPS_RETRY_COLS)                         \
+  XX(OPS_CANCEL, "cl_ops_cancel", ops_cancel, 3, CL__OPS_CANCEL_COLS)                     \
+  XX(OPS_PAUSE, "cl_ops_pause", ops_pause, 2, CL__OPS_PAUSE_COLS)                         \
+  XX(OPS_PRUNE, "cl_ops_prune", ops_prune, 3, CL__OPS_PRUNE_COLS)                         \
+  XX(ENVELOPE_PROGRESS, "cl_envelope_progress", envelope_progress, 1, CL__ENVELOPE_PROGRESS_COLS)
 
 /* The embedded texts (generated), @S standing for the quoted schema. */
 #define CL__SQL_DECLARE(id, name, file, nparams, cols) extern const char cl__sql_##file[];

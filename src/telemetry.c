@@ -128,8 +128,8 @@ cl_status cl_attach_many(cl_engine *eng, const char *handler_id, const char *con
     return cl__fail(err, CL_INVALID_ARGUMENT, "handler %s names no event", handler_id);
   for (size_t i = 0; i < count; i++)
     if (!names[i] || !*names[i])
-      return cl__fail(err, CL_INVALID_ARGUMENT, "handler %s: event name %zu is empty",
-                      handler_id, i + 1);
+      return cl__fail(err, CL_INVALID_ARGUMENT, "handler %s: event name %zu is empty", handler_id,
+                      i + 1);
   if (find(t, handler_id))
     return cl__fail(err, CL_INVALID_ARGUMENT, "handler id %s is already attached", handler_id);
 
@@ -161,8 +161,7 @@ fail_oom:
 }
 
 cl_status cl_attach(cl_engine *eng, const char *handler_id, const char *event_name,
-                    cl_handler_fn fn, void *config, void (*release)(void *config),
-                    cl_error *err) {
+                    cl_handler_fn fn, void *config, void (*release)(void *config), cl_error *err) {
   CL__ENTER(eng, err);
   return cl_attach_many(eng, handler_id, &event_name, 1, fn, config, release, err);
 }

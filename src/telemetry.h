@@ -19,25 +19,25 @@
  * the dotted names (CL__EVENT_DOTTED), the part lists and the Lua EVENTS
  * table all derive from it.
  */
-#define CL__EVENT_MAP(XX)                                                                 \
-  XX(TRIGGER_START, "cairnloop", "outbound", "triggered", "start")                        \
-  XX(TRIGGER_STOP, "cairnloop", "outbound", "triggered", "stop")                          \
-  XX(TRIGGER_EXCEPTION, "cairnloop", "outbound", "triggered", "exception")                \
-  XX(BULK_START, "cairnloop", "outbound", "bulk", "triggered", "start")                   \
-  XX(BULK_STOP, "cairnloop", "outbound", "bulk", "triggered", "stop")                     \
-  XX(BULK_EXCEPTION, "cairnloop", "outbound", "bulk", "triggered", "exception")           \
-  XX(BULK_REFUSED, "cairnloop", "outbound", "bulk", "triggered")                          \
-  XX(DELIVERY_SENT, "cairnloop", "outbound", "delivery", "sent")                          \
-  XX(DELIVERY_FAILED, "cairnloop", "outbound", "delivery", "failed")                      \
-  XX(DELIVERY_NO_OP, "cairnloop", "outbound", "delivery", "no_op")                        \
-  XX(DELIVERY_CANCELLED, "cairnloop", "outbound", "delivery", "cancelled")                \
-  XX(TRACE_TRIGGER_STARTED, "cairnloop", "outbound", "trace", "trigger_started")          \
-  XX(TRACE_TRIGGER_COMPLETED, "cairnloop", "outbound", "trace", "trigger_completed")      \
-  XX(TRACE_TRIGGER_FAILED, "cairnloop", "outbound", "trace", "trigger_failed")            \
-  XX(TRACE_BULK_SUBMITTED, "cairnloop", "outbound", "trace", "bulk_submitted")            \
-  XX(TRACE_BULK_FAILED, "cairnloop", "outbound", "trace", "bulk_failed")                  \
-  XX(TRACE_BULK_REFUSED, "cairnloop", "outbound", "trace", "bulk_refused")                \
-  XX(TRACE_DELIVERY_SENT, "cairnloop", "outbound", "trace", "delivery_sent")              \
+#define CL__EVENT_MAP(XX)                                                            \
+  XX(TRIGGER_START, "cairnloop", "outbound", "triggered", "start")                   \
+  XX(TRIGGER_STOP, "cairnloop", "outbound", "triggered", "stop")                     \
+  XX(TRIGGER_EXCEPTION, "cairnloop", "outbound", "triggered", "exception")           \
+  XX(BULK_START, "cairnloop", "outbound", "bulk", "triggered", "start")              \
+  XX(BULK_STOP, "cairnloop", "outbound", "bulk", "triggered", "stop")                \
+  XX(BULK_EXCEPTION, "cairnloop", "outbound", "bulk", "triggered", "exception")      \
+  XX(BULK_REFUSED, "cairnloop", "outbound", "bulk", "triggered")                     \
+  XX(DELIVERY_SENT, "cairnloop", "outbound", "delivery", "sent")                     \
+  XX(DELIVERY_FAILED, "cairnloop", "outbound", "delivery", "failed")                 \
+  XX(DELIVERY_NO_OP, "cairnloop", "outbound", "delivery", "no_op")                   \
+  XX(DELIVERY_CANCELLED, "cairnloop", "outbound", "delivery", "cancelled")           \
+  XX(TRACE_TRIGGER_STARTED, "cairnloop", "outbound", "trace", "trigger_started")     \
+  XX(TRACE_TRIGGER_COMPLETED, "cairnloop", "outbound", "trace", "trigger_completed") \
+  XX(TRACE_TRIGGER_FAILED, "cairnloop", "outbound", "trace", "trigger_failed")       \
+  XX(TRACE_BULK_SUBMITTED, "cairnloop", "outbound", "trace", "bulk_submitted")       \
+  XX(TRACE_BULK_FAILED, "cairnloop", "outbound", "trace", "bulk_failed")             \
+  XX(TRACE_BULK_REFUSED, "cairnloop", "outbound", "trace", "bulk_refused")           \
+  XX(TRACE_DELIVERY_SENT, "cairnloop", "outbound", "trace", "delivery_sent")         \
   XX(TRACE_DELIVERY_FAILED, "cairnloop", "outbound", "trace", "delivery_failed")
 
 /* The most parts an event name has in CL__EVENT_MAP (CL__EVENT_DOTTED
@@ -48,9 +48,10 @@
  * CL__EVENT_DOTTED("a", "b", "c") is the string literal "a.b.c", joined at
  * compile time: the count of parts picks the joiner.
  */
-#define CL__EVENT_DOTTED(...) \
+#define CL__EVENT_DOTTED(...)                                                           \
   CL__EV_PICK_(__VA_ARGS__, CL__EV_JOIN6_, CL__EV_JOIN5_, CL__EV_JOIN4_, CL__EV_JOIN3_, \
-               CL__EV_JOIN2_, CL__EV_JOIN1_, unused)(__VA_ARGS__)
+               CL__EV_JOIN2_, CL__EV_JOIN1_, unused)                                    \
+  (__VA_ARGS__)
 #define CL__EV_PICK_(a, b, c, d, e, f, join, ...) join
 #define CL__EV_JOIN1_(a) a
 #define CL__EV_JOIN2_(a, b) a "." b
@@ -63,7 +64,7 @@ typedef enum cl__event {
 #define XX(name, ...) CL__EV_##name,
   CL__EVENT_MAP(XX)
 #undef XX
-  CL__EV__COUNT
+      CL__EV__COUNT
 } cl__event;
 
 /* The dotted name of a known event ("cairnloop.outbound.triggered.start"). */

@@ -107,7 +107,8 @@ bool cl__uuid_valid(const char *s) {
 }
 
 void cl__uuid_lower(const char *s, char *out) {
-  for (int i = 0; i < CL_UUID_LEN; i++) out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] + 32) : s[i];
+  for (int i = 0; i < CL_UUID_LEN; i++)
+    out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] + 32) : s[i];
   out[CL_UUID_LEN] = '\0';
 }
 
@@ -126,8 +127,9 @@ cl_status cl__check_text(const char *field, const char *s, size_t max, bool requ
   size_t n = strlen(s);
   if (required && n == 0) return cl__fail(err, CL_INVALID_ARGUMENT, "%s must not be empty", field);
   if (n > max)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is too large: %zu bytes, at most %zu", field,
-                    n, max);
-  if (!cl__utf8_valid(s, n)) return cl__fail(err, CL_INVALID_ARGUMENT, "%s is not valid UTF-8", field);
+    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is too large: %zu bytes, at most %zu", field, n,
+                    max);
+  if (!cl__utf8_valid(s, n))
+    return cl__fail(err, CL_INVALID_ARGUMENT, "%s is not valid UTF-8", field);
   return CL_OK;
 }

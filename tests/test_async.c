@@ -176,7 +176,8 @@ static void drain(cl_async *a) {
   int64_t deadline = now_ms() + WAIT_MS;
   while (cl_async_pending(a) > 0) {
     int64_t left = deadline - now_ms();
-    if (left <= 0) fail_msg("%zu operations still pending after %d ms", cl_async_pending(a), WAIT_MS);
+    if (left <= 0)
+      fail_msg("%zu operations still pending after %d ms", cl_async_pending(a), WAIT_MS);
     struct pollfd p = {.fd = cl_async_fd(a), .events = POLLIN};
     if (poll(&p, 1, (int)left) < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
     cl_async_poll(a);
@@ -339,8 +340,9 @@ static void test_async__many_operations_in_flight_complete_once_on_the_host_thre
   /* Run in submission order: each callback in the order it was submitted. */
   for (int i = 1; i < N_TRIGGERS; i++) assert_true(trig[i].seq > trig[i - 1].seq);
   ct_assert_counts(S, N_BULKS, N_TRIGGERS + N_BULKS * BULK_SIZE, N_TRIGGERS + N_BULKS * BULK_SIZE);
-  ct_assert_scalar("500", "SELECT count(DISTINCT (conversation_id, metadata->>'template_id')) "
-                          "FROM %s.cairnloop_messages WHERE metadata->>'template_id' LIKE 'many_t%%'",
+  ct_assert_scalar("500",
+                   "SELECT count(DISTINCT (conversation_id, metadata->>'template_id')) "
+                   "FROM %s.cairnloop_messages WHERE metadata->>'template_id' LIKE 'many_t%%'",
                    S);
   assert_int_equal(cl_async_poll(a), 0);
 
@@ -517,8 +519,10 @@ static void test_async__close_cancels_operations_not_started_and_runs_every_call
   for (int i = p.accepted; i <= PROBES; i++) assert_int_equal(probes[i].calls, 0);
   /* Only what ran was written. */
   ct_assert_counts(S, 0, PRE + 1, PRE + 1);
-  ct_assert_scalar("0", "SELECT count(*) FROM %s.cairnloop_messages WHERE metadata->>'template_id' "
-                        "IN ('queued', 'probe')", S);
+  ct_assert_scalar("0",
+                   "SELECT count(*) FROM %s.cairnloop_messages WHERE metadata->>'template_id' "
+                   "IN ('queued', 'probe')",
+                   S);
   free(probes);
   gate_destroy(&g);
 }
@@ -777,8 +781,8 @@ static void test_async__reads_work_migrate_and_call_complete_with_their_results(
   ct_assert_ok(r[1].status, &r[1].err);
 
   ct_assert_ok(cl_async_envelope_get(a, r[1].envelope_id, on_envelopes, &r[2], &err), &err);
-  ct_assert_ok(cl_async_envelope_get(a, "00000000-0000-4000-8000-000000000000", on_envelopes,
-                                     &r[3], &err),
+  ct_assert_ok(cl_async_envelope_get(a, "00000000-0000-4000-8000-000000000000", on_envelopes, &r[3],
+                                     &err),
                &err);
   cl_envelope_query q = {.template_id = "reads", .limit = 10};
   ct_assert_ok(cl_async_envelopes_list(a, &q, on_envelopes, &r[4], &err), &err);
@@ -1186,7 +1190,7 @@ static int cluster_setup(void **state) {
   }
   /* The private cluster is run by our own script; no outside input is in the
    * command lines below but a directory it made and $PG_BIN. */
-  FILE *p = popen("tests/pg.sh start", "r"); // NOLINT(cert-env33-c)
+  FILE *p = popen("tests/pg.sh start", "r");  // NOLINT(cert-env33-c)
   if (!p) return -1;
   char line[1024], host[600] = "";
   while (fgets(line, sizeof line, p)) {
@@ -1203,7 +1207,7 @@ static int cluster_teardown(void **state) {
   if (c && c->dir[0]) {
     char cmd[700];
     snprintf(cmd, sizeof cmd, "tests/pg.sh stop '%s' >/dev/null 2>&1", c->dir);
-    if (system(cmd) != 0) // NOLINT(cert-env33-c): see cluster_setup
+    if (system(cmd) != 0)  // NOLINT(cert-env33-c): see cluster_setup
       fprintf(stderr, "test_async: could not stop %s\n", c->dir);
   }
   free(c);
@@ -1217,7 +1221,7 @@ static void pg_ctl(const cluster *c, const char *action) {
   snprintf(cmd, sizeof cmd, "%s'%s/pg_ctl' -D '%s/data' -l '%s/server.log' -w -t 30 %s >/dev/null",
            geteuid() == 0 ? "runuser -u postgres -- " : "", bin, c->dir, c->dir,
            strcmp(action, "stop") == 0 ? "-m fast stop" : "start");
-  int rc = system(cmd); // NOLINT(cert-env33-c): see cluster_setup
+  int rc = system(cmd);  // NOLINT(cert-env33-c): see cluster_setup
   if (rc != 0) fail_msg("pg_ctl %s failed (%d)", action, rc);
 }
 

@@ -44,9 +44,9 @@ static int teardown(void **state) {
 }
 
 /* The auditor records what the transaction holds when it runs. */
-#define AUDIT_INSERT                                                                     \
-  "INSERT INTO " S ".cl_test_audit SELECT $1, (SELECT count(*) FROM " S                  \
-  ".cairnloop_messages), (SELECT count(*) FROM " S ".cairnloop_delivery_jobs), "          \
+#define AUDIT_INSERT                                                             \
+  "INSERT INTO " S ".cl_test_audit SELECT $1, (SELECT count(*) FROM " S          \
+  ".cairnloop_messages), (SELECT count(*) FROM " S ".cairnloop_delivery_jobs), " \
   "(SELECT count(*) FROM " S ".cairnloop_outbound_bulk_envelopes)"
 
 static const int64_t cohort[] = {1, 2, 3, 4};
@@ -163,8 +163,10 @@ static void test_bulk_trigger__auditor_write_commits_with_the_operation(void **s
   ct_assert_ok(f->auditor.exec_status, &f->auditor.exec_err);
   ct_assert_counts(S, 1, 4, 4);
   /* It ran after the inserts, inside the same transaction. */
-  ct_assert_scalar("bulk_outbound_trigger|4|4|1", "SELECT concat_ws('|', action, seen_messages, "
-                   "seen_jobs, seen_envelopes) FROM %s.cl_test_audit", S);
+  ct_assert_scalar("bulk_outbound_trigger|4|4|1",
+                   "SELECT concat_ws('|', action, seen_messages, "
+                   "seen_jobs, seen_envelopes) FROM %s.cl_test_audit",
+                   S);
 }
 
 static void test_trigger__auditor_write_commits_with_the_operation(void **state) {
@@ -175,8 +177,10 @@ static void test_trigger__auditor_write_commits_with_the_operation(void **state)
   cl_error err;
   ct_assert_ok(do_trigger(f, 3, &err), &err);
   ct_assert_counts(S, 0, 1, 1);
-  ct_assert_scalar("outbound_trigger|1|1|0", "SELECT concat_ws('|', action, seen_messages, "
-                   "seen_jobs, seen_envelopes) FROM %s.cl_test_audit", S);
+  ct_assert_scalar("outbound_trigger|1|1|0",
+                   "SELECT concat_ws('|', action, seen_messages, "
+                   "seen_jobs, seen_envelopes) FROM %s.cl_test_audit",
+                   S);
 }
 
 static void test_bulk_trigger__auditor_write_rolls_back_with_a_rejection(void **state) {

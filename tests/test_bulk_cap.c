@@ -56,7 +56,8 @@ static void test_bulk_trigger__cohort_at_the_cap_is_accepted(void **state) {
   ct_assert_counts(S, 1, 25, 25);
   ct_assert_scalar("submitted|25|25|t",
                    "SELECT concat_ws('|', status, count, effective_cap, refused_reason IS NULL) "
-                   "FROM %s.cairnloop_outbound_bulk_envelopes", S);
+                   "FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
   assert_int_equal(ct_capture_count(&w->cap, REFUSED), 0);
 }
 
@@ -72,12 +73,17 @@ static void test_bulk_trigger__over_cap_records_refused_envelope(void **state) {
                    "operator:7|t",
                    "SELECT concat_ws('|', status, refused_reason, effective_cap, count, "
                    "template_id, rendered_body, requested_by, requested_at IS NOT NULL) "
-                   "FROM %s.cairnloop_outbound_bulk_envelopes", S);
+                   "FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
   /* The cohort that was attempted is kept, in order, for the audit. */
-  ct_assert_scalar("t", "SELECT recipient_conversation_ids = ARRAY(SELECT generate_series(1, 26))"
-                        "::bigint[] FROM %s.cairnloop_outbound_bulk_envelopes", S);
-  ct_assert_scalar("t", "SELECT id::text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}"
-                        "-[0-9a-f]{12}$' FROM %s.cairnloop_outbound_bulk_envelopes", S);
+  ct_assert_scalar("t",
+                   "SELECT recipient_conversation_ids = ARRAY(SELECT generate_series(1, 26))"
+                   "::bigint[] FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
+  ct_assert_scalar("t",
+                   "SELECT id::text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}"
+                   "-[0-9a-f]{12}$' FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
 
   /* One refusal point event, enum-only. */
   assert_int_equal(ct_capture_count(&w->cap, REFUSED), 1);
@@ -118,7 +124,8 @@ static void test_bulk_trigger__cap_changed_at_run_time_is_snapshotted(void **sta
   /* Each envelope keeps the cap of its own moment, on both lanes. */
   ct_assert_scalar("submitted:3/3,refused_cap_exceeded:4/3,submitted:4/5,refused_cap_exceeded:6/5",
                    "SELECT string_agg(status || ':' || count || '/' || effective_cap, ',' "
-                   "ORDER BY requested_at, count) FROM %s.cairnloop_outbound_bulk_envelopes", S);
+                   "ORDER BY requested_at, count) FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
   ct_assert_counts(S, 4, 7, 7);
 }
 
@@ -143,8 +150,10 @@ static void test_open__reads_cap_from_environment(void **state) {
   ct_assert_ok(bulk(w, 4, NULL, &err), &err);
   ct_assert_error(bulk(w, 5, NULL, &err), &err, CL_BATCH_TOO_LARGE, NULL);
   assert_string_equal(err.message, "batch_size 5 exceeds cap 4");
-  ct_assert_scalar("4,4", "SELECT string_agg(effective_cap::text, ',') FROM "
-                          "%s.cairnloop_outbound_bulk_envelopes", S);
+  ct_assert_scalar("4,4",
+                   "SELECT string_agg(effective_cap::text, ',') FROM "
+                   "%s.cairnloop_outbound_bulk_envelopes",
+                   S);
   ct_world_free(w);
 }
 
@@ -199,7 +208,8 @@ static void test_bulk_trigger__refused_envelope_insert_failure_is_loud(void **st
           S, S);
 
   cl_error err;
-  ct_assert_error(bulk(w, 26, "op", &err), &err, CL_BATCH_TOO_LARGE, "batch_size 26 exceeds cap 25");
+  ct_assert_error(bulk(w, 26, "op", &err), &err, CL_BATCH_TOO_LARGE,
+                  "batch_size 26 exceeds cap 25");
   ct_assert_counts(S, 0, 0, 0);
 
   assert_int_equal(ct_capture_count(&w->cap, REFUSED), 1);

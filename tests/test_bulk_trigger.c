@@ -42,8 +42,8 @@ static void assert_bulk_result_consistent(const cl_bulk_result *res, const int64
 static void test_bulk_trigger__writes_envelope_messages_and_jobs(void **state) {
   ct_world *w = *state;
   const int64_t ids[] = {5, 2, 9};
-  cl_bulk_opts opts = {.template_id = "recovery_v1", .rendered_body = "Hi there",
-                       .actor = "agent_1"};
+  cl_bulk_opts opts = {
+      .template_id = "recovery_v1", .rendered_body = "Hi there", .actor = "agent_1"};
   cl_bulk_result res = {0};
   cl_error err;
   ct_assert_ok(cl_bulk_trigger(w->eng, ids, 3, &opts, &res, &err), &err);
@@ -83,21 +83,25 @@ static void test_bulk_trigger__writes_envelope_messages_and_jobs(void **state) {
   free(stored);
 
   /* Every message and job names the envelope: metadata, column and args. */
-  ct_assert_scalar1("3", "SELECT count(*) FROM " S ".cairnloop_messages WHERE "
-                         "metadata->>'bulk_envelope_id' = $1 AND content = 'Hi there' AND "
-                         "role = 'system_outbound' AND metadata->>'status' = 'pending' AND "
-                         "metadata->>'template_id' = 'recovery_v1'",
+  ct_assert_scalar1("3",
+                    "SELECT count(*) FROM " S ".cairnloop_messages WHERE "
+                    "metadata->>'bulk_envelope_id' = $1 AND content = 'Hi there' AND "
+                    "role = 'system_outbound' AND metadata->>'status' = 'pending' AND "
+                    "metadata->>'template_id' = 'recovery_v1'",
                     e->id);
-  ct_assert_scalar1("3", "SELECT count(*) FROM " S ".cairnloop_delivery_jobs j JOIN " S
-                         ".cairnloop_messages m ON m.id = j.message_id WHERE "
-                         "j.bulk_envelope_id = $1::uuid AND j.args->>'bulk_envelope_id' = $1::text AND "
-                         "(j.args->>'message_id')::bigint = j.message_id AND "
-                         "(j.args->>'conversation_id')::bigint = m.conversation_id AND "
-                         "j.conversation_id = m.conversation_id AND "
-                         "j.args->>'template_id' = 'recovery_v1' AND j.state = 'available'",
+  ct_assert_scalar1("3",
+                    "SELECT count(*) FROM " S ".cairnloop_delivery_jobs j JOIN " S
+                    ".cairnloop_messages m ON m.id = j.message_id WHERE "
+                    "j.bulk_envelope_id = $1::uuid AND j.args->>'bulk_envelope_id' = $1::text AND "
+                    "(j.args->>'message_id')::bigint = j.message_id AND "
+                    "(j.args->>'conversation_id')::bigint = m.conversation_id AND "
+                    "j.conversation_id = m.conversation_id AND "
+                    "j.args->>'template_id' = 'recovery_v1' AND j.state = 'available'",
                     e->id);
-  ct_assert_scalar("{2,5,9}", "SELECT array_agg(conversation_id ORDER BY conversation_id)::text "
-                              "FROM %s.cairnloop_messages", S);
+  ct_assert_scalar("{2,5,9}",
+                   "SELECT array_agg(conversation_id ORDER BY conversation_id)::text "
+                   "FROM %s.cairnloop_messages",
+                   S);
   cl_bulk_result_clear(&res);
 }
 
@@ -179,21 +183,30 @@ static void test_bulk_trigger__hostile_strings_are_stored_as_data(void **state) 
   const char *tmpl = "'); DROP TABLE x; --";
   const char *actor = "Robert'); DROP TABLE students;-- \\' \"";
   const int64_t ids[] = {4, 6};
-  cl_bulk_opts opts = {.template_id = tmpl, .rendered_body = "'; DELETE FROM cairnloop_messages; --",
+  cl_bulk_opts opts = {.template_id = tmpl,
+                       .rendered_body = "'; DELETE FROM cairnloop_messages; --",
                        .actor = actor};
   cl_bulk_result res = {0};
   cl_error err;
   ct_assert_ok(cl_bulk_trigger(w->eng, ids, 2, &opts, &res, &err), &err);
   assert_string_equal(res.envelope.template_id, tmpl);
   assert_string_equal(res.envelope.requested_by, actor);
-  ct_assert_scalar1(tmpl, "SELECT template_id FROM " S ".cairnloop_outbound_bulk_envelopes "
-                          "WHERE id = $1::uuid", res.envelope.id);
-  ct_assert_scalar1(actor, "SELECT requested_by FROM " S ".cairnloop_outbound_bulk_envelopes "
-                           "WHERE id = $1::uuid", res.envelope.id);
-  ct_assert_scalar1("2", "SELECT count(*) FROM " S ".cairnloop_delivery_jobs WHERE "
-                         "template_id = $1 AND args->>'template_id' = $1", tmpl);
-  ct_assert_scalar1("2", "SELECT count(*) FROM " S ".cairnloop_messages WHERE "
-                         "metadata->>'template_id' = $1", tmpl);
+  ct_assert_scalar1(tmpl,
+                    "SELECT template_id FROM " S ".cairnloop_outbound_bulk_envelopes "
+                    "WHERE id = $1::uuid",
+                    res.envelope.id);
+  ct_assert_scalar1(actor,
+                    "SELECT requested_by FROM " S ".cairnloop_outbound_bulk_envelopes "
+                    "WHERE id = $1::uuid",
+                    res.envelope.id);
+  ct_assert_scalar1("2",
+                    "SELECT count(*) FROM " S ".cairnloop_delivery_jobs WHERE "
+                    "template_id = $1 AND args->>'template_id' = $1",
+                    tmpl);
+  ct_assert_scalar1("2",
+                    "SELECT count(*) FROM " S ".cairnloop_messages WHERE "
+                    "metadata->>'template_id' = $1",
+                    tmpl);
   assert_int_equal(ct_int("SELECT count(*) FROM pg_tables WHERE schemaname = '%s'", S), tables);
   ct_assert_counts(S, 1, 2, 2);
   cl_bulk_result_clear(&res);
@@ -214,7 +227,8 @@ static void test_bulk_trigger__without_actor_requested_by_is_null(void **state) 
 static void test_bulk_trigger__caller_envelope_id_is_used_canonical(void **state) {
   ct_world *w = *state;
   const int64_t ids[] = {1, 2};
-  cl_bulk_opts opts = {.template_id = "t", .rendered_body = "b",
+  cl_bulk_opts opts = {.template_id = "t",
+                       .rendered_body = "b",
                        .envelope_id = "5F0C2D3E-4B1A-4C2D-8E9F-0A1B2C3D4E5F"};
   cl_bulk_result res = {0};
   cl_error err;
@@ -224,8 +238,10 @@ static void test_bulk_trigger__caller_envelope_id_is_used_canonical(void **state
   assert_string_equal(res.messages[1].bulk_envelope_id, lower);
   assert_string_equal(res.delivery_jobs[0].bulk_envelope_id, lower);
   ct_assert_scalar(lower, "SELECT id::text FROM %s.cairnloop_outbound_bulk_envelopes", S);
-  ct_assert_scalar("2", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE "
-                        "args->>'bulk_envelope_id' = '%s'", S, lower);
+  ct_assert_scalar("2",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE "
+                   "args->>'bulk_envelope_id' = '%s'",
+                   S, lower);
   cl_bulk_result_clear(&res);
 }
 
@@ -237,9 +253,11 @@ static void test_bulk_trigger__schedule_in_schedules_every_job(void **state) {
   cl_error err;
   ct_assert_ok(cl_bulk_trigger(w->eng, ids, 3, &opts, &res, &err), &err);
   for (size_t i = 0; i < 3; i++) assert_string_equal(res.delivery_jobs[i].state, "scheduled");
-  ct_assert_scalar("3", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = "
-                        "'scheduled' AND scheduled_at BETWEEN now() + interval '540 s' AND "
-                        "now() + interval '660 s'", S);
+  ct_assert_scalar("3",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = "
+                   "'scheduled' AND scheduled_at BETWEEN now() + interval '540 s' AND "
+                   "now() + interval '660 s'",
+                   S);
   cl_bulk_result_clear(&res);
 }
 
@@ -322,7 +340,8 @@ static void test_envelopes_list__newest_first_with_filters(void **state) {
     assert_int_equal(st, k == 3 ? CL_BATCH_TOO_LARGE : CL_OK);
     if (k == 3) {
       char *id = ct_scalar("SELECT id::text FROM %s.cairnloop_outbound_bulk_envelopes WHERE "
-                           "status = 'refused_cap_exceeded'", S);
+                           "status = 'refused_cap_exceeded'",
+                           S);
       assert_non_null(id);
       snprintf(made[k], sizeof made[k], "%s", id);
       free(id);

@@ -57,7 +57,8 @@ static void test_connection__engine_recovers_after_session_killed_between_calls(
   ct_assert_ok(trigger(w, 3, "again", &err), &err);
   ct_assert_ok(bulk(w, "again", &err), &err);
   assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_messages WHERE "
-                          "metadata->>'template_id' = 'again'", S),
+                          "metadata->>'template_id' = 'again'",
+                          S),
                    4);
 
   kill_backend_of(w->eng);

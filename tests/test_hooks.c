@@ -356,8 +356,8 @@ static void test_hooks__incomplete_hooks_are_refused(void **state) {
   cl_auditor no_audit = {0};
   ct_assert_error(cl_set_auditor(f->w->eng, &no_audit, &err), &err, CL_INVALID_ARGUMENT, NULL);
   cl_actor_resolver no_resolve = {0};
-  ct_assert_error(cl_set_actor_resolver(f->w->eng, &no_resolve, &err), &err,
-                  CL_INVALID_ARGUMENT, NULL);
+  ct_assert_error(cl_set_actor_resolver(f->w->eng, &no_resolve, &err), &err, CL_INVALID_ARGUMENT,
+                  NULL);
 }
 
 static void test_audit_events__without_auditor_is_an_empty_list(void **state) {

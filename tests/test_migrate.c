@@ -13,9 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void drop_schema(const char *schema) {
-  ct_exec("DROP SCHEMA IF EXISTS %s CASCADE", schema);
-}
+static void drop_schema(const char *schema) { ct_exec("DROP SCHEMA IF EXISTS %s CASCADE", schema); }
 
 static void test_migrate__rerun_is_a_noop(void **state) {
   (void)state;
@@ -130,9 +128,9 @@ typedef struct column_shape {
   const char *name;
   const char *data_type; /* information_schema.columns.data_type */
   const char *udt_name;
-  const char *max_length; /* NULL: none */
-  const char *nullable;   /* "YES" | "NO" */
-  const char *default_;   /* NULL: none */
+  const char *max_length;         /* NULL: none */
+  const char *nullable;           /* "YES" | "NO" */
+  const char *default_;           /* NULL: none */
   const char *datetime_precision; /* NULL: not a time type */
 } column_shape;
 
@@ -149,8 +147,7 @@ static const column_shape envelope_columns[] = {
     {"effective_cap", "integer", "int4", NULL, "NO", NULL, NULL},
     {"requested_by", "character varying", "varchar", "255", "YES", NULL, NULL},
     {"requested_at", "timestamp without time zone", "timestamp", NULL, "NO", NULL, "6"},
-    {"status", "character varying", "varchar", "255", "NO",
-     "'submitted'::character varying", NULL},
+    {"status", "character varying", "varchar", "255", "NO", "'submitted'::character varying", NULL},
     {"refused_reason", "character varying", "varchar", "255", "YES", NULL, NULL},
     {"inserted_at", "timestamp without time zone", "timestamp", NULL, "NO", NULL, "0"},
     {"updated_at", "timestamp without time zone", "timestamp", NULL, "NO", NULL, "0"},
@@ -231,8 +228,8 @@ static void test_migrate__bulk_envelope_indexes_match_the_seed(void **state) {
   cl_close(eng);
 }
 
-#define VALID_ENVELOPE_COLUMNS                                                             \
-  "id, template_id, rendered_body, recipient_conversation_ids, count, effective_cap, "     \
+#define VALID_ENVELOPE_COLUMNS                                                         \
+  "id, template_id, rendered_body, recipient_conversation_ids, count, effective_cap, " \
   "requested_at, inserted_at, updated_at"
 
 static bool insert_envelope(const char *count, const char *cap, const char *status) {
@@ -318,8 +315,8 @@ static void test_migrate__tables_have_the_designed_columns(void **state) {
         "WHERE NOT EXISTS (SELECT 1 FROM information_schema.columns c WHERE "
         "c.table_schema = '%s' AND c.table_name = '%s' AND c.column_name = w.name)",
         want[i].columns, CT_SCHEMA, want[i].table);
-    if (missing != 0) fail_msg("%s lacks %lld of: %s", want[i].table, (long long)missing,
-                               want[i].columns);
+    if (missing != 0)
+      fail_msg("%s lacks %lld of: %s", want[i].table, (long long)missing, want[i].columns);
   }
   char *type = ct_scalar("SELECT data_type FROM information_schema.columns WHERE "
                          "table_schema = '%s' AND table_name = 'cairnloop_messages' "

@@ -29,8 +29,8 @@ typedef struct notifier {
   int calls;
 } notifier;
 
-static cl_status deliver(void *ud, const cl_message *m, const cl_conversation *c,
-                         const char *key, int attempt, cl_error *err) {
+static cl_status deliver(void *ud, const cl_message *m, const cl_conversation *c, const char *key,
+                         int attempt, cl_error *err) {
   (void)m;
   (void)c;
   (void)key;
@@ -167,10 +167,11 @@ static void test_dedup__migration_moves_the_key_of_existing_messages(void **stat
           sch, ENV_A);
   cl_error err;
   ct_assert_ok(cl_migrate(eng, &err), &err);
-  ct_assert_scalar("2:t:", "SELECT string_agg(id || ':' || coalesce(template_id, '') || ':' "
-                           "|| coalesce(bulk_envelope_id::text, ''), ',' ORDER BY id) "
-                           "FROM %s.cairnloop_messages WHERE conversation_id = 1 "
-                           "AND template_id IS NOT NULL",
+  ct_assert_scalar("2:t:",
+                   "SELECT string_agg(id || ':' || coalesce(template_id, '') || ':' "
+                   "|| coalesce(bulk_envelope_id::text, ''), ',' ORDER BY id) "
+                   "FROM %s.cairnloop_messages WHERE conversation_id = 1 "
+                   "AND template_id IS NOT NULL",
                    sch);
   ct_assert_scalar(ENV_A, "SELECT bulk_envelope_id::text FROM %s.cairnloop_messages WHERE id = 3",
                    sch);
@@ -186,11 +187,12 @@ static void test_dedup__migration_moves_the_key_of_existing_messages(void **stat
   ct_exec("DROP SCHEMA %s CASCADE", sch);
 }
 
-
 /* ------------------------------------------------------------ helpers */
 
 static void bulk(ct_world *w, const int64_t *ids, size_t n, const char *env, int64_t schedule_in) {
-  cl_bulk_opts opts = {.template_id = "camp", .rendered_body = "hello", .envelope_id = env,
+  cl_bulk_opts opts = {.template_id = "camp",
+                       .rendered_body = "hello",
+                       .envelope_id = env,
                        .schedule_in = schedule_in};
   cl_bulk_result res = {0};
   cl_error err;
@@ -207,9 +209,10 @@ static int64_t job_of(int64_t conversation_id, const char *tmpl) {
 static void assert_job(int64_t id, const char *state, const char *message_status) {
   char want[64];
   snprintf(want, sizeof want, "%s/%s", state, message_status);
-  ct_assert_scalar(want, "SELECT j.state || '/' || (m.metadata->>'status') FROM "
-                         "%s.cairnloop_delivery_jobs j JOIN %s.cairnloop_messages m "
-                         "ON m.id = j.message_id WHERE j.id = %lld",
+  ct_assert_scalar(want,
+                   "SELECT j.state || '/' || (m.metadata->>'status') FROM "
+                   "%s.cairnloop_delivery_jobs j JOIN %s.cairnloop_messages m "
+                   "ON m.id = j.message_id WHERE j.id = %lld",
                    S, S, (long long)id);
 }
 
@@ -277,11 +280,14 @@ static void test_stats__counts_states_oldest_due_age_and_pause(void **state) {
   trigger(w, 5, "later", NULL, &t);
   cl_trigger_result_clear(&t);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'scheduled', "
-          "scheduled_at = now() + interval '1 hour' WHERE conversation_id = 5", S);
+          "scheduled_at = now() + interval '1 hour' WHERE conversation_id = 5",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '90 seconds' "
-          "WHERE conversation_id = 1", S);
+          "WHERE conversation_id = 1",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() "
-          "WHERE conversation_id = 2", S);
+          "WHERE conversation_id = 2",
+          S);
 
   cl_queue_stats st;
   cl_error err;
@@ -375,8 +381,9 @@ static void test_retry__discarded_job_is_delivered_again_and_a_retrigger_is_not(
   ct_assert_scalar("0", "SELECT attempt FROM %s.cairnloop_delivery_jobs WHERE id = %lld", S,
                    (long long)job);
   /* The failure stays in the job's history. */
-  ct_assert_scalar("1", "SELECT jsonb_array_length(errors) FROM %s.cairnloop_delivery_jobs "
-                        "WHERE id = %lld",
+  ct_assert_scalar("1",
+                   "SELECT jsonb_array_length(errors) FROM %s.cairnloop_delivery_jobs "
+                   "WHERE id = %lld",
                    S, (long long)job);
   /* n is read by the notifier installed above, through its pointer. */
   // cppcheck-suppress unreadVariable
@@ -398,9 +405,11 @@ static void test_retry__by_envelope_and_all_discarded(void **state) {
   trigger(w, 5, "other", NULL, &t);
   cl_trigger_result_clear(&t);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'discarded', discarded_at = now(), "
-          "attempt = 20 WHERE conversation_id IN (1, 5)", S);
+          "attempt = 20 WHERE conversation_id IN (1, 5)",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'retryable', attempt = 3, "
-          "scheduled_at = now() + interval '1 hour' WHERE conversation_id = 2", S);
+          "scheduled_at = now() + interval '1 hour' WHERE conversation_id = 2",
+          S);
 
   int64_t retried = -1;
   cl_error err;
@@ -409,8 +418,9 @@ static void test_retry__by_envelope_and_all_discarded(void **state) {
   assert_int_equal(retried, 2); /* the discarded and the retryable one of the envelope */
   assert_job(job_of(1, "camp"), "available", "pending");
   assert_job(job_of(2, "camp"), "available", "pending");
-  ct_assert_scalar("t", "SELECT scheduled_at <= now() FROM %s.cairnloop_delivery_jobs "
-                        "WHERE id = %lld",
+  ct_assert_scalar("t",
+                   "SELECT scheduled_at <= now() FROM %s.cairnloop_delivery_jobs "
+                   "WHERE id = %lld",
                    S, (long long)job_of(2, "camp"));
   assert_job(job_of(5, "other"), "discarded", "pending");
 
@@ -430,15 +440,15 @@ static void test_retry__refuses_selectors_that_are_not_exactly_one(void **state)
   sel = (cl_job_selector){.ids = ids, .count = 1, .envelope_id = ENV_A};
   ct_assert_error(cl_retry(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT, "exactly one");
   sel = (cl_job_selector){.ids = ids, .count = 2};
-  ct_assert_error(cl_retry(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT, "duplicate job id 1");
+  ct_assert_error(cl_retry(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT,
+                  "duplicate job id 1");
   sel = (cl_job_selector){.ids = bad, .count = 1};
   ct_assert_error(cl_retry(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT, "not positive");
   sel = (cl_job_selector){.envelope_id = "not-a-uuid"};
   ct_assert_error(cl_retry(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT, "not a UUID");
   ct_assert_error(cl_retry(w->eng, NULL, &n, &err), &err, CL_INVALID_ARGUMENT, "selector");
   sel = (cl_job_selector){.all_discarded = 1};
-  ct_assert_error(cl_cancel(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT,
-                  "retry only");
+  ct_assert_error(cl_cancel(w->eng, &sel, &n, &err), &err, CL_INVALID_ARGUMENT, "retry only");
   assert_int_equal(n, 0);
 }
 
@@ -510,11 +520,14 @@ static void test_cancel__envelope_jobs_not_started_and_their_messages(void **sta
   /* 2 is being delivered right now; 3 is scheduled; 4 already sent. */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
           "lease_owner = 'elsewhere', lease_expires_at = now() + interval '1 minute' "
-          "WHERE conversation_id = 2", S);
+          "WHERE conversation_id = 2",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'scheduled', "
-          "scheduled_at = now() + interval '1 day' WHERE conversation_id = 3", S);
+          "scheduled_at = now() + interval '1 day' WHERE conversation_id = 3",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() "
-          "WHERE conversation_id = 4", S);
+          "WHERE conversation_id = 4",
+          S);
 
   int64_t n = -1;
   cl_error err;
@@ -526,8 +539,9 @@ static void test_cancel__envelope_jobs_not_started_and_their_messages(void **sta
   assert_job(job_of(2, "camp"), "executing", "pending");
   assert_job(job_of(4, "camp"), "completed", "pending");
   assert_job(job_of(6, "camp"), "available", "pending");
-  ct_assert_scalar("2", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = "
-                        "'cancelled' AND discarded_at IS NOT NULL AND completed_at IS NULL",
+  ct_assert_scalar("2",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = "
+                   "'cancelled' AND discarded_at IS NOT NULL AND completed_at IS NULL",
                    S);
 
   const ct_event *e = ct_capture_nth(&w->cap, "cairnloop.outbound.delivery.cancelled", 0);
@@ -540,7 +554,8 @@ static void test_cancel__envelope_jobs_not_started_and_their_messages(void **sta
   /* Workers pass cancelled jobs over; the one in flight finishes. */
   assert_int_equal(work(w, 10).no_op, 1); /* conversation 6 */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET lease_expires_at = now() - interval '1 s' "
-          "WHERE conversation_id = 2", S);
+          "WHERE conversation_id = 2",
+          S);
   assert_int_equal(work(w, 10).no_op, 1);
   assert_job(job_of(2, "camp"), "completed", "sent");
 
@@ -644,11 +659,14 @@ static void test_prune__deletes_finished_jobs_only_and_keeps_messages(void **sta
   const int64_t ids[] = {1, 2, 3, 4, 5};
   bulk(w, ids, 5, ENV_A, 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() "
-          "WHERE conversation_id = 1", S);
+          "WHERE conversation_id = 1",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'discarded', discarded_at = now() "
-          "WHERE conversation_id = 2", S);
+          "WHERE conversation_id = 2",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'cancelled', discarded_at = now() "
-          "WHERE conversation_id = 3", S);
+          "WHERE conversation_id = 3",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'retryable' WHERE conversation_id = 4", S);
   int64_t n = -1;
   cl_error err;
@@ -658,8 +676,10 @@ static void test_prune__deletes_finished_jobs_only_and_keeps_messages(void **sta
   ct_assert_ok(cl_prune(w->eng, 0, &n, &err), &err);
   assert_int_equal(n, 3);
   ct_assert_counts(S, 1, 5, 2);
-  ct_assert_scalar("available,retryable", "SELECT string_agg(state, ',' ORDER BY state) FROM "
-                                          "%s.cairnloop_delivery_jobs", S);
+  ct_assert_scalar("available,retryable",
+                   "SELECT string_agg(state, ',' ORDER BY state) FROM "
+                   "%s.cairnloop_delivery_jobs",
+                   S);
 }
 
 static void test_prune__default_retention_by_kind(void **state) {
@@ -668,22 +688,28 @@ static void test_prune__default_retention_by_kind(void **state) {
   bulk(w, ids, 5, ENV_A, 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() - "
           "CASE conversation_id WHEN 1 THEN interval '25 hours' ELSE interval '23 hours' END "
-          "WHERE conversation_id IN (1, 2)", S);
+          "WHERE conversation_id IN (1, 2)",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = CASE conversation_id WHEN 3 THEN "
           "'discarded' ELSE 'cancelled' END, discarded_at = now() - CASE conversation_id "
           "WHEN 3 THEN interval '8 days' ELSE interval '6 days' END "
-          "WHERE conversation_id IN (3, 4)", S);
+          "WHERE conversation_id IN (3, 4)",
+          S);
   int64_t n = -1;
   cl_error err;
   ct_assert_ok(cl_prune(w->eng, -1, &n, &err), &err);
   assert_int_equal(n, 2);
-  ct_assert_scalar("2,4,5", "SELECT string_agg(conversation_id::text, ',' ORDER BY "
-                            "conversation_id) FROM %s.cairnloop_delivery_jobs", S);
+  ct_assert_scalar("2,4,5",
+                   "SELECT string_agg(conversation_id::text, ',' ORDER BY "
+                   "conversation_id) FROM %s.cairnloop_delivery_jobs",
+                   S);
   /* 36 hours: the completed one of 23 hours stays, the cancelled one goes. */
   ct_assert_ok(cl_prune(w->eng, 36 * 3600, &n, &err), &err);
   assert_int_equal(n, 1);
-  ct_assert_scalar("2,5", "SELECT string_agg(conversation_id::text, ',' ORDER BY "
-                          "conversation_id) FROM %s.cairnloop_delivery_jobs", S);
+  ct_assert_scalar("2,5",
+                   "SELECT string_agg(conversation_id::text, ',' ORDER BY "
+                   "conversation_id) FROM %s.cairnloop_delivery_jobs",
+                   S);
 }
 
 static void test_prune__configured_retention_and_keep_forever(void **state) {
@@ -696,9 +722,11 @@ static void test_prune__configured_retention_and_keep_forever(void **state) {
   const int64_t ids[] = {1, 2};
   bulk(w, ids, 2, NULL, 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() - "
-          "interval '30 days' WHERE conversation_id = 1", S);
+          "interval '30 days' WHERE conversation_id = 1",
+          S);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'discarded', discarded_at = now() - "
-          "interval '2 minutes' WHERE conversation_id = 2", S);
+          "interval '2 minutes' WHERE conversation_id = 2",
+          S);
   int64_t n = -1;
   cl_error err;
   ct_assert_ok(cl_prune(w->eng, -1, &n, &err), &err);
@@ -723,15 +751,18 @@ static void test_retention__workers_delete_expired_jobs_while_delivering(void **
   const int64_t ids[] = {1, 2, 3, 4, 5, 6};
   bulk(w, ids, 6, ENV_A, 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'completed', completed_at = now() - "
-          "interval '2 days' WHERE conversation_id <= 4", S);
+          "interval '2 days' WHERE conversation_id <= 4",
+          S);
   /* Within a bounded time (the first pass is one interval after open);
    * each call also delivers. */
   int delivered = 0;
   int64_t deadline = now_ms() + 10000;
   while (ct_rows(S, "cairnloop_delivery_jobs") > 2 && now_ms() < deadline)
     delivered += work(w, 10).no_op;
-  ct_assert_scalar("5,6", "SELECT string_agg(conversation_id::text, ',' ORDER BY "
-                          "conversation_id) FROM %s.cairnloop_delivery_jobs", S);
+  ct_assert_scalar("5,6",
+                   "SELECT string_agg(conversation_id::text, ',' ORDER BY "
+                   "conversation_id) FROM %s.cairnloop_delivery_jobs",
+                   S);
   assert_int_equal(delivered, 2);
   ct_assert_counts(S, 1, 6, 2);
   ct_world_free(w);
@@ -744,9 +775,11 @@ static void test_envelopes_progress__counts_messages_by_status(void **state) {
   const int64_t ids[] = {1, 2, 3, 4};
   bulk(w, ids, 4, ENV_A, 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'scheduled', scheduled_at = now() + "
-          "interval '1 day' WHERE conversation_id = 4", S);
+          "interval '1 day' WHERE conversation_id = 4",
+          S);
   ct_exec("UPDATE %s.cairnloop_messages SET metadata = metadata || '{\"status\": \"failed\"}' "
-          "WHERE conversation_id = 3", S);
+          "WHERE conversation_id = 3",
+          S);
   assert_int_equal(work(w, 1).no_op, 1); /* conversation 1 sent */
   int64_t four = job_of(4, "camp");
   cl_job_selector sel = {.ids = &four, .count = 1};
@@ -798,7 +831,8 @@ static void test_migrations__lists_applied_and_pending_and_what_a_run_applied(vo
 
   /* One pending again, and one applied by a newer library. */
   ct_exec("DELETE FROM %s.cairnloop_schema_migrations WHERE version = "
-          "'20260701000100_queue_operations'", sch);
+          "'20260701000100_queue_operations'",
+          sch);
   ct_exec("INSERT INTO %s.cairnloop_schema_migrations (version) VALUES ('29990101000000_future')",
           sch);
   cl_migration_list_clear(&all);

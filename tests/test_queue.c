@@ -45,8 +45,8 @@ typedef struct notifier {
 
 static char *dup0(const char *s) { return s ? strdup(s) : NULL; }
 
-static cl_status deliver(void *ud, const cl_message *m, const cl_conversation *c,
-                         const char *key, int attempt, cl_error *err) {
+static cl_status deliver(void *ud, const cl_message *m, const cl_conversation *c, const char *key,
+                         int attempt, cl_error *err) {
   notifier *n = ud;
   if (n->ncalls < (int)CT_ARRAY_LEN(n->calls)) {
     call *k = &n->calls[n->ncalls];
@@ -118,8 +118,8 @@ static cl_work_stats work(cl_engine *eng, int limit) {
 static void assert_stats_at(cl_work_stats st, int s, int f, int n, int r, int d, int line) {
   if (st.sent != s || st.failed != f || st.no_op != n || st.retried != r || st.discarded != d) {
     print_error("line %d: stats sent %d failed %d no_op %d retried %d discarded %d, expected "
-                "%d %d %d %d %d\n", line, st.sent, st.failed, st.no_op, st.retried, st.discarded,
-                s, f, n, r, d);
+                "%d %d %d %d %d\n",
+                line, st.sent, st.failed, st.no_op, st.retried, st.discarded, s, f, n, r, d);
     fail();
   }
 }
@@ -132,13 +132,14 @@ static void make_due(void) {
 }
 
 static char *job_field(int64_t mid, const char *expr) {
-  return ct_scalar("SELECT %s FROM %s.cairnloop_delivery_jobs WHERE message_id = %" PRId64, expr,
-                   S, mid);
+  return ct_scalar("SELECT %s FROM %s.cairnloop_delivery_jobs WHERE message_id = %" PRId64, expr, S,
+                   mid);
 }
 
 static void assert_job(int64_t mid, const char *expr, const char *expected) {
-  ct_assert_scalar(expected, "SELECT %s FROM %s.cairnloop_delivery_jobs WHERE message_id = %" PRId64,
-                   expr, S, mid);
+  ct_assert_scalar(expected,
+                   "SELECT %s FROM %s.cairnloop_delivery_jobs WHERE message_id = %" PRId64, expr, S,
+                   mid);
 }
 
 static void assert_message_status(int64_t mid, const char *expected) {
@@ -160,8 +161,9 @@ static void test_work__without_notifier_completes_as_no_op_and_marks_sent(void *
   int64_t m1 = trigger(w->eng, 1, "t", 0), m2 = trigger(w->eng, 2, "t", 0);
   cl_work_stats st = work(w->eng, 10);
   assert_stats(st, 0, 0, 2, 0, 0);
-  assert_job(m1, "concat_ws('|', state, attempt, completed_at IS NOT NULL, attempted_at IS NOT NULL,"
-                 " lease_owner IS NULL, lease_expires_at IS NULL, discarded_at IS NULL, errors)",
+  assert_job(m1,
+             "concat_ws('|', state, attempt, completed_at IS NOT NULL, attempted_at IS NOT NULL,"
+             " lease_owner IS NULL, lease_expires_at IS NULL, discarded_at IS NULL, errors)",
              "completed|1|t|t|t|t|t|[]");
   assert_job(m2, "state", "completed");
   assert_message_status(m1, "sent");
@@ -276,9 +278,10 @@ static void test_work__failure_records_error_and_schedules_backoff(void **state)
   install(w->eng, &n);
   assert_stats(work(w->eng, 10), 0, 1, 0, 1, 0);
 
-  assert_job(mid, "concat_ws('|', state, attempt, completed_at IS NULL, discarded_at IS NULL,"
-                  " lease_owner IS NULL, jsonb_array_length(errors), errors->0->>'error',"
-                  " errors->0->>'attempt', errors->0->>'at' IS NOT NULL)",
+  assert_job(mid,
+             "concat_ws('|', state, attempt, completed_at IS NULL, discarded_at IS NULL,"
+             " lease_owner IS NULL, jsonb_array_length(errors), errors->0->>'error',"
+             " errors->0->>'attempt', errors->0->>'at' IS NOT NULL)",
              "retryable|1|t|t|t|1|smtp: 451 try later|1|t");
   /* Attempt 1: 2 s plus up to 10% jitter. */
   char *delay = job_field(mid, "extract(epoch FROM scheduled_at - attempted_at)");
@@ -332,8 +335,9 @@ static void test_work__retry_succeeds_with_the_same_key_and_message_turns_sent(v
   /* The notifier saw the message's status of the moment. */
   assert_string_equal(n.calls[0].status, "pending");
   assert_string_equal(n.calls[1].status, "failed");
-  assert_job(mid, "concat_ws('|', state, attempt, jsonb_array_length(errors),"
-                  " errors->1->>'attempt', completed_at IS NOT NULL)",
+  assert_job(mid,
+             "concat_ws('|', state, attempt, jsonb_array_length(errors),"
+             " errors->1->>'attempt', completed_at IS NOT NULL)",
              "completed|3|2|2|t");
   assert_message_status(mid, "sent");
   notifier_free(w->eng, &n);
@@ -352,8 +356,9 @@ static void test_work__discards_after_max_attempts(void **state) {
   assert_job(mid, "max_attempts", "2");
   make_due();
   assert_stats(work(w->eng, 10), 0, 1, 0, 0, 1);
-  assert_job(mid, "concat_ws('|', state, attempt, discarded_at IS NOT NULL, completed_at IS NULL,"
-                  " jsonb_array_length(errors), lease_owner IS NULL)",
+  assert_job(mid,
+             "concat_ws('|', state, attempt, discarded_at IS NOT NULL, completed_at IS NULL,"
+             " jsonb_array_length(errors), lease_owner IS NULL)",
              "discarded|2|t|t|2|t");
   assert_message_status(mid, "failed");
   /* A discarded job is never claimed again. */
@@ -369,9 +374,11 @@ static void test_work__backoff_doubles_and_caps_at_an_hour(void **state) {
   int64_t m3 = trigger(w->eng, 1, "t", 0), m12 = trigger(w->eng, 2, "t", 0);
   /* As if they had failed before: their next attempts are 3 and 12. */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET attempt = 2, state = 'retryable' "
-          "WHERE message_id = %" PRId64, S, m3);
+          "WHERE message_id = %" PRId64,
+          S, m3);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET attempt = 11, state = 'retryable' "
-          "WHERE message_id = %" PRId64, S, m12);
+          "WHERE message_id = %" PRId64,
+          S, m12);
   notifier n = {.fail_always = true};
   install(w->eng, &n);
   assert_stats(work(w->eng, 10), 0, 2, 0, 2, 0);
@@ -399,7 +406,8 @@ static void test_work__backoff_base_sets_the_delay_and_the_retry_comes_due(void 
   assert_stats(work(w->eng, 10), 0, 1, 0, 1, 0);
   /* Attempt 1: 20 ms * 2 plus up to 10% jitter, from the failure's
    * recorded time (the same statement's now()). */
-  char *delay = job_field(mid, "extract(epoch FROM scheduled_at - (errors->0->>'at')::timestamptz)");
+  char *delay = job_field(mid,
+                          "extract(epoch FROM scheduled_at - (errors->0->>'at')::timestamptz)");
   double d = strtod(delay, NULL);
   free(delay);
   assert_true(d >= 0.040 && d <= 0.04401);
@@ -451,7 +459,8 @@ static void test_work__claims_in_scheduled_order_up_to_limit(void **state) {
   /* Reverse the due order: the last triggered is the most overdue. */
   for (int i = 0; i < 5; i++)
     ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '%d minutes' "
-            "WHERE message_id = %" PRId64, S, 10 + i, m[i]);
+            "WHERE message_id = %" PRId64,
+            S, 10 + i, m[i]);
   notifier n = {0};
   install(w->eng, &n);
   assert_stats(work(w->eng, 2), 2, 0, 0, 0, 0);
@@ -509,10 +518,12 @@ static void test_work__rescues_a_job_whose_lease_expired(void **state) {
   /* One worker died holding `dead`; another still holds `alive`. */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
           "attempted_at = now() - interval '2 minutes', lease_owner = 'gone:1:x', "
-          "lease_expires_at = now() - interval '1 minute' WHERE message_id = %" PRId64, S, dead);
+          "lease_expires_at = now() - interval '1 minute' WHERE message_id = %" PRId64,
+          S, dead);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
           "attempted_at = now(), lease_owner = 'busy:2:y', "
-          "lease_expires_at = now() + interval '1 minute' WHERE message_id = %" PRId64, S, alive);
+          "lease_expires_at = now() + interval '1 minute' WHERE message_id = %" PRId64,
+          S, alive);
   notifier n = {0};
   install(w->eng, &n);
   assert_stats(work(w->eng, 10), 1, 0, 0, 0, 0);
@@ -536,7 +547,8 @@ static void test_work__rescues_a_job_whose_lease_expired(void **state) {
 static void steal_lease(notifier *n, const cl_message *m, int attempt) {
   (void)n;
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET lease_owner = 'thief:3:z', attempt = %d "
-          "WHERE message_id = %" PRId64, S, attempt + 1, m->id);
+          "WHERE message_id = %" PRId64,
+          S, attempt + 1, m->id);
 }
 
 static void test_work__completion_skips_a_job_whose_lease_was_taken_over(void **state) {
@@ -591,8 +603,10 @@ static void test_work__two_workers_never_claim_the_same_job(void **state) {
   for (int i = 0; i < n1.ncalls; i++)
     for (int j = 0; j < n2.ncalls; j++)
       assert_true(n1.calls[i].message_id != n2.calls[j].message_id);
-  ct_assert_scalar("10", "SELECT count(*) FROM %s.cairnloop_delivery_jobs "
-                         "WHERE state = 'completed' AND attempt = 1", S);
+  ct_assert_scalar("10",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs "
+                   "WHERE state = 'completed' AND attempt = 1",
+                   S);
   notifier_free(w->eng, &n1);
   notifier_free(w2->eng, &n2);
   ct_world_free(w2);
@@ -612,7 +626,8 @@ static void test_work__stop_flag_releases_jobs_not_yet_started(void **state) {
   /* The third was a retry: releasing it must keep it retryable. */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET attempt = 1, state = 'retryable', "
           "scheduled_at = now() - interval '1 second', errors = '[{\"attempt\":1}]' "
-          "WHERE message_id = %" PRId64, S, m[2]);
+          "WHERE message_id = %" PRId64,
+          S, m[2]);
   volatile sig_atomic_t stop = 0;
   notifier n = {.during = set_stop, .ctx = (void *)&stop};
   install(w->eng, &n);
@@ -634,7 +649,8 @@ static void test_work__stop_flag_releases_jobs_not_yet_started(void **state) {
                      "SELECT concat_ws('|', j.state, j.attempt, j.lease_owner IS NULL, "
                      "j.lease_expires_at IS NULL, m.metadata->>'status') "
                      "FROM %s.cairnloop_delivery_jobs j JOIN %s.cairnloop_messages m "
-                     "ON m.id = j.message_id WHERE j.message_id = %" PRId64, S, S, m[i]);
+                     "ON m.id = j.message_id WHERE j.message_id = %" PRId64,
+                     S, S, m[i]);
     released_checked++;
   }
   assert_int_equal(released_checked, 2);
@@ -668,9 +684,11 @@ static void test_work__hands_back_the_rest_once_half_the_lease_is_spent(void **s
   /* 300 ms, 600 ms: past the 500 ms half-lease, the other three go back. */
   assert_stats(st, 2, 0, 0, 0, 0);
   assert_int_equal(b.released, 3);
-  ct_assert_scalar("2|3", "SELECT count(*) FILTER (WHERE state = 'completed') || '|' || "
-                          "count(*) FILTER (WHERE state = 'available' AND attempt = 0) "
-                          "FROM %s.cairnloop_delivery_jobs", S);
+  ct_assert_scalar("2|3",
+                   "SELECT count(*) FILTER (WHERE state = 'completed') || '|' || "
+                   "count(*) FILTER (WHERE state = 'available' AND attempt = 0) "
+                   "FROM %s.cairnloop_delivery_jobs",
+                   S);
   notifier_free(w->eng, &n);
   ct_world_free(w);
 }
@@ -698,16 +716,19 @@ static void test_work__a_batch_costs_two_round_trips_whatever_its_size(void **st
   notifier_free(w->eng, &n);
   /* Without a notifier, claiming and completing are one statement. */
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'available', attempt = 0, "
-          "completed_at = NULL", S);
+          "completed_at = NULL",
+          S);
   ct_exec("UPDATE %s.cairnloop_messages SET metadata = metadata || '{\"status\": \"pending\"}'", S);
   before = cl__db_round_trips(w->eng);
   assert_stats(work(w->eng, 500), 0, 0, 200, 0, 0);
   assert_int_equal(cl__db_round_trips(w->eng) - before, 1);
   assert_int_equal(ct_capture_count(&w->cap, "cairnloop.outbound.delivery.no_op"), 200);
-  ct_assert_scalar("200", "SELECT count(*) FROM %s.cairnloop_delivery_jobs j "
-                          "JOIN %s.cairnloop_messages m ON m.id = j.message_id "
-                          "WHERE j.state = 'completed' AND j.attempt = 1 "
-                          "AND m.metadata->>'status' = 'sent'", S, S);
+  ct_assert_scalar("200",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs j "
+                   "JOIN %s.cairnloop_messages m ON m.id = j.message_id "
+                   "WHERE j.state = 'completed' AND j.attempt = 1 "
+                   "AND m.metadata->>'status' = 'sent'",
+                   S, S);
 }
 
 /* A table's update counters as the statistics system has them, once the
@@ -715,9 +736,11 @@ static void test_work__a_batch_costs_two_round_trips_whatever_its_size(void **st
 static void table_updates(cl_engine *eng, const char *table, int64_t *updated, int64_t *hot) {
   PQclear(PQexec(cl__db_conn(eng), "SELECT pg_stat_force_next_flush()"));
   *updated = ct_int("SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = '%s' "
-                    "AND relname = '%s'", S, table);
+                    "AND relname = '%s'",
+                    S, table);
   *hot = ct_int("SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = '%s' "
-                "AND relname = '%s'", S, table);
+                "AND relname = '%s'",
+                S, table);
 }
 
 /* The claim changes no indexed column, so it is a HOT update: no index
@@ -804,7 +827,8 @@ static void test_wait__sleeps_until_the_next_scheduled_job(void **state) {
   ct_world *w = *state;
   int64_t mid = trigger(w->eng, 1, "t", 3600);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() + interval '300 ms' "
-          "WHERE message_id = %" PRId64, S, mid);
+          "WHERE message_id = %" PRId64,
+          S, mid);
   cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
@@ -823,9 +847,11 @@ static void test_wait__sees_a_due_job_behind_jobs_in_flight(void **state) {
   int64_t busy = trigger(w->eng, 1, "t", 0), due = trigger(w->eng, 2, "t", 0);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '1 hour', "
           "state = 'executing', attempt = 1, attempted_at = now(), lease_owner = 'busy:2:y', "
-          "lease_expires_at = now() + interval '1 hour' WHERE message_id = %" PRId64, S, busy);
+          "lease_expires_at = now() + interval '1 hour' WHERE message_id = %" PRId64,
+          S, busy);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET scheduled_at = now() - interval '1 minute' "
-          "WHERE message_id = %" PRId64, S, due);
+          "WHERE message_id = %" PRId64,
+          S, due);
   cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();
@@ -840,7 +866,8 @@ static void test_wait__sleeps_until_a_lease_expires(void **state) {
   trigger(w->eng, 2, "t", 3600);
   ct_exec("UPDATE %s.cairnloop_delivery_jobs SET state = 'executing', attempt = 1, "
           "attempted_at = now(), lease_owner = 'gone:1:x', "
-          "lease_expires_at = now() + interval '300 ms' WHERE message_id = %" PRId64, S, busy);
+          "lease_expires_at = now() + interval '300 ms' WHERE message_id = %" PRId64,
+          S, busy);
   cl_wake why;
   cl_error err;
   int64_t t0 = mono_ms();

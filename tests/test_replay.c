@@ -14,10 +14,10 @@
 
 static const char *const ENV = "3f6b2a10-9c8d-4e7f-a1b2-c3d4e5f60718";
 
-static cl_status bulk(ct_world *w, const int64_t *ids, size_t n, const char *tmpl,
-                      const char *body, cl_bulk_result *res, cl_error *err) {
-  cl_bulk_opts opts = {.template_id = tmpl, .rendered_body = body, .envelope_id = ENV,
-                       .actor = "agent_1"};
+static cl_status bulk(ct_world *w, const int64_t *ids, size_t n, const char *tmpl, const char *body,
+                      cl_bulk_result *res, cl_error *err) {
+  cl_bulk_opts opts = {
+      .template_id = tmpl, .rendered_body = body, .envelope_id = ENV, .actor = "agent_1"};
   memset(res, 0, sizeof *res);
   return cl_bulk_trigger(w->eng, ids, n, &opts, res, err);
 }
@@ -97,9 +97,11 @@ static void test_bulk_trigger__same_envelope_id_other_content_conflicts(void **s
     ct_assert_counts(S, 1, 3, 3);
   }
   /* The stored envelope is untouched. */
-  ct_assert_scalar("t|body|{1,2,3}|submitted", "SELECT concat_ws('|', template_id, "
+  ct_assert_scalar("t|body|{1,2,3}|submitted",
+                   "SELECT concat_ws('|', template_id, "
                    "rendered_body, recipient_conversation_ids, status) FROM "
-                   "%s.cairnloop_outbound_bulk_envelopes", S);
+                   "%s.cairnloop_outbound_bulk_envelopes",
+                   S);
   cl_bulk_result_clear(&first);
 }
 
@@ -115,8 +117,10 @@ static void test_bulk_trigger__conflict_over_cap_writes_nothing(void **state) {
   ct_assert_error(bulk(w, ids, 3, "t", "changed", &res, &err), &err, CL_ENVELOPE_CONFLICT, ENV);
   cl_bulk_result_clear(&res);
   ct_assert_counts(S, 1, 3, 3);
-  ct_assert_scalar("submitted|body|25", "SELECT concat_ws('|', status, rendered_body, "
-                   "effective_cap) FROM %s.cairnloop_outbound_bulk_envelopes", S);
+  ct_assert_scalar("submitted|body|25",
+                   "SELECT concat_ws('|', status, rendered_body, "
+                   "effective_cap) FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
   cl_bulk_result_clear(&first);
 }
 
@@ -134,8 +138,10 @@ static void test_bulk_trigger__refused_envelope_id_conflicts_on_other_content(vo
                   ENV);
   cl_bulk_result_clear(&res);
   ct_assert_counts(S, 1, 0, 0);
-  ct_assert_scalar("refused_cap_exceeded|body", "SELECT concat_ws('|', status, rendered_body) "
-                   "FROM %s.cairnloop_outbound_bulk_envelopes", S);
+  ct_assert_scalar("refused_cap_exceeded|body",
+                   "SELECT concat_ws('|', status, rendered_body) "
+                   "FROM %s.cairnloop_outbound_bulk_envelopes",
+                   S);
 }
 
 int main(void) {

@@ -141,11 +141,11 @@ static void assert_trace(const ct_event *e, const char *outcome, const char *env
   ct_assert_keys(&e->measurements, "count");
   ct_assert_int(&e->measurements, "count", 1);
   if (effective_cap < 0) {
-    ct_assert_keys(&e->metadata, "openinference.span.kind", "bulk_envelope_id",
-                   "conversation_id", "template_id", "actor_id", "outcome");
+    ct_assert_keys(&e->metadata, "openinference.span.kind", "bulk_envelope_id", "conversation_id",
+                   "template_id", "actor_id", "outcome");
   } else {
-    ct_assert_keys(&e->metadata, "openinference.span.kind", "bulk_envelope_id",
-                   "conversation_id", "template_id", "actor_id", "outcome", "effective_cap");
+    ct_assert_keys(&e->metadata, "openinference.span.kind", "bulk_envelope_id", "conversation_id",
+                   "template_id", "actor_id", "outcome", "effective_cap");
     ct_assert_int(&e->metadata, "effective_cap", effective_cap);
   }
   ct_assert_str(&e->metadata, "openinference.span.kind", "GUARDRAIL");
@@ -172,8 +172,8 @@ static void assert_trace(const ct_event *e, const char *outcome, const char *env
 
 static cl_status trigger(fixture *f, int64_t conv, const char *actor, const char *env,
                          cl_error *err) {
-  cl_trigger_opts opts = {.template_id = "tpl", .actor = actor, .bulk_envelope_id = env,
-                          .content = "secret content"};
+  cl_trigger_opts opts = {
+      .template_id = "tpl", .actor = actor, .bulk_envelope_id = env, .content = "secret content"};
   cl_trigger_result res = {0};
   cl_status st = cl_trigger(f->w->eng, conv, &opts, &res, err);
   cl_trigger_result_clear(&res);
@@ -306,8 +306,7 @@ static void test_telemetry__bulk_success(void **state) {
   cl_error err;
   ct_assert_ok(bulk(f, ids, 3, "agent_1", env, &err), &err);
   const ct_capture *c = &f->w->cap;
-  const expect want[] = {{B_START, 1}, {B_STOP, 1}, {T_START, 3}, {T_STOP, 3},
-                         {TR_B_SUBMITTED, 1}};
+  const expect want[] = {{B_START, 1}, {B_STOP, 1}, {T_START, 3}, {T_STOP, 3}, {TR_B_SUBMITTED, 1}};
   assert_events(c, want, CT_ARRAY_LEN(want));
   const ct_event *bstart = nth(c, B_START, 0), *bstop = nth(c, B_STOP, 0);
   assert_start(bstart, "submitted", 3);
@@ -489,8 +488,8 @@ typedef struct probe {
   int nparts;
 } probe;
 
-static void probe_handler(const char *const *event, const cl_measurements *m,
-                          const cl_metadata *md, void *config) {
+static void probe_handler(const char *const *event, const cl_measurements *m, const cl_metadata *md,
+                          void *config) {
   (void)m;
   (void)md;
   probe *p = config;
@@ -535,8 +534,8 @@ static void test_attach__taken_id_is_invalid_argument(void **state) {
   ct_assert_error(cl_attach_many(f->w->eng, "dup", names, 2, probe_handler, &p, NULL, &err), &err,
                   CL_INVALID_ARGUMENT, "dup");
   /* The id used by the capture of every test is taken too. */
-  ct_assert_error(cl_attach(f->w->eng, "test-capture", T_STOP, probe_handler, &p, NULL, &err),
-                  &err, CL_INVALID_ARGUMENT, NULL);
+  ct_assert_error(cl_attach(f->w->eng, "test-capture", T_STOP, probe_handler, &p, NULL, &err), &err,
+                  CL_INVALID_ARGUMENT, NULL);
   /* The refused attaches changed nothing. */
   ct_assert_ok(trigger(f, 1, NULL, NULL, &err), &err);
   assert_int_equal(p.calls, 1);
@@ -630,8 +629,7 @@ static void test_detach__handler_detaching_another_during_emit_is_safe(void **st
   cl_error err;
   ct_assert_ok(cl_attach(f->w->eng, "first", T_START, probe_handler, &first, probe_release, &err),
                &err);
-  ct_assert_ok(cl_attach(f->w->eng, "second", T_START, probe_handler, &second, probe_release,
-                         &err),
+  ct_assert_ok(cl_attach(f->w->eng, "second", T_START, probe_handler, &second, probe_release, &err),
                &err);
   const int64_t ids[] = {1, 2, 3};
   ct_assert_ok(bulk(f, ids, 3, NULL, NULL, &err), &err);

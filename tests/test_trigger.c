@@ -42,15 +42,17 @@ static void test_trigger__writes_pending_message_and_available_job(void **state)
 
   ct_assert_counts(S, 0, 1, 1);
   long long mid = (long long)m->id, jid = (long long)j->id;
-  ct_assert_scalar("3|system_outbound|hello|recovery_v1|pending|t",
-                   "SELECT concat_ws('|', conversation_id, role, content, "
-                   "metadata->>'template_id', metadata->>'status', "
-                   "metadata->>'bulk_envelope_id' IS NULL) FROM %s.cairnloop_messages WHERE id = %lld",
-                   S, mid);
+  ct_assert_scalar(
+      "3|system_outbound|hello|recovery_v1|pending|t",
+      "SELECT concat_ws('|', conversation_id, role, content, "
+      "metadata->>'template_id', metadata->>'status', "
+      "metadata->>'bulk_envelope_id' IS NULL) FROM %s.cairnloop_messages WHERE id = %lld",
+      S, mid);
   /* metadata holds the designed keys and nothing else. */
-  ct_assert_scalar("t", "SELECT (SELECT array_agg(k) FROM jsonb_object_keys(metadata) k) <@ "
-                        "ARRAY['template_id', 'status', 'bulk_envelope_id'] FROM "
-                        "%s.cairnloop_messages WHERE id = %lld",
+  ct_assert_scalar("t",
+                   "SELECT (SELECT array_agg(k) FROM jsonb_object_keys(metadata) k) <@ "
+                   "ARRAY['template_id', 'status', 'bulk_envelope_id'] FROM "
+                   "%s.cairnloop_messages WHERE id = %lld",
                    S, mid);
   ct_assert_scalar("outbound|3|recovery_v1|t|available|0|t|t",
                    "SELECT concat_ws('|', worker, conversation_id, template_id, "
@@ -60,14 +62,15 @@ static void test_trigger__writes_pending_message_and_available_job(void **state)
   ct_assert_scalar("t", "SELECT message_id = %lld FROM %s.cairnloop_delivery_jobs WHERE id = %lld",
                    mid, S, jid);
   /* The job's args carry the same four facts. */
-  ct_assert_scalar("t",
-                   "SELECT (args->>'message_id')::bigint = %lld AND "
-                   "(args->>'conversation_id')::bigint = 3 AND args->>'template_id' = 'recovery_v1' "
-                   "AND args->>'bulk_envelope_id' IS NULL AND "
-                   "(SELECT array_agg(k) FROM jsonb_object_keys(args) k) <@ ARRAY['message_id', "
-                   "'conversation_id', 'template_id', 'bulk_envelope_id'] "
-                   "FROM %s.cairnloop_delivery_jobs WHERE id = %lld",
-                   mid, S, jid);
+  ct_assert_scalar(
+      "t",
+      "SELECT (args->>'message_id')::bigint = %lld AND "
+      "(args->>'conversation_id')::bigint = 3 AND args->>'template_id' = 'recovery_v1' "
+      "AND args->>'bulk_envelope_id' IS NULL AND "
+      "(SELECT array_agg(k) FROM jsonb_object_keys(args) k) <@ ARRAY['message_id', "
+      "'conversation_id', 'template_id', 'bulk_envelope_id'] "
+      "FROM %s.cairnloop_delivery_jobs WHERE id = %lld",
+      mid, S, jid);
   cl_trigger_result_clear(&res);
 }
 
@@ -123,12 +126,18 @@ static void test_trigger__threads_bulk_envelope_id_into_message_and_job(void **s
   ct_assert_ok(cl_trigger(w->eng, 4, &opts, &res, &err), &err);
   assert_string_equal(res.message.bulk_envelope_id, id);
   assert_string_equal(res.delivery_job.bulk_envelope_id, id);
-  ct_assert_scalar(id, "SELECT metadata->>'bulk_envelope_id' FROM %s.cairnloop_messages "
-                       "WHERE id = %lld", S, (long long)res.message.id);
-  ct_assert_scalar(id, "SELECT bulk_envelope_id::text FROM %s.cairnloop_delivery_jobs "
-                       "WHERE id = %lld", S, (long long)res.delivery_job.id);
-  ct_assert_scalar(id, "SELECT args->>'bulk_envelope_id' FROM %s.cairnloop_delivery_jobs "
-                       "WHERE id = %lld", S, (long long)res.delivery_job.id);
+  ct_assert_scalar(id,
+                   "SELECT metadata->>'bulk_envelope_id' FROM %s.cairnloop_messages "
+                   "WHERE id = %lld",
+                   S, (long long)res.message.id);
+  ct_assert_scalar(id,
+                   "SELECT bulk_envelope_id::text FROM %s.cairnloop_delivery_jobs "
+                   "WHERE id = %lld",
+                   S, (long long)res.delivery_job.id);
+  ct_assert_scalar(id,
+                   "SELECT args->>'bulk_envelope_id' FROM %s.cairnloop_delivery_jobs "
+                   "WHERE id = %lld",
+                   S, (long long)res.delivery_job.id);
   cl_trigger_result_clear(&res);
 }
 
@@ -141,10 +150,14 @@ static void test_trigger__uppercase_envelope_id_is_stored_canonical(void **state
   ct_assert_ok(cl_trigger(w->eng, 4, &opts, &res, &err), &err);
   const char *lower = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50";
   assert_string_equal(res.message.bulk_envelope_id, lower);
-  ct_assert_scalar(lower, "SELECT metadata->>'bulk_envelope_id' FROM %s.cairnloop_messages "
-                          "WHERE id = %lld", S, (long long)res.message.id);
-  ct_assert_scalar(lower, "SELECT args->>'bulk_envelope_id' FROM %s.cairnloop_delivery_jobs "
-                          "WHERE id = %lld", S, (long long)res.delivery_job.id);
+  ct_assert_scalar(lower,
+                   "SELECT metadata->>'bulk_envelope_id' FROM %s.cairnloop_messages "
+                   "WHERE id = %lld",
+                   S, (long long)res.message.id);
+  ct_assert_scalar(lower,
+                   "SELECT args->>'bulk_envelope_id' FROM %s.cairnloop_delivery_jobs "
+                   "WHERE id = %lld",
+                   S, (long long)res.delivery_job.id);
   cl_trigger_result_clear(&res);
 }
 
@@ -158,8 +171,8 @@ static void test_trigger__hostile_strings_are_stored_as_data(void **state) {
   ct_world *w = *state;
   int64_t tables = ct_int("SELECT count(*) FROM pg_tables WHERE schemaname = '%s'", S);
   const char *tmpl = "'); DROP TABLE x; --";
-  cl_trigger_opts opts = {.template_id = tmpl, .content = tricky_content,
-                          .actor = "Robert'); DROP TABLE students;--"};
+  cl_trigger_opts opts = {
+      .template_id = tmpl, .content = tricky_content, .actor = "Robert'); DROP TABLE students;--"};
   cl_trigger_result res = {0};
   cl_error err;
   ct_assert_ok(cl_trigger(w->eng, 5, &opts, &res, &err), &err);
@@ -173,13 +186,16 @@ static void test_trigger__hostile_strings_are_stored_as_data(void **state) {
                     "SELECT content FROM " S ".cairnloop_messages WHERE id = $1::bigint", id);
   ct_assert_scalar1(tmpl,
                     "SELECT metadata->>'template_id' FROM " S ".cairnloop_messages "
-                    "WHERE id = $1::bigint", id);
+                    "WHERE id = $1::bigint",
+                    id);
   ct_assert_scalar1(tmpl,
                     "SELECT template_id FROM " S ".cairnloop_delivery_jobs WHERE message_id = "
-                    "$1::bigint", id);
+                    "$1::bigint",
+                    id);
   ct_assert_scalar1(tmpl,
                     "SELECT args->>'template_id' FROM " S ".cairnloop_delivery_jobs "
-                    "WHERE message_id = $1::bigint", id);
+                    "WHERE message_id = $1::bigint",
+                    id);
   /* Every table is still there. */
   assert_int_equal(ct_int("SELECT count(*) FROM pg_tables WHERE schemaname = '%s'", S), tables);
   ct_assert_counts(S, 0, 1, 1);

@@ -89,8 +89,7 @@ static int group_setup(void **state) {
   }
   assert_int_equal(pclose(p), 0);
   assert_true(C.dir[0] && host[0] && port[0]);
-  snprintf(C.url, sizeof C.url, "postgresql:///postgres?host=%s&port=%s&user=postgres", host,
-           port);
+  snprintf(C.url, sizeof C.url, "postgresql:///postgres?host=%s&port=%s&user=postgres", host, port);
   return 0;
 }
 
@@ -113,9 +112,9 @@ static cl_engine *open_engine(cl_config *cfg, ct_log *log) {
            "%s.cairnloop_outbound_bulk_envelopes, %s.cairnloop_conversations RESTART IDENTITY",
            S, S, S, S);
   pg_exec(sql);
-  snprintf(sql, sizeof sql,
-           "INSERT INTO %s.cairnloop_conversations (subject) SELECT 'c' FROM generate_series(1, 50)",
-           S);
+  snprintf(
+      sql, sizeof sql,
+      "INSERT INTO %s.cairnloop_conversations (subject) SELECT 'c' FROM generate_series(1, 50)", S);
   pg_exec(sql);
   return eng;
 }
@@ -187,7 +186,7 @@ static void test_trust_faults__only_the_first_call_after_a_restart_may_fail(void
 /* A notifier that stops the server while the batch is in its hands. */
 typedef struct crashing {
   int calls;
-  int crash_at; /* the call that stops the server (1-based), 0: never */
+  int crash_at;  /* the call that stops the server (1-based), 0: never */
   int64_t *seen; /* message ids, in call order */
   int cap;
 } crashing;
@@ -211,7 +210,8 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void test_trust_faults__outcomes_of_a_lost_connection_are_recorded_on_reconnect(void **state) {
+static void test_trust_faults__outcomes_of_a_lost_connection_are_recorded_on_reconnect(
+    void **state) {
   (void)state;
   enum { N = 20 };
   ct_log log = {0};

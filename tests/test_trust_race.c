@@ -40,8 +40,8 @@ static void *race(void *arg) {
   racer *r = arg;
   int64_t ids[64];
   for (size_t i = 0; i < r->n; i++) ids[i] = (int64_t)i + 1;
-  cl_bulk_opts opts = {.template_id = "race", .rendered_body = r->body,
-                       .envelope_id = r->envelope_id};
+  cl_bulk_opts opts = {
+      .template_id = "race", .rendered_body = r->body, .envelope_id = r->envelope_id};
   cl_bulk_result res;
   pthread_barrier_wait(r->start);
   r->st = cl_bulk_trigger(r->eng, ids, r->n, &opts, &res, &r->err);
@@ -60,8 +60,11 @@ static void run_race(cl_engine **engines, racer *r, const char *envelope_id,
   pthread_t threads[RACERS];
   assert_int_equal(pthread_barrier_init(&start, NULL, RACERS), 0);
   for (int i = 0; i < RACERS; i++) {
-    r[i] = (racer){.eng = engines[i], .start = &start, .envelope_id = envelope_id,
-                   .body = bodies[i % nbodies], .n = n};
+    r[i] = (racer){.eng = engines[i],
+                   .start = &start,
+                   .envelope_id = envelope_id,
+                   .body = bodies[i % nbodies],
+                   .n = n};
     assert_int_equal(pthread_create(&threads[i], NULL, race, &r[i]), 0);
   }
   for (int i = 0; i < RACERS; i++) pthread_join(threads[i], NULL);
@@ -124,11 +127,17 @@ static void test_trust_race__same_envelope_id_same_content_all_succeed_one_write
     assert_int_equal(written, 1);
     assert_int_equal(replayed, RACERS - 1);
     assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_outbound_bulk_envelopes "
-                            "WHERE id = '%s'", S, id), 1);
+                            "WHERE id = '%s'",
+                            S, id),
+                     1);
     assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_messages "
-                            "WHERE metadata->>'bulk_envelope_id' = '%s'", S, id), COHORT);
+                            "WHERE metadata->>'bulk_envelope_id' = '%s'",
+                            S, id),
+                     COHORT);
     assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_delivery_jobs "
-                            "WHERE bulk_envelope_id = '%s'", S, id), COHORT);
+                            "WHERE bulk_envelope_id = '%s'",
+                            S, id),
+                     COHORT);
   }
 }
 
@@ -143,24 +152,29 @@ static void test_trust_race__same_envelope_id_different_content_replay_or_confli
     racer r[RACERS];
     run_race(f->engines, r, id, bodies, 2, COHORT);
     char *stored = ct_scalar("SELECT rendered_body FROM %s.cairnloop_outbound_bulk_envelopes "
-                             "WHERE id = '%s'", S, id);
+                             "WHERE id = '%s'",
+                             S, id);
     assert_non_null(stored);
     int written = 0;
     for (int i = 0; i < RACERS; i++) {
       bool winner_content = strcmp(r[i].body, stored) == 0;
       if (winner_content) {
         if (r[i].st != CL_OK)
-          fail_msg("round %d racer %d: %s: %s", round, i, cl_status_name(r[i].st), r[i].err.message);
+          fail_msg("round %d racer %d: %s: %s", round, i, cl_status_name(r[i].st),
+                   r[i].err.message);
         if (!r[i].replayed) written++;
       } else {
         if (r[i].st != CL_ENVELOPE_CONFLICT)
-          fail_msg("round %d racer %d: %s: %s", round, i, cl_status_name(r[i].st), r[i].err.message);
+          fail_msg("round %d racer %d: %s: %s", round, i, cl_status_name(r[i].st),
+                   r[i].err.message);
       }
     }
     free(stored);
     assert_int_equal(written, 1);
     assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_messages "
-                            "WHERE metadata->>'bulk_envelope_id' = '%s'", S, id), COHORT);
+                            "WHERE metadata->>'bulk_envelope_id' = '%s'",
+                            S, id),
+                     COHORT);
   }
 }
 
@@ -184,7 +198,9 @@ static void test_trust_race__same_envelope_id_over_the_cap_is_refused_once(void 
       }
     }
     assert_int_equal(ct_int("SELECT count(*) FROM %s.cairnloop_outbound_bulk_envelopes "
-                            "WHERE id = '%s' AND status = 'refused_cap_exceeded'", S, id), 1);
+                            "WHERE id = '%s' AND status = 'refused_cap_exceeded'",
+                            S, id),
+                     1);
   }
 }
 

@@ -79,8 +79,8 @@ static void run_trigger_cases(fixture *f, const trigger_case *cases, size_t n) {
     cl_trigger_result res = {0};
     cl_error err;
     memset(&err, 0, sizeof err);
-    cl_status st = cl_trigger(f->w->eng, c->conversation_id, c->null_opts ? NULL : &c->opts,
-                              &res, &err);
+    cl_status st = cl_trigger(f->w->eng, c->conversation_id, c->null_opts ? NULL : &c->opts, &res,
+                              &err);
     if (st != CL_INVALID_ARGUMENT) print_error("case: %s\n", c->what);
     ct_assert_error(st, &err, CL_INVALID_ARGUMENT, c->needle);
     if (c->needle2 != NULL) ct_assert_error(st, &err, CL_INVALID_ARGUMENT, c->needle2);
@@ -107,8 +107,7 @@ static void test_trigger__rejects_bad_template_id(void **state) {
       {"256-byte template_id", 1, {.template_id = long_tmpl}, false, "template_id", NULL},
       {"invalid UTF-8 template_id", 1, {.template_id = "ab\xff\xfe"}, false, "template_id", NULL},
       {"overlong UTF-8 template_id", 1, {.template_id = "\xc0\xaf"}, false, "template_id", NULL},
-      {"surrogate in template_id", 1, {.template_id = "\xed\xa0\x80"}, false, "template_id",
-       NULL},
+      {"surrogate in template_id", 1, {.template_id = "\xed\xa0\x80"}, false, "template_id", NULL},
   };
   run_trigger_cases(*state, cases, CT_ARRAY_LEN(cases));
   free(long_tmpl);
@@ -117,12 +116,19 @@ static void test_trigger__rejects_bad_template_id(void **state) {
 static void test_trigger__rejects_bad_content(void **state) {
   char *huge = repeat('b', CL_MAX_BODY_BYTES + 1);
   const trigger_case cases[] = {
-      {"invalid UTF-8 content", 1, {.template_id = "t", .content = "caf\xe9"}, false, "content",
+      {"invalid UTF-8 content",
+       1,
+       {.template_id = "t", .content = "caf\xe9"},
+       false,
+       "content",
        NULL},
-      {"truncated UTF-8 content", 1, {.template_id = "t", .content = "\xe2\x82"}, false,
-       "content", NULL},
-      {"content over the limit", 1, {.template_id = "t", .content = huge}, false, "content",
+      {"truncated UTF-8 content",
+       1,
+       {.template_id = "t", .content = "\xe2\x82"},
+       false,
+       "content",
        NULL},
+      {"content over the limit", 1, {.template_id = "t", .content = huge}, false, "content", NULL},
   };
   run_trigger_cases(*state, cases, CT_ARRAY_LEN(cases));
   free(huge);
@@ -130,12 +136,24 @@ static void test_trigger__rejects_bad_content(void **state) {
 
 static void test_trigger__rejects_bad_schedule_in(void **state) {
   const trigger_case cases[] = {
-      {"negative schedule_in", 1, {.template_id = "t", .schedule_in = -1}, false, "schedule_in",
+      {"negative schedule_in",
+       1,
+       {.template_id = "t", .schedule_in = -1},
+       false,
+       "schedule_in",
        NULL},
-      {"schedule_in past the limit", 1,
-       {.template_id = "t", .schedule_in = CL_MAX_SCHEDULE_IN + 1}, false, "schedule_in", NULL},
-      {"INT64_MAX schedule_in", 1, {.template_id = "t", .schedule_in = INT64_MAX}, false,
-       "schedule_in", NULL},
+      {"schedule_in past the limit",
+       1,
+       {.template_id = "t", .schedule_in = CL_MAX_SCHEDULE_IN + 1},
+       false,
+       "schedule_in",
+       NULL},
+      {"INT64_MAX schedule_in",
+       1,
+       {.template_id = "t", .schedule_in = INT64_MAX},
+       false,
+       "schedule_in",
+       NULL},
   };
   run_trigger_cases(*state, cases, CT_ARRAY_LEN(cases));
 }
@@ -152,23 +170,43 @@ static void test_trigger__rejects_bad_actor(void **state) {
 
 static void test_trigger__rejects_bad_bulk_envelope_id(void **state) {
   const trigger_case cases[] = {
-      {"not a uuid", 1, {.template_id = "t", .bulk_envelope_id = "not-a-uuid"}, false,
-       "bulk_envelope_id", NULL},
-      {"empty uuid", 1, {.template_id = "t", .bulk_envelope_id = ""}, false, "bulk_envelope_id",
+      {"not a uuid",
+       1,
+       {.template_id = "t", .bulk_envelope_id = "not-a-uuid"},
+       false,
+       "bulk_envelope_id",
        NULL},
-      {"uuid one digit short", 1,
-       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f5"}, false,
-       "bulk_envelope_id", NULL},
-      {"uuid with a non-hex digit", 1,
-       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f5g"}, false,
-       "bulk_envelope_id", NULL},
-      {"uuid with trailing text", 1,
+      {"empty uuid",
+       1,
+       {.template_id = "t", .bulk_envelope_id = ""},
+       false,
+       "bulk_envelope_id",
+       NULL},
+      {"uuid one digit short",
+       1,
+       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f5"},
+       false,
+       "bulk_envelope_id",
+       NULL},
+      {"uuid with a non-hex digit",
+       1,
+       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f5g"},
+       false,
+       "bulk_envelope_id",
+       NULL},
+      {"uuid with trailing text",
+       1,
        {.template_id = "t", .bulk_envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50'; --"},
-       false, "bulk_envelope_id", NULL},
+       false,
+       "bulk_envelope_id",
+       NULL},
       /* The message quotes the bad value: it must stay one line. */
-      {"uuid with a newline", 1,
-       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e\n6f4a-4d2b-9a57-1f0c2d3e4f50"}, false,
-       "bulk_envelope_id", NULL},
+      {"uuid with a newline",
+       1,
+       {.template_id = "t", .bulk_envelope_id = "0b9e3c1e\n6f4a-4d2b-9a57-1f0c2d3e4f50"},
+       false,
+       "bulk_envelope_id",
+       NULL},
   };
   run_trigger_cases(*state, cases, CT_ARRAY_LEN(cases));
 }
@@ -192,8 +230,8 @@ static void run_bulk_cases(fixture *f, const bulk_case *cases, size_t n) {
     cl_bulk_result res = {0};
     cl_error err;
     memset(&err, 0, sizeof err);
-    cl_status st =
-        cl_bulk_trigger(f->w->eng, c->ids, c->count, c->null_opts ? NULL : &c->opts, &res, &err);
+    cl_status st = cl_bulk_trigger(f->w->eng, c->ids, c->count, c->null_opts ? NULL : &c->opts,
+                                   &res, &err);
     if (st != CL_INVALID_ARGUMENT) print_error("case: %s\n", c->what);
     ct_assert_error(st, &err, CL_INVALID_ARGUMENT, c->needle);
     if (c->needle2 != NULL) ct_assert_error(st, &err, CL_INVALID_ARGUMENT, c->needle2);
@@ -216,9 +254,21 @@ static void test_bulk_trigger__rejects_bad_cohorts(void **state) {
       {"empty cohort", one, 0, {OK_OPTS}, false, "conversation", NULL, NULL},
       {"zero id", has_zero, 3, {OK_OPTS}, false, "conversation", " 0", NULL},
       {"negative id", has_negative, 3, {OK_OPTS}, false, "conversation", "-3", NULL},
-      {"duplicate id 7", dup7, 3, {OK_OPTS}, false, NULL, NULL,
+      {"duplicate id 7",
+       dup7,
+       3,
+       {OK_OPTS},
+       false,
+       NULL,
+       NULL,
        "duplicate conversation id 7 in cohort"},
-      {"adjacent duplicate", dup_adjacent, 2, {OK_OPTS}, false, NULL, NULL,
+      {"adjacent duplicate",
+       dup_adjacent,
+       2,
+       {OK_OPTS},
+       false,
+       NULL,
+       NULL,
        "duplicate conversation id 4 in cohort"},
   };
   run_bulk_cases(*state, cases, CT_ARRAY_LEN(cases));
@@ -232,23 +282,70 @@ static void test_bulk_trigger__rejects_bad_options(void **state) {
   const bulk_case cases[] = {
       {"missing opts", ids, 3, {0}, true, NULL, NULL, NULL},
       {"missing template_id", ids, 3, {.rendered_body = "b"}, false, "template_id", NULL, NULL},
-      {"empty template_id", ids, 3, {.template_id = "", .rendered_body = "b"}, false,
-       "template_id", NULL, NULL},
-      {"256-byte template_id", ids, 3, {.template_id = long_tmpl, .rendered_body = "b"}, false,
-       "template_id", NULL, NULL},
-      {"invalid UTF-8 template_id", ids, 3, {.template_id = "\xff", .rendered_body = "b"}, false,
-       "template_id", NULL, NULL},
-      {"missing rendered_body", ids, 3, {.template_id = "t"}, false, "rendered_body", NULL, NULL},
-      {"invalid UTF-8 rendered_body", ids, 3, {.template_id = "t", .rendered_body = "x\x80y"},
-       false, "rendered_body", NULL, NULL},
-      {"rendered_body over the limit", ids, 3, {.template_id = "t", .rendered_body = huge}, false,
-       "rendered_body", NULL, NULL},
-      {"bad envelope_id", ids, 3, {OK_OPTS, .envelope_id = "1234"}, false, "envelope_id", NULL,
+      {"empty template_id",
+       ids,
+       3,
+       {.template_id = "", .rendered_body = "b"},
+       false,
+       "template_id",
+       NULL,
        NULL},
-      {"envelope_id with a newline", ids, 3,
-       {OK_OPTS, .envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50\n"}, false, "envelope_id",
-       NULL, NULL},
-      {"negative schedule_in", ids, 3, {OK_OPTS, .schedule_in = -30}, false, "schedule_in", NULL,
+      {"256-byte template_id",
+       ids,
+       3,
+       {.template_id = long_tmpl, .rendered_body = "b"},
+       false,
+       "template_id",
+       NULL,
+       NULL},
+      {"invalid UTF-8 template_id",
+       ids,
+       3,
+       {.template_id = "\xff", .rendered_body = "b"},
+       false,
+       "template_id",
+       NULL,
+       NULL},
+      {"missing rendered_body", ids, 3, {.template_id = "t"}, false, "rendered_body", NULL, NULL},
+      {"invalid UTF-8 rendered_body",
+       ids,
+       3,
+       {.template_id = "t", .rendered_body = "x\x80y"},
+       false,
+       "rendered_body",
+       NULL,
+       NULL},
+      {"rendered_body over the limit",
+       ids,
+       3,
+       {.template_id = "t", .rendered_body = huge},
+       false,
+       "rendered_body",
+       NULL,
+       NULL},
+      {"bad envelope_id",
+       ids,
+       3,
+       {OK_OPTS, .envelope_id = "1234"},
+       false,
+       "envelope_id",
+       NULL,
+       NULL},
+      {"envelope_id with a newline",
+       ids,
+       3,
+       {OK_OPTS, .envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50\n"},
+       false,
+       "envelope_id",
+       NULL,
+       NULL},
+      {"negative schedule_in",
+       ids,
+       3,
+       {OK_OPTS, .schedule_in = -30},
+       false,
+       "schedule_in",
+       NULL,
        NULL},
       {"invalid UTF-8 actor", ids, 3, {OK_OPTS, .actor = "\xfe"}, false, "actor", NULL, NULL},
       {"256-byte actor", ids, 3, {OK_OPTS, .actor = long_actor}, false, "actor", NULL, NULL},
@@ -267,10 +364,22 @@ static void test_bulk_trigger__invalid_over_cap_cohort_stores_no_refusal(void **
   dup_over[26] = 5;
   neg_over[13] = -1;
   const bulk_case cases[] = {
-      {"duplicate in 27 ids", dup_over, 27, {OK_OPTS}, false, NULL, NULL,
+      {"duplicate in 27 ids",
+       dup_over,
+       27,
+       {OK_OPTS},
+       false,
+       NULL,
+       NULL,
        "duplicate conversation id 5 in cohort"},
       {"negative in 27 ids", neg_over, 27, {OK_OPTS}, false, "-1", NULL, NULL},
-      {"no template, 27 ids", ok_over, 27, {.rendered_body = "b"}, false, "template_id", NULL,
+      {"no template, 27 ids",
+       ok_over,
+       27,
+       {.rendered_body = "b"},
+       false,
+       "template_id",
+       NULL,
        NULL},
       {"no body, 27 ids", ok_over, 27, {.template_id = "t"}, false, "rendered_body", NULL, NULL},
   };
@@ -282,7 +391,8 @@ static void test_bulk_trigger__invalid_over_cap_cohort_stores_no_refusal(void **
 static void test_validation__valid_inputs_pass_the_same_fixture(void **state) {
   fixture *f = *state;
   static const int64_t ids[] = {1, 2, 3};
-  cl_bulk_opts bopts = {OK_OPTS, .actor = "op", .envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50"};
+  cl_bulk_opts bopts = {OK_OPTS, .actor = "op",
+                        .envelope_id = "0b9e3c1e-6f4a-4d2b-9a57-1f0c2d3e4f50"};
   cl_bulk_result bres = {0};
   cl_error err;
   ct_assert_ok(cl_bulk_trigger(f->w->eng, ids, 3, &bopts, &bres, &err), &err);

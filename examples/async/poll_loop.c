@@ -58,8 +58,9 @@ static void on_triggered(void *ud, cl_status st, const cl_error *err, cl_trigger
   char what[64];
   snprintf(what, sizeof what, "trigger %lld", t->id);
   if (st != CL_OK) report(t->h, what, st, err);
-  else printf("%s: message %lld, job %lld%s\n", what, (long long)res->message.id,
-              (long long)res->delivery_job.id, res->duplicate ? " (duplicate)" : "");
+  else
+    printf("%s: message %lld, job %lld%s\n", what, (long long)res->message.id,
+           (long long)res->delivery_job.id, res->duplicate ? " (duplicate)" : "");
 }
 
 static void on_worked(void *ud, cl_status st, const cl_error *err, const cl_work_stats *stats) {

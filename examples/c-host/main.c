@@ -38,7 +38,7 @@
 #include <string.h>
 #include <time.h>
 
-#define TICK_NS 16666667LL   /* 60 Hz */
+#define TICK_NS 16666667LL     /* 60 Hz */
 #define GAME_WORK_NS 2000000LL /* the simulation's share of a tick */
 #define EVENT_EVERY 30         /* ticks between raids: twice a second */
 #define RAID_SIZE 1000         /* recipients of one compensation bulk */
@@ -72,13 +72,13 @@ typedef struct game {
   int submitted[NKINDS], completed[NKINDS];
   series latency[NKINDS];
   series ticks;
-  int off_thread;    /* callbacks run on another thread: must stay 0 */
-  int errors;        /* failed calls */
+  int off_thread; /* callbacks run on another thread: must stay 0 */
+  int errors;     /* failed calls */
   bool work_in_flight;
   int ragequits, checkins, duplicate_checkins;
   int raids, envelopes, replayed_envelopes, raid_messages;
   long work_sent, work_failed;
-  long query_result[2]; /* sent, total: the closing check */
+  long query_result[2];  /* sent, total: the closing check */
   atomic_long delivered; /* counted by the notifier, on the engine thread */
 } game;
 
@@ -302,7 +302,10 @@ static void rage_quit(game *g) {
   cl_trigger_opts t;
   cl_error err;
   op *o = new_op(g, K_TRIGGER);
-  if (o == NULL) { g->errors++; return; }
+  if (o == NULL) {
+    g->errors++;
+    return;
+  }
   memset(&t, 0, sizeof t);
   t.template_id = "ragequit_checkin_v1";
   t.content = "Rough match. Anything we can help with? Reply here and a GM will pick it up.";
@@ -321,7 +324,10 @@ static void raid_wipe(game *g, int raid) {
   char envelope_id[CL_UUID_LEN + 1];
   size_t n = g->nplayers < RAID_SIZE ? g->nplayers : RAID_SIZE;
   op *o = new_op(g, K_BULK);
-  if (o == NULL) { g->errors++; return; }
+  if (o == NULL) {
+    g->errors++;
+    return;
+  }
   memset(&b, 0, sizeof b);
   snprintf(envelope_id, sizeof envelope_id, "9a1d0000-%04x-4%03x-8000-000000000000",
            (unsigned)g->night & 0xffff, (unsigned)raid & 0xfff);
@@ -337,7 +343,10 @@ static void deliver(game *g) {
   cl_error err;
   op *o;
   if (g->work_in_flight) return; /* one slice at a time: never pile up */
-  if ((o = new_op(g, K_WORK)) == NULL) { g->errors++; return; }
+  if ((o = new_op(g, K_WORK)) == NULL) {
+    g->errors++;
+    return;
+  }
   g->work_in_flight = true;
   submitted(g, o, cl_async_work(g->a, WORK_LIMIT, on_worked, o, &err), &err);
   if (g->submitted[K_WORK] == g->completed[K_WORK]) g->work_in_flight = false;
@@ -353,7 +362,8 @@ static void game_work(void) {
 
 static void sleep_until(long long t) {
   struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {}
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {
+  }
 }
 
 /* Start-up and shut-down only: waits for one kind's submissions to complete. */
@@ -369,7 +379,8 @@ static char *ids_literal(const game *g) {
   char *out = malloc(g->ncreated * 21 + 3), *p = out;
   if (out == NULL) return NULL;
   *p++ = '{';
-  for (size_t i = 0; i < g->ncreated; i++) p += sprintf(p, "%s%" PRId64, i ? "," : "", g->created[i]);
+  for (size_t i = 0; i < g->ncreated; i++)
+    p += sprintf(p, "%s%" PRId64, i ? "," : "", g->created[i]);
   strcpy(p, "}");
   return out;
 }
@@ -503,8 +514,8 @@ int main(int argc, char **argv) {
   for (int k = 0; k < NKINDS; k++) lost += g.submitted[k] - g.completed[k];
   status = g.errors == 0 && lost == 0 && g.off_thread == 0 &&
                    g.query_result[0] == (long)g.ncreated && g.query_result[1] == (long)g.ncreated
-               ? 0
-               : 1;
+             ? 0
+             : 1;
   printf("summary: ticks=%ld players=%zu ragequits=%d checkins=%d duplicate_checkins=%d"
          " raids=%d envelopes=%d replayed_envelopes=%d raid_messages=%d created=%zu"
          " delivered=%ld sent=%ld/%zu submitted=%d completed=%d lost=%d off_thread=%d"

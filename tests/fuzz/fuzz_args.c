@@ -21,8 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *buf = malloc(size + 1);
-  if (!buf)
-    abort();
+  if (!buf) abort();
   memcpy(buf, data, size);
   buf[size] = '\0';
   char *argv[MAX_ARGS + 2];
@@ -36,11 +35,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   cli_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
-  int (*run)(cli_ctx *ctx) = NULL;
+  int (*run)(cli_ctx * ctx) = NULL;
   int rc = cli_parse(&ctx, argc, argv, &run);
   if (rc == CLI_CONTINUE) {
-    if (!run || !ctx.command || ctx.nargs < 0 || ctx.args + ctx.nargs > argv + argc)
-      abort();
+    if (!run || !ctx.command || ctx.nargs < 0 || ctx.args + ctx.nargs > argv + argc) abort();
   } else if (rc < 0 || rc > 6 || run) {
     abort(); /* an exit status of the table, and nothing to run */
   }

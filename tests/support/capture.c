@@ -11,24 +11,15 @@
 #include <string.h>
 
 const char *const ct_all_events[] = {
-    "cairnloop.outbound.triggered.start",
-    "cairnloop.outbound.triggered.stop",
-    "cairnloop.outbound.triggered.exception",
-    "cairnloop.outbound.bulk.triggered.start",
-    "cairnloop.outbound.bulk.triggered.stop",
-    "cairnloop.outbound.bulk.triggered.exception",
-    "cairnloop.outbound.bulk.triggered",
-    "cairnloop.outbound.delivery.sent",
-    "cairnloop.outbound.delivery.failed",
-    "cairnloop.outbound.delivery.no_op",
-    "cairnloop.outbound.delivery.cancelled",
-    "cairnloop.outbound.trace.trigger_started",
-    "cairnloop.outbound.trace.trigger_completed",
-    "cairnloop.outbound.trace.trigger_failed",
-    "cairnloop.outbound.trace.bulk_submitted",
-    "cairnloop.outbound.trace.bulk_failed",
-    "cairnloop.outbound.trace.bulk_refused",
-    "cairnloop.outbound.trace.delivery_sent",
+    "cairnloop.outbound.triggered.start",         "cairnloop.outbound.triggered.stop",
+    "cairnloop.outbound.triggered.exception",     "cairnloop.outbound.bulk.triggered.start",
+    "cairnloop.outbound.bulk.triggered.stop",     "cairnloop.outbound.bulk.triggered.exception",
+    "cairnloop.outbound.bulk.triggered",          "cairnloop.outbound.delivery.sent",
+    "cairnloop.outbound.delivery.failed",         "cairnloop.outbound.delivery.no_op",
+    "cairnloop.outbound.delivery.cancelled",      "cairnloop.outbound.trace.trigger_started",
+    "cairnloop.outbound.trace.trigger_completed", "cairnloop.outbound.trace.trigger_failed",
+    "cairnloop.outbound.trace.bulk_submitted",    "cairnloop.outbound.trace.bulk_failed",
+    "cairnloop.outbound.trace.bulk_refused",      "cairnloop.outbound.trace.delivery_sent",
     "cairnloop.outbound.trace.delivery_failed",
 };
 const size_t ct_all_events_count = CT_ARRAY_LEN(ct_all_events);

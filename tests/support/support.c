@@ -116,8 +116,7 @@ static PGresult *one_value(char *sql) {
   bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 1;
   if (!ok) {
     print_error("expected one value from: %s\n  got %d rows: %s\n", sql,
-                PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : -1,
-                PQresultErrorMessage(r));
+                PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : -1, PQresultErrorMessage(r));
     PQclear(r);
     r = NULL;
   }
@@ -164,11 +163,12 @@ void ct_assert_scalar_at(const char *file, int line, const char *expected, const
   char *sql = vformat(fmt, ap);
   va_end(ap);
   char *got = ct_scalar("%s", sql);
-  bool same = (expected == NULL) == (got == NULL) && (expected == NULL || strcmp(expected, got) == 0);
+  bool same = (expected == NULL) == (got == NULL) &&
+              (expected == NULL || strcmp(expected, got) == 0);
   if (!same)
-    print_error("%s:%d: expected %s%s%s, got %s%s%s from: %s\n", file, line,
-                expected ? "\"" : "", expected ? expected : "NULL", expected ? "\"" : "",
-                got ? "\"" : "", got ? got : "NULL", got ? "\"" : "", sql);
+    print_error("%s:%d: expected %s%s%s, got %s%s%s from: %s\n", file, line, expected ? "\"" : "",
+                expected ? expected : "NULL", expected ? "\"" : "", got ? "\"" : "",
+                got ? got : "NULL", got ? "\"" : "", sql);
   free(got);
   free(sql);
   if (!same) _fail(file, line);
@@ -179,8 +179,7 @@ void ct_assert_scalar1_at(const char *file, int line, const char *expected, cons
   const char *params[] = {param};
   PGresult *r = ct_query(sql, 1, params);
   if (PQntuples(r) != 1 || PQnfields(r) != 1) {
-    print_error("%s:%d: expected one value, got %d rows from: %s\n", file, line, PQntuples(r),
-                sql);
+    print_error("%s:%d: expected one value, got %d rows from: %s\n", file, line, PQntuples(r), sql);
     PQclear(r);
     _fail(file, line);
   }
@@ -192,8 +191,8 @@ void ct_assert_scalar1_at(const char *file, int line, const char *expected, cons
   if (!same) {
     print_error("%s:%d: stored value differs (%zu bytes expected, %zu stored)\n"
                 "  expected: %s\n  stored:   %s\n  query: %s\n",
-                file, line, expected ? strlen(expected) : 0, got_len,
-                expected ? expected : "NULL", got ? got : "NULL", sql);
+                file, line, expected ? strlen(expected) : 0, got_len, expected ? expected : "NULL",
+                got ? got : "NULL", sql);
     PQclear(r);
     _fail(file, line);
   }

@@ -76,12 +76,12 @@ typedef struct ct_counts {
   int64_t envelopes, messages, jobs;
 } ct_counts;
 ct_counts ct_counts_of(const char *schema);
-#define ct_assert_counts(schema, env, msg, job)                                   \
-  do {                                                                            \
-    ct_counts c_ = ct_counts_of(schema);                                          \
-    assert_int_equal(c_.envelopes, (env));                                        \
-    assert_int_equal(c_.messages, (msg));                                         \
-    assert_int_equal(c_.jobs, (job));                                             \
+#define ct_assert_counts(schema, env, msg, job) \
+  do {                                          \
+    ct_counts c_ = ct_counts_of(schema);        \
+    assert_int_equal(c_.envelopes, (env));      \
+    assert_int_equal(c_.messages, (msg));       \
+    assert_int_equal(c_.jobs, (job));           \
   } while (0)
 
 /* --------------------------------------------------------------- errors */
@@ -171,7 +171,7 @@ typedef struct ct_log {
   struct ct_log_line {
     cl_log_level level;
     char *line;
-  } *lines;
+  } * lines;
   size_t count, cap;
 } ct_log;
 
@@ -203,12 +203,12 @@ typedef struct ct_auditor {
   const char *sql;   /* CT_AUDIT_EXEC*: statement with $1 = the action */
   cl_engine *eng;    /* CT_AUDIT_REENTER: the engine to call back into */
   int calls;
-  char *action;   /* of the last call */
-  char *actor;    /* of the last call, NULL for none */
-  ct_map metadata;/* of the last call */
+  char *action;          /* of the last call */
+  char *actor;           /* of the last call, NULL for none */
+  ct_map metadata;       /* of the last call */
   cl_status exec_status; /* what cl_tx_exec returned (CT_AUDIT_EXEC) */
   cl_error exec_err;
-  cl_tx *tx;      /* the last call's tx, kept to prove it expires */
+  cl_tx *tx; /* the last call's tx, kept to prove it expires */
   int released;
 } ct_auditor;
 
@@ -218,10 +218,10 @@ void ct_install_auditor(cl_engine *eng, ct_auditor *a);
 void ct_auditor_free(ct_auditor *a);
 
 typedef enum ct_resolve_mode {
-  CT_RESOLVE_SAME,       /* resolved = the given actor */
-  CT_RESOLVE_REPLACE,    /* resolved = `replacement` (NULL: no actor) */
-  CT_RESOLVE_REJECT,     /* CL_ACTOR_REJECTED with `reason` */
-  CT_RESOLVE_HOOK_ERROR  /* CL_HOOK_ERROR with `reason` */
+  CT_RESOLVE_SAME,      /* resolved = the given actor */
+  CT_RESOLVE_REPLACE,   /* resolved = `replacement` (NULL: no actor) */
+  CT_RESOLVE_REJECT,    /* CL_ACTOR_REJECTED with `reason` */
+  CT_RESOLVE_HOOK_ERROR /* CL_HOOK_ERROR with `reason` */
 } ct_resolve_mode;
 
 typedef struct ct_resolver {

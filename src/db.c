@@ -840,13 +840,13 @@ int cl__db_session(const cl__db *db) {
 
 cl_status cl__db_listen(cl__db *db, const char *channel, cl_error *err) {
   char *q = cl__db_quote_ident(channel);
-  char *sql = q ? malloc(strlen(q) + sizeof "LISTEN ") : NULL;
+  size_t size = q ? strlen(q) + sizeof "LISTEN " : 0;
+  char *sql = q ? malloc(size) : NULL;
   if (!sql) {
     free(q);
     return cl__fail(err, CL_DB_ERROR, "out of memory");
   }
-  strcpy(sql, "LISTEN ");
-  strcat(sql, q);
+  snprintf(sql, size, "LISTEN %s", q);
   free(q);
   cl_status st = cl__db_exec_script(db, sql, err);
   free(sql);

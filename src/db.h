@@ -161,7 +161,7 @@ uint64_t cl__db_round_trips(cl_engine *eng);
 char *cl__db_quote_ident(const char *s);
 /* A malloc'd copy of `sql` with every @S replaced by the quoted `schema`;
  * NULL when memory runs out. */
-char *cl__db_with_schema(const char *sql, const char *schema);
+char *cl__db_with_schema(const char *tmpl, const char *schema);
 
 /* ------------------------------------------------------------------ */
 /* Delivery: waking idle workers (LISTEN/NOTIFY) and reconnecting.     */

@@ -47,7 +47,7 @@ bool cl__envelope_from_row(cl__arena *a, const cl_rows *rows, int row, cl_envelo
   e->recipient_conversation_ids = cl__parse_int_array(
       a, cl_rows_value(rows, row, CL__ENVELOPE_RECIPIENTS), &e->count);
   const char *cap = cl_rows_value(rows, row, CL__ENVELOPE_EFFECTIVE_CAP);
-  e->effective_cap = cap ? atoi(cap) : 0;
+  e->effective_cap = cap ? (int)strtol(cap, NULL, 10) : 0;
   e->requested_by = cl__arena_strdup(a, cl_rows_value(rows, row, CL__ENVELOPE_REQUESTED_BY));
   e->requested_at = cl__arena_strdup(a, cl_rows_value(rows, row, CL__ENVELOPE_REQUESTED_AT));
   e->status = status_of(a, cl_rows_value(rows, row, CL__ENVELOPE_STATUS));

@@ -211,7 +211,7 @@ void cl_bulk_result_clear(cl_bulk_result *res) {
 
 cl_status cl_trigger(cl_engine *eng, int64_t conversation_id, const cl_trigger_opts *opts,
                      cl_trigger_result *res, cl_error *err) {
-  char envelope_id[CL_UUID_LEN + 1];
+  char envelope_id[CL_UUID_LEN + 1] = "";
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
   CL__ENTER(eng, err);
@@ -561,7 +561,7 @@ static cl_status name_missing(cl_engine *eng, const char *ids_text, cl_error *er
 
 cl_status cl_bulk_trigger(cl_engine *eng, const int64_t *ids, size_t n, const cl_bulk_opts *opts,
                           cl_bulk_result *res, cl_error *err) {
-  char envelope_id[CL_UUID_LEN + 1];
+  char envelope_id[CL_UUID_LEN + 1] = "";
   cl_status st;
   if (res) memset(res, 0, sizeof *res);
   CL__ENTER(eng, err);

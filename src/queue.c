@@ -348,7 +348,7 @@ static cl_status work_no_op(cl_engine *eng, const char *p_limit, const char *p_m
 
 cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
                         cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
-  cl_work_stats scratch;
+  cl_work_stats scratch = {0};
   cl_work_stats *stats = stats_out ? stats_out : &scratch;
   memset(stats, 0, sizeof *stats);
   if (batch) memset(batch, 0, sizeof *batch);

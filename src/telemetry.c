@@ -75,7 +75,8 @@ static bool rebuild(cl__telemetry *t) {
     t->by_event[ev] = NULL;
     t->n_by_event[ev] = 0;
     if (n == 0) continue;
-    cl__handler **arr = malloc(n * sizeof *arr);
+    /* An array of pointers to handlers, one per attached handler. */
+    cl__handler **arr = malloc(n * sizeof(cl__handler *));  // NOLINT(bugprone-sizeof-expression)
     if (!arr) {
       ok = false;
       continue;

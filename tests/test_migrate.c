@@ -45,6 +45,7 @@ static void test_migrate__records_every_migration_file(void **state) {
   if (dir == NULL) {
     cl_close(eng);
     skip();
+    return; /* skip() does not return; said for the analysers */
   }
   int files = 0;
   struct dirent *de;

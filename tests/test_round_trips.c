@@ -59,7 +59,7 @@ static int trace_stop(tracer *t, const char *what) {
     if (dir == 'B' && last == 'F') n++;
     last = dir;
   }
-  fclose(t->out);
+  assert_int_equal(fclose(t->out), 0);
   print_message("# %s: %d round trips (engine's own count %llu)\n", what, n,
                 (unsigned long long)(cl__db_round_trips(t->eng) - t->internal_before));
   return n;
@@ -119,7 +119,7 @@ static int setup_unnamed(void **state) { return setup_with(state, true); }
 static int named_statements(cl_engine *eng) {
   PGresult *r = PQexec(cl__db_conn(eng), "SELECT count(*) FROM pg_prepared_statements");
   assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
-  int n = atoi(PQgetvalue(r, 0, 0));
+  int n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
   PQclear(r);
   return n;
 }

@@ -62,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     }
     lua_setfield(L, LUA_REGISTRYINDEX, "fuzz_check");
-    atexit(close_state);
+    if (atexit(close_state) != 0) abort();
   }
   lua_getfield(L, LUA_REGISTRYINDEX, "fuzz_check");
   lua_pushlstring(L, (const char *)data, size);

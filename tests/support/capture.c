@@ -84,10 +84,9 @@ void ct_capture_handler(const char *const *event, const cl_measurements *measure
   for (size_t i = 0; event[i] != NULL; i++) len += strlen(event[i]) + 1;
   e->name = calloc(1, len + 1);
   assert_non_null(e->name);
-  for (size_t i = 0; event[i] != NULL; i++) {
-    if (i > 0) strcat(e->name, ".");
-    strcat(e->name, event[i]);
-  }
+  size_t at = 0;
+  for (size_t i = 0; event[i] != NULL; i++)
+    at += (size_t)snprintf(e->name + at, len + 1 - at, "%s%s", i > 0 ? "." : "", event[i]);
   copy_map(&e->measurements, measurements);
   copy_map(&e->metadata, metadata);
 }

@@ -511,8 +511,9 @@ typedef struct bench_ctx {
   int cap;
 } bench_ctx;
 
-/* A random cohort of n distinct ids (partial Fisher-Yates over the pool). */
-static void sample_cohort(bench_ctx *b, size_t n) {
+/* A random cohort of n distinct ids (partial Fisher-Yates over the pool);
+ * returns its size, n or the pool's size if that is smaller. */
+static size_t sample_cohort(bench_ctx *b, size_t n) {
   if (n > b->npool) n = b->npool; /* a cohort cannot outgrow the pool */
   for (size_t i = 0; i < n; i++) {
     size_t j = i + (size_t)(rng() % (b->npool - i));
@@ -521,6 +522,7 @@ static void sample_cohort(bench_ctx *b, size_t n) {
     b->pool[j] = t;
     b->cohort[i] = b->pool[i];
   }
+  return n;
 }
 
 static double run_bulk(bench_ctx *b, contender *c, size_t n, double *cpu) {
@@ -571,12 +573,12 @@ static void new_trigger_call(bench_ctx *b, const contender *c, trigger_call *cal
 /* One call of every contender, each checked row by row against the engine's
  * shape (and, for the audited ones, their audit row). */
 static void verify_all(bench_ctx *b) {
-  sample_cohort(b, 25);
+  size_t n = sample_cohort(b, 25);
   for (int i = 0; i < b->nbulk; i++) {
     contender *c = &b->bulk[i];
     char tid[64];
     snprintf(tid, sizeof tid, "bench-verify-%s-%" PRIu64, c->name, ++b->seq);
-    bulk_call call = {b->cohort, 25, tid, BENCH_BODY, {0}, b->cap};
+    bulk_call call = {b->cohort, n, tid, BENCH_BODY, {0}, b->cap};
     if (c->prepare) c->prepare(c->ctx, &call);
     bool ok = c->bulk(c->ctx, &call, &b->out) == 0;
     if (ok && c->finish) c->finish(c->ctx, &call, &b->out);
@@ -668,21 +670,21 @@ static void bulk_phase(bench_ctx *b, size_t n, size_t warmup, size_t reps, size_
                        size_t cli_every) {
   int nc = b->nbulk, order[MAX_CONTENDERS];
   for (size_t w = 0; w < warmup; w++) {
-    sample_cohort(b, n);
+    size_t got = sample_cohort(b, n);
     round_order(order, nc);
     for (int k = 0; k < nc; k++) {
       contender *c = &b->bulk[order[k]];
-      if (c->cadence == EVERY_ROUND || w == 0) run_bulk(b, c, n, NULL);
+      if (c->cadence == EVERY_ROUND || w == 0) run_bulk(b, c, got, NULL);
     }
   }
   phase_start(b, b->bulk, nc, reps);
   for (size_t r = 0; r < reps; r++) {
-    sample_cohort(b, n);
+    size_t got = sample_cohort(b, n);
     round_order(order, nc);
     for (int k = 0; k < nc; k++) {
       contender *c = &b->bulk[order[k]];
       if (!takes_part(c, r, per_row_every, cli_every)) continue;
-      c->ms[c->nms] = run_bulk(b, c, n, &c->cpu[c->nms]);
+      c->ms[c->nms] = run_bulk(b, c, got, &c->cpu[c->nms]);
       c->nms++;
     }
   }

@@ -65,8 +65,8 @@ shape *shape_open(const char *conninfo, const char *schema, const char *name);
 void shape_close(shape *s);
 /* Times the shape's client has waited for the server so far. */
 uint64_t shape_round_trips(const shape *s);
-int shape_bulk(void *s, bulk_call *call, ids_out *out);
-int shape_trigger(void *s, const trigger_call *call, int64_t *message_id, int64_t *job_id);
+int shape_bulk(void *ctx, bulk_call *call, ids_out *out);
+int shape_trigger(void *ctx, const trigger_call *call, int64_t *message_id, int64_t *job_id);
 
 /* A fresh random UUID in lowercase text form. */
 void bench_uuid(char out[37]);
@@ -86,8 +86,8 @@ void bench_table_row(void *table, const char *const *cells);
 void bench_table_note(void *table, const char *text);
 /* One row of the final "targets" table. */
 void bench_target(const char *what, const char *measured, bool pass);
-int bench_engine_bulk(void *eng, bulk_call *call, ids_out *out);
-int bench_engine_trigger(void *eng, const trigger_call *call, int64_t *message_id, int64_t *job_id);
+int bench_engine_bulk(void *ctx, bulk_call *call, ids_out *out);
+int bench_engine_trigger(void *ctx, const trigger_call *call, int64_t *mid, int64_t *jid);
 PGconn *bench_connect(const char *conninfo);
 void bench_exec(PGconn *c, const char *sql); /* exits on failure */
 /* "BASE?dbname=DB" (or "&dbname=" when BASE has a query); malloc'd. */
@@ -114,10 +114,10 @@ typedef struct bench_paths {
 typedef struct lua_host lua_host;
 lua_host *lua_host_open(const bench_paths *p, const char *conninfo, const char *schema, int cap);
 void lua_host_close(lua_host *h);
-void lua_host_prepare(void *h, const bulk_call *call);        /* the ids table, untimed */
-int lua_host_bulk(void *h, bulk_call *call, ids_out *out);    /* engine:bulk_trigger */
-void lua_host_finish(void *h, bulk_call *call, ids_out *out); /* reads the result, untimed */
-int lua_host_trigger(void *h, const trigger_call *call, int64_t *message_id, int64_t *job_id);
+void lua_host_prepare(void *hp, const bulk_call *call);        /* the ids table, untimed */
+int lua_host_bulk(void *hp, bulk_call *call, ids_out *out);    /* engine:bulk_trigger */
+void lua_host_finish(void *hp, bulk_call *call, ids_out *out); /* reads the result, untimed */
+int lua_host_trigger(void *hp, const trigger_call *call, int64_t *mid, int64_t *jid);
 
 typedef struct cli_host cli_host;
 cli_host *cli_host_open(const bench_paths *p, const char *conninfo, const char *schema, int cap);
@@ -156,7 +156,7 @@ void bench_server(PGconn *c, char *out, size_t n);
 void bench_rss_report(const bench_paths *p, const char *conninfo, const char *schema,
                       const int64_t *pool, size_t npool, size_t n);
 void bench_rss_table(long cli_peak_kib);
-void bench_telemetry_report(struct cl_engine *eng, struct cl_engine *lua_handler_eng);
+void bench_telemetry_report(struct cl_engine *eng, struct cl_engine *lua_eng);
 void bench_explain(struct cl_engine *eng, shape *ceiling, const int64_t *pool, size_t npool,
                    size_t n, const char *path);
 

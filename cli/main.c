@@ -663,6 +663,7 @@ int main(int argc, char **argv) {
   cli_lua_path_default();
   int rc = cli_parse(&ctx, argc, argv, &run);
   if (rc != CLI_CONTINUE) return rc;
+  if (run == NULL) return EXIT_FAILURE; /* cli_parse sets it whenever it continues */
   rc = run(&ctx);
   fflush(stdout);
   return rc;

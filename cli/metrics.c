@@ -410,7 +410,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   size_t *upload_data_size, void **con_cls) {
   (void)version; /* GET and HEAD carry no body: no upload to read */
   (void)upload_data;
-  (void)upload_data_size;
+  *upload_data_size = 0; /* any body a client sends anyway is dropped */
   (void)con_cls;
   const char *plain = "text/plain; charset=utf-8";
   cli_metrics *m = cls;

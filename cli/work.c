@@ -52,8 +52,7 @@ static int wake_pipe[2] = {-1, -1};
 static void on_signal(int sig) {
   if (stop_signal) {
     /* Asked twice: leave now.  Jobs in flight are rescued after their lease. */
-    signal(sig, SIG_DFL);
-    raise(sig);
+    if (signal(sig, SIG_DFL) == SIG_ERR || raise(sig) != 0) _exit(128 + sig);
     return;
   }
   stop_signal = sig;

@@ -225,6 +225,7 @@ static const char *match_balance(matcher *m, const char *s, const char *p) {
 
 /* The longest run of the class p..ep from s, then shorter ones, each
  * followed by the rest of the pattern. */
+// NOLINTNEXTLINE(misc-no-recursion): the matcher recurses like Lua's lstrlib, bounded to MAX_DEPTH (200) levels
 static const char *max_expand(matcher *m, const char *s, const char *p, const char *ep) {
   ptrdiff_t n = 0;
   while (single_match(m, s + n, p, ep)) {
@@ -239,6 +240,7 @@ static const char *max_expand(matcher *m, const char *s, const char *p, const ch
 }
 
 /* The shortest run first, growing one character at a time. */
+// NOLINTNEXTLINE(misc-no-recursion): the matcher recurses like Lua's lstrlib, bounded to MAX_DEPTH (200) levels
 static const char *min_expand(matcher *m, const char *s, const char *p, const char *ep) {
   for (;;) {
     const char *r = do_match(m, s, ep + 1);
@@ -248,9 +250,13 @@ static const char *min_expand(matcher *m, const char *s, const char *p, const ch
   }
 }
 
+// NOLINTNEXTLINE(misc-no-recursion): the matcher recurses like Lua's lstrlib, bounded to MAX_DEPTH (200) levels
 static const char *start_capture(matcher *m, const char *s, const char *p, ptrdiff_t what) {
   const char *r;
-  if (m->level >= MAX_CAPTURES) luaL_error(m->st.L, "too many captures");
+  if (m->level >= MAX_CAPTURES) {
+    luaL_error(m->st.L, "too many captures");
+    return NULL; /* not reached: luaL_error raises */
+  }
   m->cap[m->level].init = s;
   m->cap[m->level].len = what;
   m->level++;
@@ -258,11 +264,15 @@ static const char *start_capture(matcher *m, const char *s, const char *p, ptrdi
   return r;
 }
 
+// NOLINTNEXTLINE(misc-no-recursion): the matcher recurses like Lua's lstrlib, bounded to MAX_DEPTH (200) levels
 static const char *end_capture(matcher *m, const char *s, const char *p) {
   const char *r;
   int l = m->level - 1;
   while (l >= 0 && m->cap[l].len != CAP_OPEN) l--; /* the innermost open one */
-  if (l < 0) luaL_error(m->st.L, "invalid pattern capture");
+  if (l < 0) {
+    luaL_error(m->st.L, "invalid pattern capture");
+    return NULL; /* not reached: luaL_error raises */
+  }
   m->cap[l].len = s - m->cap[l].init;
   if ((r = do_match(m, s, p)) == NULL) m->cap[l].len = CAP_OPEN; /* undo */
   return r;
@@ -293,6 +303,7 @@ static const char *match_backref(matcher *m, const char *s, int d) {
  * and per capture) is limited to MAX_DEPTH, as in Lua; straight runs of
  * the pattern loop here instead of recursing.
  */
+// NOLINTNEXTLINE(misc-no-recursion): the matcher recurses like Lua's lstrlib, bounded to MAX_DEPTH (200) levels
 static const char *do_match(matcher *m, const char *s, const char *p) {
   if (m->depth-- == 0) luaL_error(m->st.L, "pattern too complex");
   charge(&m->st, 1);
@@ -655,11 +666,10 @@ static void check_tab(lua_State *L, int arg, int what) {
     int what;
     const char *name;
   } needed[] = {{TAB_R, "__index"}, {TAB_W, "__newindex"}, {TAB_L, "__len"}};
-  size_t i;
   if (lua_type(L, arg) == LUA_TTABLE) return;
   if (lua_getmetatable(L, arg)) {
     bool ok = true;
-    for (i = 0; ok && i < sizeof needed / sizeof needed[0]; i++) {
+    for (size_t i = 0; ok && i < sizeof needed / sizeof needed[0]; i++) {
       if (!(what & needed[i].what)) continue;
       lua_pushstring(L, needed[i].name);
       ok = lua_rawget(L, -2) != LUA_TNIL;

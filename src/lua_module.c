@@ -163,7 +163,10 @@ static void host_log(void *ud, cl_log_level level, const char *line) {
  */
 static lengine *check_engine(lua_State *L, const char *method, bool in_hook_ok) {
   lengine *le = (lengine *)luaL_checkudata(L, 1, ENGINE_MT);
-  if (le->eng == NULL) luaL_error(L, "attempt to use a closed engine");
+  if (le->eng == NULL) {
+    luaL_error(L, "attempt to use a closed engine");
+    return NULL; /* not reached: luaL_error raises */
+  }
   if (le->eng->in_hook) {
     if (!in_hook_ok)
       luaL_error(L, "engine:%s cannot be called from inside one of this engine's hooks", method);
@@ -841,8 +844,7 @@ static int engine_envelopes(lua_State *L) {
 static int engine_audit_events(lua_State *L) {
   lengine *le = check_engine(L, "audit_events", false);
   cl__box *in, *out;
-  char why[96], *events = NULL;
-  json_t *j;
+  char *events = NULL;
   cl_error err;
   cl_status st;
   lua_settop(L, 2);
@@ -850,6 +852,8 @@ static int engine_audit_events(lua_State *L) {
   in = glue_newbox(L, 0);
   out = glue_newbox(L, 0);
   if (!lua_isnil(L, 2)) {
+    char why[96];
+    json_t *j;
     if ((j = glue_to_json(L, 2, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
       cl__fail(&err, CL_INVALID_ARGUMENT, "audit_events options cannot be encoded as JSON: %s",
                why);

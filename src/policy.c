@@ -317,7 +317,7 @@ static int globals_newindex(lua_State *L) {
 static bool readable(const char *path) {
   FILE *f = fopen(path, "r");
   if (f == NULL) return false;
-  fclose(f);
+  (void)fclose(f); /* opened for reading only: nothing to lose on close */
   return true;
 }
 
@@ -612,7 +612,10 @@ cl_status cl_load_policy(cl_engine *eng, const char *path, cl_error *err) {
   if (err == NULL) err = &local;
   if (path == NULL || *path == '\0')
     return cl__fail(err, CL_INVALID_ARGUMENT, "policy: a file path is required");
-  if (eng->policy == NULL && (st = policy_create(eng, err)) != CL_OK) return st;
+  if (eng->policy == NULL) {
+    st = policy_create(eng, err);
+    if (eng->policy == NULL) return st; /* not created: err says why */
+  }
   memset(&lc, 0, sizeof lc);
   lc.c.hook = "policy";
   lc.c.err = err;

@@ -10,6 +10,7 @@
  * every operation succeeded.  Build with `pkg-config --cflags --libs libuv`.
  */
 /* uv.h uses POSIX types (pthread_rwlock_t) that -std=c11 alone hides. */
+// NOLINTNEXTLINE(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp): defining a feature-test macro before any header is its documented use
 #define _POSIX_C_SOURCE 200809L
 
 #include <cairnloop.h>

@@ -41,6 +41,7 @@
 typedef struct config {
   const char *notifier; /* "none" or "lua no-op" */
   int workers;
+  bool retention;       /* workers prune finished jobs (1 s retention) as they deliver */
   double ms[MAX_RUNS];  /* wall time of each run */
   double cpu[MAX_RUNS]; /* workers' CPU, ms, of each run */
   double srv[MAX_RUNS]; /* the server's CPU, ms, of each run (-1: unknown) */
@@ -109,8 +110,8 @@ static long find_postmaster(PGconn *c) {
 }
 
 static pid_t spawn_worker(const bench_paths *p, const char *conninfo, const char *policy,
-                          const char *log_path) {
-  char *argv[16];
+                          bool retention, const char *log_path) {
+  char *argv[24];
   int a = 0;
   argv[a++] = (char *)p->cli;
   argv[a++] = "work";
@@ -123,6 +124,17 @@ static pid_t spawn_worker(const bench_paths *p, const char *conninfo, const char
   if (policy) {
     argv[a++] = "--policy";
     argv[a++] = (char *)policy;
+  }
+  if (retention) {
+    /* Every finished job older than a second is deleted, in passes every
+     * 100 ms: the jobs of the earlier runs are pruned while this one is
+     * delivered, beside the claims and completions. */
+    argv[a++] = "--retention-completed";
+    argv[a++] = "1s";
+    argv[a++] = "--retention-failed";
+    argv[a++] = "1s";
+    argv[a++] = "--retention-interval-ms";
+    argv[a++] = "100";
   }
   argv[a] = NULL;
   posix_spawn_file_actions_t fa;
@@ -179,16 +191,21 @@ static bool enqueue(cl_engine *eng, const int64_t *pool, size_t njobs, const cha
   return true;
 }
 
-/* Every job of the run completed, every message marked sent. */
+/* Every job of the run completed on its first attempt (or, with
+ * retention, already deleted as finished), every message marked sent. */
 static bool verify_run(PGconn *c, const char *tid, size_t njobs) {
-  const char *v[] = {tid};
+  char n[24];
+  snprintf(n, sizeof n, "%zu", njobs);
+  const char *v2[] = {tid, n};
   PGresult *r = PQexecParams(
       c,
-      "SELECT (SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs"
-      "        WHERE template_id = $1 AND state = 'completed' AND attempt = 1),"
+      "SELECT (SELECT $2::bigint - count(*) FROM " BENCH_SCHEMA ".cairnloop_delivery_jobs j"
+      "        JOIN " BENCH_SCHEMA ".cairnloop_messages m ON m.id = j.message_id"
+      "        WHERE m.metadata->>'template_id' = $1"
+      "          AND NOT (j.state = 'completed' AND j.attempt = 1)),"
       "       (SELECT count(*) FROM " BENCH_SCHEMA ".cairnloop_messages"
       "        WHERE metadata->>'template_id' = $1 AND metadata->>'status' = 'sent')",
-      1, NULL, v, NULL, NULL, 0);
+      2, NULL, v2, NULL, NULL, 0);
   bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
   if (!ok) bench_pg_error(c, r, "verify delivery");
   long jobs = ok ? strtol(PQgetvalue(r, 0, 0), NULL, 10) : -1;
@@ -223,7 +240,7 @@ static double run_once(const bench_paths *p, const char *conninfo, cl_engine *en
   double t0 = bench_now_ms(), t1 = 0;
   for (int w = 0; w < cf->workers; w++) {
     pids[w] = spawn_worker(p, conninfo, strcmp(cf->notifier, "none") == 0 ? NULL : policy,
-                           log_path);
+                           cf->retention, log_path);
     if (pids[w] < 0) return -1;
   }
   long left = -1, last = -1;
@@ -301,15 +318,17 @@ bool bench_worker_report(const char *base, const bench_paths *p, bool quick) {
   int lfd = mkstemps(log_path, 4);
   if (lfd >= 0) close(lfd);
 
-  config cfs[] = {{"none", 1, {0}, {0}, {0}, 0},
-                  {"none", 2, {0}, {0}, {0}, 0},
-                  {"lua no-op", 1, {0}, {0}, {0}, 0},
-                  {"lua no-op", 2, {0}, {0}, {0}, 0}};
-  int ncf = (int)(sizeof cfs / sizeof cfs[0]);
+  config cfs[] = {
+      {"none", 1, false, {0}, {0}, {0}, 0},      {"none", 2, false, {0}, {0}, {0}, 0},
+      {"lua no-op", 1, false, {0}, {0}, {0}, 0}, {"lua no-op", 2, false, {0}, {0}, {0}, 0},
+      {"lua no-op", 1, true, {0}, {0}, {0}, 0},  {"lua no-op", 2, true, {0}, {0}, {0}, 0}};
+  enum { NCF = sizeof cfs / sizeof cfs[0] };
+  int ncf = NCF;
   int seq = 0;
   bool failed = false;
   for (int r = 0; r < rounds && !failed; r++) {
-    int order[4] = {0, 1, 2, 3};
+    int order[NCF];
+    for (int i = 0; i < ncf; i++) order[i] = i;
     for (int i = ncf - 1; i > 0; i--) {
       int j = (int)(bench_rng() % (uint64_t)(i + 1));
       int t = order[i];
@@ -339,15 +358,16 @@ bool bench_worker_report(const char *base, const bench_paths *p, bool quick) {
            nj, rounds);
   void *t = bench_table(
       title,
-      "notifier|workers|runs|median s|jobs/s|range jobs/s|worker CPU ms per 1,000 jobs|server CPU ms per 1,000 jobs",
-      "lrrrrrrr");
+      "notifier|workers|retention|runs|median s|jobs/s|range jobs/s|worker CPU ms per 1,000 jobs|server CPU ms per 1,000 jobs",
+      "lrlrrrrrr");
   for (int i = 0; i < ncf; i++) {
     config *cf = &cfs[i];
     char w[8], runs[8], s[16], js[24], range[48], cpu[16];
     snprintf(w, sizeof w, "%d", cf->workers);
     snprintf(runs, sizeof runs, "%d", cf->runs);
     if (cf->runs == 0) {
-      const char *row[] = {cf->notifier, w, runs, "failed", "", "", "", ""};
+      const char *row[] = {cf->notifier, w, cf->retention ? "on" : "off", runs, "failed", "", "",
+                           "",           ""};
       bench_table_row(t, row);
       continue;
     }
@@ -369,17 +389,21 @@ bool bench_worker_report(const char *base, const bench_paths *p, bool quick) {
     bench_fmt_int(b, sizeof b, (double)njobs / (lo / 1000));
     snprintf(range, sizeof range, "%s-%s", a, b);
     snprintf(cpu, sizeof cpu, "%.1f", cpu_med / ((double)njobs / 1000));
-    const char *row[] = {cf->notifier, w, runs, s, js, range, cpu, srv};
+    const char *row[] = {cf->notifier, w,  cf->retention ? "on" : "off", runs, s, js, range,
+                         cpu,          srv};
     bench_table_row(t, row);
   }
-  char note[1024];
+  char note[1600];
   snprintf(note, sizeof note,
            "Each run: %s jobs enqueued by cl_bulk_trigger (untimed), VACUUM ANALYZE of jobs and "
            "messages and a CHECKPOINT (untimed), then the clock runs from starting the workers "
            "(process start-up, connecting and loading the policy included) until a poll every "
            "%d ms finds no job due or executing.  Every job is then checked completed on its "
            "first attempt and its message sent.  lua no-op: bench/noop_notifier.lua, a notifier "
-           "returning true at once.  Worker CPU: user + system time of the worker processes "
+           "returning true at once.  retention on: the workers also delete "
+           "finished jobs older than 1 s every 100 ms (--retention-completed 1s "
+           "--retention-interval-ms 100): the earlier runs' jobs go while this run is "
+           "delivered.  Worker CPU: user + system time of the worker processes "
            "(wait4).  Server CPU: what the whole PostgreSQL server (every process, /proc) used "
            "from start to stop, the poll included.  Workers and server share this machine's "
            "2 CPUs.%s",

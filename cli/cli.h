@@ -48,6 +48,7 @@ enum cli_opt {
   CLI_OPT_OLDER_THAN,
   CLI_OPT_RETENTION_COMPLETED,
   CLI_OPT_RETENTION_FAILED,
+  CLI_OPT_RETENTION_INTERVAL_MS,
   CLI_OPT_MIGRATE_STATUS, /* migrate --status: a flag, unlike envelopes --status S */
   CLI_OPT_METRICS,
   CLI_OPT_NO_PREPARED_STATEMENTS,
@@ -112,7 +113,7 @@ int cli_open(const cli_ctx *ctx, cl_engine **out);
 /* As cli_open, starting from a config the caller filled (delivery
  * settings, a log sink); database, schema and the log level are set here,
  * and the log sink only when the caller left it NULL. */
-int cli_open_config(const cli_ctx *ctx, cl_config *cfg, cl_engine **out);
+int cli_open_config(const cli_ctx *ctx, const cl_config *cfg, cl_engine **out);
 
 /* $CAIRNLOOP_LOG_LEVEL, one of the engine's level names (CL_LOG_LEVEL_MAP):
  * sets *out (CL_LOG_INFO when unset) and returns 0, or reports the unknown

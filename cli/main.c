@@ -62,6 +62,7 @@ static const struct option all_options[] = {
     {"older-than", required_argument, NULL, CLI_OPT_OLDER_THAN},
     {"retention-completed", required_argument, NULL, CLI_OPT_RETENTION_COMPLETED},
     {"retention-failed", required_argument, NULL, CLI_OPT_RETENTION_FAILED},
+    {"retention-interval-ms", required_argument, NULL, CLI_OPT_RETENTION_INTERVAL_MS},
     {"status", no_argument, NULL, CLI_OPT_MIGRATE_STATUS},
     {"metrics", required_argument, NULL, CLI_OPT_METRICS},
     {"no-prepared-statements", no_argument, NULL, CLI_OPT_NO_PREPARED_STATEMENTS},
@@ -90,6 +91,7 @@ static const int work_options[] = {CLI_OPT_ONCE,
                                    CLI_OPT_BACKOFF_BASE_MS,
                                    CLI_OPT_RETENTION_COMPLETED,
                                    CLI_OPT_RETENTION_FAILED,
+                                   CLI_OPT_RETENTION_INTERVAL_MS,
                                    CLI_OPT_METRICS,
                                    0};
 static const int migrate_options[] = {CLI_OPT_MIGRATE_STATUS, 0};
@@ -195,7 +197,8 @@ static const cli_command commands[] = {
      "deliver due messages through the policy's notifier",
      "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
      "                      [--backoff-base-ms MS] [--retention-completed D]\n"
-     "                      [--retention-failed D] [--metrics HOST:PORT]\n"
+     "                      [--retention-failed D] [--retention-interval-ms MS]\n"
+     "                      [--metrics HOST:PORT]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
@@ -219,6 +222,7 @@ static const cli_command commands[] = {
      "                           (a duration such as 36h or 7d, or off; default 1d)\n"
      "  --retention-failed D     the same for discarded and cancelled jobs (default\n"
      "                           7d)\n"
+     "  --retention-interval-ms MS  how often the worker prunes (default 30000)\n"
      "  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics\n"
      "                           (127.0.0.1:9100, [::1]:9100, localhost:9100; port 0\n"
      "                           picks a free one, logged at start): deliveries by\n"
@@ -226,7 +230,7 @@ static const cli_command commands[] = {
      "                           queue depth by state, oldest due age, paused\n"
      "\n"
      "The worker deletes finished jobs past their retention itself, a few hundred\n"
-     "at a time every 30 s, never waiting on a row another session holds.\n"
+     "at a time every 30 s (--retention-interval-ms), never waiting on a row another session holds.\n"
      "Messages and envelopes are never deleted.  While delivery is paused\n"
      "(cairnloop pause) it claims nothing and says so once in its log.\n"},
     {"jobs", cli_cmd_jobs, CLI_ENGINE, jobs_options, 0, 0, "list delivery jobs, newest first",
@@ -488,7 +492,7 @@ int cli_open(const cli_ctx *ctx, cl_engine **out) {
   return cli_open_config(ctx, &cfg, out);
 }
 
-int cli_open_config(const cli_ctx *ctx, cl_config *cfgp, cl_engine **out) {
+int cli_open_config(const cli_ctx *ctx, const cl_config *cfgp, cl_engine **out) {
   cl_config cfg = *cfgp;
   int rc = cli_log_level(&cfg.log_level);
   if (rc != 0) return rc;

@@ -259,7 +259,7 @@ static int retention_flag(const cli_ctx *ctx, enum cli_opt id, const char *name,
 
 int cli_cmd_work(cli_ctx *ctx) {
   int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0, backoff = 0, keep_completed,
-          keep_failed;
+          keep_failed, prune_every = 0;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
@@ -270,6 +270,9 @@ int cli_cmd_work(cli_ctx *ctx) {
     rc = retention_flag(ctx, CLI_OPT_RETENTION_COMPLETED, "--retention-completed", &keep_completed);
   if (rc == 0)
     rc = retention_flag(ctx, CLI_OPT_RETENTION_FAILED, "--retention-failed", &keep_failed);
+  if (rc == 0)
+    rc = int_flag(ctx, CLI_OPT_RETENTION_INTERVAL_MS, "--retention-interval-ms", 10, 86400000,
+                  &prune_every);
   if (rc != 0) return rc;
   bool once = cli_opt(ctx, CLI_OPT_ONCE) != NULL;
   const char *metrics_at = cli_opt(ctx, CLI_OPT_METRICS);
@@ -290,6 +293,7 @@ int cli_cmd_work(cli_ctx *ctx) {
   cfg.backoff_base_ms = (int)backoff;               /* 0: the engine's default, 1000 ms */
   cfg.retention_completed_seconds = keep_completed; /* 0: the engine's default */
   cfg.retention_failed_seconds = keep_failed;
+  cfg.retention_interval_ms = (int)prune_every; /* 0: the engine's default, 30 s */
   cfg.log = log_line;
   cfg.log_ud = &w;
   if (!once && (rc = setup_signals()) != 0) return rc;

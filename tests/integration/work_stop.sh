@@ -100,3 +100,22 @@ for term in xterm dumb nocolor; do
     *) is "$escapes" 0 "TERM=$env_term${env_nc:+ NO_COLOR=1}: no escape sequence in the worker's output" ;;
   esac
 done
+
+# --- a running worker prunes finished jobs past their retention, as often
+# as --retention-interval-ms says; the message stays (the audit record)
+cl trigger 3 --template "prune_$$"
+cl work --once
+sql "UPDATE cairnloop.cairnloop_delivery_jobs SET completed_at = now() - interval '2 days'
+     WHERE template_id = 'prune_$$'" >/dev/null
+start_worker w3 --retention-completed 1d --retention-interval-ms 100
+if wait_for 10 "SELECT count(*) = 0 FROM cairnloop.cairnloop_delivery_jobs WHERE template_id = 'prune_$$'"; then
+  tap 0 "a worker with --retention-interval-ms 100 deletes a job finished 2 days ago"
+else
+  tap 1 "a worker with --retention-interval-ms 100 deletes a job finished 2 days ago"
+fi
+is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_messages WHERE metadata->>'template_id' = 'prune_$$'")" "1" \
+  "its message stays"
+stop_worker w3 INT
+exits 0 "the pruning worker stops with status 0"
+cl work --retention-interval-ms 5 --once
+exits 2 "--retention-interval-ms below 10 ms is a usage error"

@@ -1,11 +1,12 @@
 /*
- * engine.c - cl_open/cl_close, configuration and logging.
+ * engine.c - cl_open/cl_close and configuration.
  *
  * Resolves the configuration (explicit value, then environment, then the
  * documented default), validates the schema name and connects (db.c
  * registers the statement table for the schema).  The cap lives on the
- * engine and is read fresh by every bulk call.  Uses db.c, telemetry.c and
- * policy.c (to free the policy state).
+ * engine and is read fresh by every bulk call.  Uses db.c, telemetry.c,
+ * log.c, and the units whose state it frees (policy.c, ops.c, queue.c);
+ * nothing below calls back into it.
  */
 #include "engine.h"
 
@@ -17,50 +18,6 @@
 void cl_config_init(cl_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->log_level = CL_LOG_INFO;
-}
-
-static const char *const level_names[] = {
-#define XX(name, str) str,
-    CL_LOG_LEVEL_MAP(XX)
-#undef XX
-};
-
-const char *cl_log_level_name(cl_log_level level) {
-  return (unsigned)level < CL_LOG__COUNT ? level_names[level] : NULL;
-}
-
-cl_status cl_log_level_parse(const char *name, cl_log_level *level, cl_error *err) {
-  for (int i = 0; name && i < CL_LOG__COUNT; i++)
-    if (strcmp(name, level_names[i]) == 0) {
-      *level = (cl_log_level)i;
-      cl__ok(err);
-      return CL_OK;
-    }
-  return cl__fail(err, CL_INVALID_ARGUMENT,
-                  "log level '%.32s' is unknown: use debug, info, warn or error",
-                  name ? name : "(null)");
-}
-
-static void stderr_log(void *ud, cl_log_level level, const char *line) {
-  (void)ud;
-  /* A level outside the table comes from a host's cast; print it as "?"
-   * rather than read past level_names. */
-  const char *name = cl_log_level_name(level);
-  if (level >= CL_LOG_WARN) fprintf(stderr, "cairnloop [%s] %s\n", name ? name : "?", line);
-}
-
-void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap) {
-  if (!eng || level < eng->log_level) return;
-  char line[1024];
-  vsnprintf(line, sizeof line, fmt, ap);
-  eng->log(eng->log_ud, level, line);
-}
-
-void cl_log(cl_engine *eng, cl_log_level level, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  cl__vlog(eng, level, fmt, ap);
-  va_end(ap);
 }
 
 static bool schema_valid(const char *s) {
@@ -152,7 +109,7 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   eng->max_attempts = cfg->max_attempts ? cfg->max_attempts : CL_DEFAULT_MAX_ATTEMPTS;
   eng->lease_seconds = cfg->lease_seconds ? cfg->lease_seconds : CL_DEFAULT_LEASE_SECONDS;
   eng->backoff_base_ms = cfg->backoff_base_ms ? cfg->backoff_base_ms : CL_DEFAULT_BACKOFF_BASE_MS;
-  eng->log = cfg->log ? cfg->log : stderr_log;
+  eng->log = cfg->log ? cfg->log : cl__log_stderr;
   eng->log_ud = cfg->log_ud;
   eng->log_level = cfg->log_level;
   cl__ops_init(&eng->ops, cfg);

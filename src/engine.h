@@ -122,6 +122,8 @@ cl_status cl__enter(const cl_engine *eng, const char *fn, cl_error *err);
 
 void cl__vlog(cl_engine *eng, cl_log_level level, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+/* The default log sink (log.c): warnings and errors to stderr. */
+void cl__log_stderr(void *ud, cl_log_level level, const char *line);
 
 /* Frees the policy state (policy.c). NULL-safe. */
 void cl__policy_free(struct cl__policy *policy);

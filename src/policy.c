@@ -231,7 +231,7 @@ static int open_policy_api(lua_State *L) {
   luaL_newlibtable(L, fns);
   lua_pushlightuserdata(L, p);
   luaL_setfuncs(L, fns, 1);
-  lua_pushstring(L, cl_schema(p->eng));
+  lua_pushstring(L, p->eng->schema);
   lua_setfield(L, -2, "schema");
   lua_pushliteral(L, CL_VERSION);
   lua_setfield(L, -2, "VERSION");

@@ -87,12 +87,20 @@ for term in xterm dumb nocolor; do
   cl_in "$(seq 101 150)" bulk --template "$tpl" --body Hi --ids-file - --max-batch-size 100
   env_term=$term env_nc=
   [ "$term" = nocolor ] && env_term=xterm env_nc=1
-  TERM=$env_term NO_COLOR=$env_nc script -qefc "cairnloop work --limit 10" "$cl_tmp/$tpl.tty" \
+  # exec: the worker is script's own child, whatever sh does with -c.
+  TERM=$env_term NO_COLOR=$env_nc script -qefc "exec cairnloop work --limit 10" "$cl_tmp/$tpl.tty" \
     >/dev/null 2>&1 </dev/null &
   spid=$!
   wait_for 10 "SELECT count(*) = 50 FROM cairnloop.cairnloop_delivery_jobs WHERE template_id = '$tpl' AND state = 'completed'" ||
     tap 1 "the worker on a terminal ($term) delivers"
   pkill -INT -P "$spid" -x cairnloop 2>/dev/null
+  # Bounded: a worker that ignored the signal is killed, and the test fails below.
+  for _ in $(seq 100); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$spid" 2>/dev/null; then
+    pkill -KILL -P "$spid" 2>/dev/null
+    kill -KILL "$spid" 2>/dev/null
+    tap 1 "the worker on a terminal ($term) stops on SIGINT"
+  fi
   wait "$spid" 2>/dev/null
   escapes=$(tr -cd '\033' <"$cl_tmp/$tpl.tty" | wc -c)
   case $term in

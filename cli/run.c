@@ -170,9 +170,8 @@ static int default_engine(lua_State *L) {
  * so that a script can open more engines alike: cairnloop.open(cfg).
  * database is nil when libpq's defaults (the PG* variables) were used.
  */
-static int default_config(lua_State *L) {
-  const run_job *job = (const run_job *)lua_touserdata(L, lua_upvalueindex(1));
-  lua_createtable(L, 0, 3);
+/* Sets database, schema and policy of the job's options in the table on top. */
+static void set_open_options(lua_State *L, const run_job *job) {
   if (job->database) {
     lua_pushstring(L, job->database);
     lua_setfield(L, -2, "database");
@@ -187,6 +186,12 @@ static int default_config(lua_State *L) {
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "policy");
+}
+
+static int default_config(lua_State *L) {
+  const run_job *job = (const run_job *)lua_touserdata(L, lua_upvalueindex(1));
+  lua_createtable(L, 0, 3);
+  set_open_options(L, job);
   return 1;
 }
 
@@ -288,20 +293,7 @@ static bool open_engine(lua_State *L, run_job *job, int module) {
   }
   lua_getfield(L, module, "open");
   lua_createtable(L, 0, 5);
-  if (job->database) {
-    lua_pushstring(L, job->database);
-    lua_setfield(L, -2, "database");
-  }
-  if (job->schema) {
-    lua_pushstring(L, job->schema);
-    lua_setfield(L, -2, "schema");
-  }
-  lua_createtable(L, job->npolicies, 0);
-  for (int i = 0; i < job->npolicies; i++) {
-    lua_pushstring(L, job->policies[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_setfield(L, -2, "policy");
+  set_open_options(L, job);
   lua_pushcfunction(L, log_line);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, job->log_level);

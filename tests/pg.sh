@@ -5,7 +5,8 @@
 #
 #   eval "$(tests/pg.sh start)"   starts one and prints the exports callers
 #                                 need: CL_PG_DIR, PGHOST (the socket dir),
-#                                 PGPORT, PGUSER, CAIRNLOOP_PG_URL_BASE
+#                                 PGPORT, PGUSER, PG_BIN (the server binaries),
+#                                 CAIRNLOOP_PG_URL_BASE
 #   tests/pg.sh stop [DIR]        stops it (DIR defaults to $CL_PG_DIR) and
 #                                 removes the directory
 #   tests/pg.sh run CMD [ARGS..]  starts one, runs CMD with the exports set,
@@ -16,7 +17,14 @@
 # As root the cluster runs as the `postgres` user (PostgreSQL refuses root).
 set -euo pipefail
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+# The server binaries as the command finds them (cli/db.c): pg_config's
+# bindir, else Debian's newest /usr/lib/postgresql/N/bin.
+if [ -z "${PG_BIN:-}" ]; then
+  PG_BIN=$(pg_config --bindir 2>/dev/null || true)
+  if [ ! -x "$PG_BIN/initdb" ]; then
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+fi
 PG_PORT=5432
 # Marks a directory as ours so `stop` never removes anything else.
 MARKER=.cairnloop-test-cluster
@@ -76,6 +84,7 @@ export CL_PG_DIR='$dir'
 export PGHOST='$dir/sock'
 export PGPORT='$PG_PORT'
 export PGUSER='postgres'
+export PG_BIN='$PG_BIN'
 export CAIRNLOOP_PG_URL_BASE='postgresql:///?host=$dir/sock&port=$PG_PORT&user=postgres'
 EOF
 }

@@ -114,3 +114,26 @@ cl.notifier(function(message, conversation, delivery)
   return true
 end)'
 }
+
+# private_cluster DB: a throwaway cluster of the suite's own (tests/pg.sh),
+# for tests that stop and crash the server, with DB created in it and every
+# client pointed at it; stopped at exit.  pg_ctl_ ARGS runs its pg_ctl
+# ($PG_BIN, as tests/pg.sh found it).
+private_cluster() {
+  local root db=$1 pg_env
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  if ! pg_env=$("$root/tests/pg.sh" start 2>"$cl_tmp/pg.err"); then
+    tap 1 "start a private cluster" "$(cat "$cl_tmp/pg.err")"
+    exit 1
+  fi
+  eval "$pg_env"
+  PRIVATE_PG_SH="$root/tests/pg.sh"
+  on_exit_more() { "$PRIVATE_PG_SH" stop "$CL_PG_DIR" >/dev/null 2>&1 || true; }
+  createdb "$db"
+  export PGDATABASE=$db
+  export CAIRNLOOP_DATABASE_URL="postgresql:///$db?host=$PGHOST&port=$PGPORT&user=$PGUSER"
+}
+
+pg_ctl_() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$PG_BIN/pg_ctl" "$@"; else "$PG_BIN/pg_ctl" "$@"; fi
+}

@@ -14,21 +14,7 @@
 set -u
 . "$(dirname "$0")/work_lib.bash"
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-if ! pg_env=$("$ROOT/tests/pg.sh" start 2>"$cl_tmp/pg.err"); then
-  tap 1 "start a private cluster" "$(cat "$cl_tmp/pg.err")"
-  exit 1
-fi
-eval "$pg_env"
-on_exit_more() { "$ROOT/tests/pg.sh" stop "$CL_PG_DIR" >/dev/null 2>&1 || true; }
-createdb work_crash
-export PGDATABASE=work_crash
-export CAIRNLOOP_DATABASE_URL="postgresql:///work_crash?host=$PGHOST&port=$PGPORT&user=$PGUSER"
-
-pg_ctl_() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$PG_BIN/pg_ctl" "$@"; else "$PG_BIN/pg_ctl" "$@"; fi
-}
+private_cluster work_crash
 
 N=3200
 LIMIT=100

@@ -555,6 +555,7 @@ static int engine_open(lua_State *L) {
   le->side.hooks = NULL;
   le->side.actor_ref = LUA_NOREF;
   le->side.actor_json = NULL;
+  le->side.set_notifier = NULL; /* host notifiers are plain ones */
   le->eng = NULL;
   le->L = L;
   le->log_ref = LUA_NOREF;

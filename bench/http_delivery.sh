@@ -63,6 +63,15 @@ db_url() { printf '%s' "${CAIRNLOOP_PG_URL_BASE/:\/\/\/\?/:\/\/\/$1?}"; }
 sql() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -qAt -v ON_ERROR_STOP=1 "$(db_url "$1")" -c "$2"; }
 now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
 
+# 12345.6 -> 12,346 (and 45.6 -> 45.6 below 100)
+fmt() {
+  awk -v x="$1" 'BEGIN {
+    if (x < 100) { printf "%.1f", x; exit }
+    s = sprintf("%d", x + 0.5); o = ""
+    while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+    print s o }'
+}
+
 notes=()
 note() { notes+=("$1"); echo "http bench: $1" >&2; }
 
@@ -76,9 +85,9 @@ alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $s != Z* ]]; }
 
 # stop PID SIGNAL: the signal, then up to 10 s for the exit, then KILL.
 stop_pid() {
-  local pid=$1 i
+  local pid=$1
   kill -"$2" "$pid" 2>/dev/null
-  for i in $(seq 1 200); do alive "$pid" || break; sleep 0.05; done
+  for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.05; done
   alive "$pid" && kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   return 0
@@ -227,8 +236,8 @@ setup_databases() {
     sql $CL_DB "INSERT INTO cairnloop.cairnloop_conversations (id, status, subject, customer_ref)
                 SELECT g, 'open', 'Bench conversation ' || g, 'customer-' || g
                 FROM generate_series(1, $MAX_JOBS) AS g;
-                SELECT setval(pg_get_serial_sequence('cairnloop.cairnloop_conversations', 'id'), $MAX_JOBS);
-                VACUUM ANALYZE cairnloop.cairnloop_conversations" >/dev/null ||
+                SELECT setval(pg_get_serial_sequence('cairnloop.cairnloop_conversations', 'id'), $MAX_JOBS)" \
+      >/dev/null && sql $CL_DB "VACUUM ANALYZE cairnloop.cairnloop_conversations" ||
       die "cannot seed $CL_DB"
     seq 1 $MAX_JOBS >"$WORK/http-ids.txt"
   fi
@@ -255,7 +264,9 @@ enqueue() {
     # graphile's own SQL API, one statement.
     sql $GW_DB "SELECT count(*) FROM graphile_worker.add_jobs(ARRAY(
                   SELECT ROW('deliver', json_build_object('message_id', g, 'conversation_id', g,
-                             'template_id', 'http-$seq', 'content', '$BODY'),
+                             'customer_ref', 'customer-' || g, 'template_id', 'http-$seq',
+                             'bulk_envelope_id', '$(cat /proc/sys/kernel/random/uuid)',
+                             'content', '$BODY'),
                              NULL, NULL, NULL, NULL, NULL, NULL)::graphile_worker.job_spec
                   FROM generate_series(1, $n) AS g))" >/dev/null || return 1
     sql $GW_DB "VACUUM ANALYZE graphile_worker._private_jobs" >/dev/null
@@ -416,8 +427,11 @@ echo
 echo "HTTP delivery bench: cairnloop work against graphile-worker${gw_version:+ $gw_version}, durable PostgreSQL, local receiver"
 echo "$machine"
 
-# The receiver by itself, so that its ceiling is known to be far above the
-# contenders': wrk with 200 connections on the 20 ms route.
+# The receiver by itself, driven by wrk (keep-alive, one thread) at each
+# concurrency of the plan: what a client with no queue behind it reaches,
+# and, with 200 connections, that the receiver's own ceiling is far above
+# the contenders'.
+recv_rows=()
 recv_note=
 if [ "$QUICK" = 0 ] && command -v wrk >/dev/null; then
   cat >"$WORK/wrk-hook.lua" <<'EOF'
@@ -429,11 +443,21 @@ function request()
   return wrk.format("POST", nil, { ["webhook-id"] = "wrk-" .. tid .. "-" .. n }, "{}")
 end
 EOF
-  curl -s -X POST "$RECV/reset" >/dev/null
-  rps=$(wrk -t2 -c200 -d3s -s "$WORK/wrk-hook.lua" "$RECV/hook/20" 2>/dev/null | awk '/Requests\/sec/ { printf "%d", $2 }')
+  wrk_rps() { # threads connections delay_ms seconds
+    curl -s -X POST "$RECV/reset" >/dev/null
+    wrk -t"$1" -c"$2" -d"$4"s -s "$WORK/wrk-hook.lua" "$RECV/hook/$3" 2>/dev/null |
+      awk '/Requests\/sec/ { printf "%d", $2 }'
+  }
+  for d in "${delays[@]}"; do
+    for c in "${concs[@]}"; do
+      rps=$(wrk_rps 1 "$c" "$d" 2)
+      limit=$((c * 1000 / d))
+      recv_rows+=("$d|$c|$(fmt "$limit")|$(fmt "${rps:-0}")|$(awk -v r="${rps:-0}" -v l="$limit" 'BEGIN { printf "%.2f", r / l }')")
+    done
+  done
+  rps=$(wrk_rps 2 200 20 3)
   stats=$(recv_stats)
-  recv_note="The receiver alone (wrk, 2 threads, 200 connections, 20 ms route, 3 s): ${rps:-?} requests/s, $(field duplicates "$stats") duplicates counted for distinct ids."
-  echo "$recv_note"
+  recv_note="The receiver's capacity: $(fmt "${rps:-0}") requests/s with 200 connections on the 20 ms route (wrk, 2 threads, 3 s; limit 10,000), $(field duplicates "$stats") duplicates counted for distinct ids."
 fi
 
 raw=$WORK/http-runs.txt
@@ -483,15 +507,6 @@ summary() {
       lo = r[1]; hi = r[1]; for (i = 2; i <= n; i++) { if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
       printf "%d %s %.1f %.1f %.1f %.2f %.1f %d\n", n, jlo == jhi ? jlo : jlo "-" jhi, med(r, n), lo, hi, med(cpu, n), med(srv, n), m
     }' "$raw"
-}
-
-# 12345.6 -> 12,346 (and 45.6 -> 45.6 below 100)
-fmt() {
-  awk -v x="$1" 'BEGIN {
-    if (x < 100) { printf "%.1f", x; exit }
-    s = sprintf("%d", x + 0.5); o = ""
-    while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-    print s o }'
 }
 
 label() {
@@ -562,6 +577,11 @@ print_table \
   "delay ms|concurrency|contender|processes|in flight|limit jobs/s|runs|jobs per run|jobs/s|range jobs/s|of limit|x graphile|max in flight|worker CPU ms / 1,000 jobs|server CPU ms / 1,000 jobs" \
   "rrlrrrrrrrrrrrr" "$table_note" "${rows[@]}"
 
+if [ ${#recv_rows[@]} -gt 0 ]; then
+  print_table "The receiver alone: wrk at the same concurrency (keep-alive connections, one thread, 2 s)" \
+    "delay ms|concurrency|limit requests/s|requests/s|of limit" "rrrrr" "$recv_note" "${recv_rows[@]}"
+fi
+
 # Targets.
 targets=()
 met=0
@@ -609,7 +629,7 @@ echo
 echo "$tail"
 for n in "${notes[@]}"; do echo "note: $n"; done
 {
-  printf -- '- %s\n' "$machine" "${recv_note:-receiver: bench/receiver (nginx with the Lua module, one worker)}" \
+  printf -- '- %s\n' "$machine" "receiver: bench/receiver/ (nginx $(nginx -v 2>&1 | sed -n 's|.*nginx/||p') with the Lua module, one worker)" \
     "$tail" "${notes[@]}"
   printf '\n'
 } >>"$md"

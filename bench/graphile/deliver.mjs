@@ -46,26 +46,29 @@ function post(headers, body) {
 const taskList = {
   async deliver(payload, helpers) {
     const id = `gw-msg-${payload.message_id}`;
-    const ts = Math.floor(Date.now() / 1000).toString();
+    const now = new Date();
+    const ts = Math.floor(now.getTime() / 1000).toString();
+    // The event of lua/cairnloop/webhook.lua, field for field.
     const body = JSON.stringify({
       type: "message.outbound",
-      timestamp: new Date().toISOString(),
+      timestamp: now.toISOString().replace(/\.\d{3}Z$/, "Z"),
       data: {
-        message: {
-          id: payload.message_id,
-          conversation_id: payload.conversation_id,
-          role: "system_outbound",
-          content: payload.content,
-          template_id: payload.template_id,
-        },
-        conversation: { id: payload.conversation_id },
+        message_id: payload.message_id,
+        conversation_id: payload.conversation_id,
+        customer_ref: payload.customer_ref,
+        template_id: payload.template_id,
+        bulk_envelope_id: payload.bulk_envelope_id,
+        role: "system_outbound",
+        content: payload.content,
         attempt: helpers.job.attempts,
+        idempotency_key: id,
       },
     });
     const mac = crypto.createHmac("sha256", key).update(`${id}.${ts}.${body}`).digest("base64");
     await post(
       {
         "content-type": "application/json",
+        "user-agent": "graphile-worker-bench",
         "content-length": Buffer.byteLength(body),
         "webhook-id": id,
         "webhook-timestamp": ts,

@@ -91,19 +91,18 @@ local function check(id, ts, sigs, body)
   return "bad_signature"
 end
 
---- The log's fields from the delivery's JSON body: the message, its
--- conversation and template, the attempt.
+--- The log's fields from the delivery's JSON body (lua/cairnloop/webhook.lua's
+-- event: {"type":..,"timestamp":..,"data":{"message_id":..,"conversation_id":..,
+-- "template_id":..,"attempt":..,...}}).  Ids are read from the text itself:
+-- lua-cjson would turn a large one into a rounded double.
 local function describe(body)
   local doc = cjson.decode(body)
-  if type(doc) ~= "table" then return end
-  local data = type(doc.data) == "table" and doc.data or doc
-  local msg = type(data.message) == "table" and data.message or data
-  local conv = type(data.conversation) == "table" and data.conversation or {}
+  local data = type(doc) == "table" and doc.data
+  if type(data) ~= "table" then return end
   local v = ngx.var
-  v.cl_conversation = tostring(conv.id or msg.conversation_id or "-")
-  v.cl_template = tostring(msg.template_id or "-")
-  local attempt = data.attempt or (type(data.delivery) == "table" and data.delivery.attempt)
-  if attempt then v.cl_attempt = tostring(attempt) end
+  v.cl_conversation = body:match('"conversation_id":(%d+)') or "-"
+  v.cl_attempt = body:match('"attempt":(%d+)') or "-"
+  if type(data.template_id) == "string" then v.cl_template = data.template_id end
 end
 
 --- POST /webhooks

@@ -5,6 +5,11 @@
 --   cairnloop demo                    on the embedded cluster under ./.cairnloop
 --   cairnloop run --policy lua/examples/demo_policy.lua lua/examples/campaign.lua [CONVERSATIONS]
 --                                     on whatever database the command is given
+--   ... campaign.lua [CONVERSATIONS] --no-deliver
+--                                     everything but step 7: the jobs stay due
+--                                     for a `cairnloop work` process (`make demo`,
+--                                     tools/demo.sh, delivers them so, through the
+--                                     webhook notifier to a local receiver)
 --
 -- 1. migrate; 2. seed CONVERSATIONS (default 120) demo conversations, every
 -- tenth closed; 3. select the cohort (the open ones) with a read-only query; 4. show a
@@ -41,9 +46,11 @@
 --                  envelopes { submitted, replayed, refused },
 --                  recipients { total, submitted, replayed }
 --   delivery       this run's engine:work totals: sent, failed, retried,
---                  discarded, no_op
+--                  discarded, no_op (absent with --no-deliver)
 --   outbox         { path, appended }: the notifier's file, and the lines
---                  this run appended to it
+--                  this run appended to it (absent with --no-deliver)
+--   due            the jobs due when the script ends: 0 after delivery; with
+--                  --no-deliver, what is left to `cairnloop work`
 --   envelopes      the template's envelopes in the database, by status
 --   messages       the template's messages in the database, by status
 --   audit_events   the audit events in the database, by action
@@ -60,7 +67,18 @@ local VARS = { product = "Calendar", team = "The Cairnloop support team" }
 -- The operator's session: the policy's actor resolver maps it to "operator:demo".
 local ACTOR = "session:demo"
 
-local n_conversations = math.tointeger(tonumber(arg[1] or "120"))
+-- Arguments: CONVERSATIONS and --no-deliver, in any order.
+local count_arg, DELIVER = nil, true
+for _, a in ipairs(arg) do
+  if a == "--no-deliver" then
+    DELIVER = false
+  elseif count_arg == nil then
+    count_arg = a
+  else
+    error({ code = "invalid_argument", message = "usage: campaign.lua [CONVERSATIONS] [--no-deliver]" })
+  end
+end
+local n_conversations = math.tointeger(tonumber(count_arg or "120"))
 if not n_conversations or n_conversations < 1 or n_conversations > 100000 then
   error({ code = "invalid_argument", message = "CONVERSATIONS must be an integer from 1 to 100000" })
 end
@@ -283,54 +301,65 @@ report.campaign = {
   recipients = summary.recipients,
 }
 
--- The notifier "sends" by appending one JSON line per delivery to an outbox
--- file: a real one would call a mail or chat API with the same fields.  It
--- is registered from this host script (engine:notifier), because a policy
--- script has no files; it runs in this script's Lua state.
-local OUTBOX = os.getenv("CAIRNLOOP_OUTBOX") or ".cairnloop/outbox.jsonl"
-
-local outbox = io.open(OUTBOX, "a")
-if not outbox then -- no ./.cairnloop (a --database run): beside it instead
-  OUTBOX = "cairnloop-outbox.jsonl"
-  outbox = assert(io.open(OUTBOX, "a"))
+local function jobs_due()
+  return check(engine:query(string.format(
+    "SELECT count(*) AS n FROM %s.cairnloop_delivery_jobs"
+      .. " WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()",
+    SCHEMA)))[1].n
 end
-local written = 0
-check(engine:notifier(function(message, conversation, delivery)
-  outbox:write(string.format(
-    '{"idempotency_key":%s,"message_id":%d,"conversation_id":%d,"to":%s,"body":%s}\n',
-    json_string(delivery.idempotency_key), message.id, conversation.id,
-    json_string(conversation.customer_ref or ""), json_string(message.content)))
-  written = written + 1
-  return true
-end))
 
-step("Deliver", "engine:work in a loop until no job is due; the notifier sends each message"
-  .. " to the outbox " .. OUTBOX .. ".")
-local due = check(engine:query(string.format(
-  "SELECT count(*) AS n FROM %s.cairnloop_delivery_jobs"
-    .. " WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at <= now()",
-  SCHEMA)))[1].n
-local bar = campaign.progress("delivered", due, { enabled = not JSON })
-local done = { sent = 0, failed = 0, no_op = 0, retried = 0, discarded = 0 }
-local handled = 0
-while true do
-  local stats = check(engine:work { limit = 50 })
-  local n = 0
-  for k, v in pairs(stats) do
-    done[k] = done[k] + v
-    n = n + v
+if DELIVER then
+  -- The notifier "sends" by appending one JSON line per delivery to an outbox
+  -- file: a real one would call a mail or chat API with the same fields.  It
+  -- is registered from this host script (engine:notifier), because a policy
+  -- script has no files; it runs in this script's Lua state.
+  local OUTBOX = os.getenv("CAIRNLOOP_OUTBOX") or ".cairnloop/outbox.jsonl"
+
+  local outbox = io.open(OUTBOX, "a")
+  if not outbox then -- no ./.cairnloop (a --database run): beside it instead
+    OUTBOX = "cairnloop-outbox.jsonl"
+    outbox = assert(io.open(OUTBOX, "a"))
   end
-  if n == 0 then break end
-  handled = handled + n
-  bar:update(math.min(handled, due), string.format("%d sent, %d failed", done.sent, done.failed))
+  local written = 0
+  check(engine:notifier(function(message, conversation, delivery)
+    outbox:write(string.format(
+      '{"idempotency_key":%s,"message_id":%d,"conversation_id":%d,"to":%s,"body":%s}\n',
+      json_string(delivery.idempotency_key), message.id, conversation.id,
+      json_string(conversation.customer_ref or ""), json_string(message.content)))
+    written = written + 1
+    return true
+  end))
+
+  step("Deliver", "engine:work in a loop until no job is due; the notifier sends each message"
+    .. " to the outbox " .. OUTBOX .. ".")
+  local due = jobs_due()
+  local bar = campaign.progress("delivered", due, { enabled = not JSON })
+  local done = { sent = 0, failed = 0, no_op = 0, retried = 0, discarded = 0 }
+  local handled = 0
+  while true do
+    local stats = check(engine:work { limit = 50 })
+    local n = 0
+    for k, v in pairs(stats) do
+      done[k] = done[k] + v
+      n = n + v
+    end
+    if n == 0 then break end
+    handled = handled + n
+    bar:update(math.min(handled, due), string.format("%d sent, %d failed", done.sent, done.failed))
+  end
+  bar:finish()
+  outbox:close()
+  say("%d lines appended to %s", written, OUTBOX)
+  report.delivery = done
+  report.outbox = { path = OUTBOX, appended = written }
+  say("%d sent, %d failed (%d to retry, %d discarded), %d without a notifier", done.sent,
+    done.failed, done.retried, done.discarded, done.no_op)
+else
+  step("Leave delivery to `cairnloop work`",
+    "The jobs stay due: a worker process claims them and hands each message to its notifier.")
+  say("%d jobs due", jobs_due())
 end
-bar:finish()
-outbox:close()
-say("%d lines appended to %s", written, OUTBOX)
-report.delivery = done
-report.outbox = { path = OUTBOX, appended = written }
-say("%d sent, %d failed (%d to retry, %d discarded), %d without a notifier", done.sent,
-  done.failed, done.retried, done.discarded, done.no_op)
+report.due = jobs_due()
 
 step("Report")
 local envelopes = check(engine:envelopes { template_id = TEMPLATE_ID, limit = 10000 })
@@ -369,4 +398,8 @@ end
 say("\nmetrics of this run (Prometheus text format):")
 io.write(metrics.render())
 
-say("\n%sDone.%s Run it again: nothing is sent twice, every envelope replays.", BOLD, OFF)
+if DELIVER then
+  say("\n%sDone.%s Run it again: nothing is sent twice, every envelope replays.", BOLD, OFF)
+else
+  say("\n%sSent.%s The jobs are due: `cairnloop work` delivers them.", BOLD, OFF)
+end

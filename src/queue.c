@@ -725,14 +725,10 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
   return st;
 }
 
-/* The common body of cl_work_run and cl_work_batch. */
+/* The common body of cl_work_run and cl_work_batch, after their entry
+ * guard (which names the public function). */
 static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_all,
-                          cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
-  cl_work_stats scratch = {0};
-  cl_work_stats *stats = stats_out ? stats_out : &scratch;
-  memset(stats, 0, sizeof *stats);
-  if (batch) memset(batch, 0, sizeof *batch);
-  CL__ENTER(eng, err);
+                          cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
   if (!o) return cl__fail(err, CL_INVALID_ARGUMENT, "work: no options");
   if (o->limit < 1 || o->limit > CL_WORK_MAX_LIMIT)
     return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
@@ -773,11 +769,21 @@ static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_a
 
 cl_status cl_work_run(cl_engine *eng, const cl_work_options *opts, cl_work_stats *stats,
                       cl_batch_info *batch, cl_error *err) {
+  cl_work_stats scratch;
+  if (!stats) stats = &scratch;
+  memset(stats, 0, sizeof *stats);
+  if (batch) memset(batch, 0, sizeof *batch);
+  CL__ENTER(eng, err);
   return work_run(eng, opts, false, stats, batch, err);
 }
 
 cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
                         cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
+  cl_work_stats scratch;
+  if (!stats) stats = &scratch;
+  memset(stats, 0, sizeof *stats);
+  if (batch) memset(batch, 0, sizeof *batch);
+  CL__ENTER(eng, err);
   cl_work_options o = {.limit = limit, .concurrency = 1, .stop = stop};
   return work_run(eng, &o, true, stats, batch, err);
 }

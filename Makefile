@@ -20,7 +20,9 @@ SANITIZE ?=
 VERSION := 0.1.0
 SOVERSION := 0
 
-PKGS := libpq uuid jansson
+# libcurl and libcrypto: the notifiers' HTTP client (src/http.c) and the
+# signing primitives (src/crypto.c).
+PKGS := libpq uuid jansson libcurl libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) lua5.4 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null)
@@ -221,13 +223,19 @@ rock-install:
 	install -m 755 build/rock/lua5.4/cairnloop.so '$(ROCK_LIBDIR)/'
 	cp -R lua/cairnloop/. '$(ROCK_LUADIR)/cairnloop/'
 
+# Requires.private is PKGS, so a static link through pkg-config gets every
+# library the engine calls (libcurl and libcrypto too).
 $(PC_FILE): cairnloop.pc.in Makefile $(BUILD)/prefix.stamp
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|^Requires.private:.*|Requires.private: $(PKGS)|' $< > $@
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/support -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) \
 	    $(LDFLAGS_ALL) $(PKG_LIBS) -lcmocka -lm -ldl -pthread
+
+# The HTTP client's test serves TLS itself (a self-signed peer), with libssl.
+$(BUILD)/tests/test_http: PKG_LIBS += $(shell pkg-config --libs libssl 2>/dev/null)
 
 tests: $(TEST_BINS)
 

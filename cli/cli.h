@@ -52,10 +52,14 @@ enum cli_opt {
   CLI_OPT_MIGRATE_STATUS, /* migrate --status: a flag, unlike envelopes --status S */
   CLI_OPT_METRICS,
   CLI_OPT_NO_PREPARED_STATEMENTS,
+  CLI_OPT_CONCURRENCY,
+  CLI_OPT_RATE,
+  CLI_OPT_HTTP_ALLOW,
   CLI_OPT_END
 };
 
 #define CLI_MAX_POLICIES 32
+#define CLI_MAX_HTTP_ALLOW 64
 
 /* The parsed command line of one invocation. */
 typedef struct cli_ctx {
@@ -65,6 +69,9 @@ typedef struct cli_ctx {
   const char *schema;
   const char *policies[CLI_MAX_POLICIES];
   int npolicies;
+  /* --http-allow patterns, NULL-terminated (cl_config.http_allow). */
+  const char *http_allow[CLI_MAX_HTTP_ALLOW + 1];
+  int nhttp_allow;
   bool json;
   bool no_prepared_statements; /* for a transaction pooler (cl_config) */
   /* Command options by id (NULL when absent); values are argv strings. */

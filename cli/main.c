@@ -66,6 +66,9 @@ static const struct option all_options[] = {
     {"status", no_argument, NULL, CLI_OPT_MIGRATE_STATUS},
     {"metrics", required_argument, NULL, CLI_OPT_METRICS},
     {"no-prepared-statements", no_argument, NULL, CLI_OPT_NO_PREPARED_STATEMENTS},
+    {"concurrency", required_argument, NULL, CLI_OPT_CONCURRENCY},
+    {"rate", required_argument, NULL, CLI_OPT_RATE},
+    {"http-allow", required_argument, NULL, CLI_OPT_HTTP_ALLOW},
 };
 #define N_ALL_OPTIONS (sizeof all_options / sizeof all_options[0])
 
@@ -86,6 +89,9 @@ static const int bulk_options[] = {CLI_OPT_TEMPLATE,    CLI_OPT_BODY,
 static const int envelopes_options[] = {CLI_OPT_TEMPLATE, CLI_OPT_STATUS, CLI_OPT_LIMIT, 0};
 static const int work_options[] = {CLI_OPT_ONCE,
                                    CLI_OPT_LIMIT,
+                                   CLI_OPT_CONCURRENCY,
+                                   CLI_OPT_RATE,
+                                   CLI_OPT_HTTP_ALLOW,
                                    CLI_OPT_MAX_ATTEMPTS,
                                    CLI_OPT_LEASE_SECONDS,
                                    CLI_OPT_BACKOFF_BASE_MS,
@@ -195,14 +201,18 @@ static const cli_command commands[] = {
      "an engine method returned nil, code, msg.\n"},
     {"work", cli_cmd_work, CLI_ENGINE, work_options, 0, 0,
      "deliver due messages through the policy's notifier",
-     "Usage: cairnloop work [--once] [--limit N] [--max-attempts N] [--lease-seconds S]\n"
-     "                      [--backoff-base-ms MS] [--retention-completed D]\n"
-     "                      [--retention-failed D] [--retention-interval-ms MS]\n"
-     "                      [--metrics HOST:PORT]\n"
+     "Usage: cairnloop work [--once] [--limit N] [--concurrency N] [--rate PER_SECOND]\n"
+     "                      [--http-allow PATTERN]... [--max-attempts N]\n"
+     "                      [--lease-seconds S] [--backoff-base-ms MS]\n"
+     "                      [--retention-completed D] [--retention-failed D]\n"
+     "                      [--retention-interval-ms MS] [--metrics HOST:PORT]\n"
      "\n"
      "Claims due delivery jobs in batches and hands each message to the policy's\n"
      "notifier (without one, jobs complete as no_op and messages are marked sent).\n"
-     "Runs until SIGINT or SIGTERM: the batch in hand is finished, jobs claimed\n"
+     "A notifier that calls cl.http.request (such as lua/cairnloop/webhook.lua)\n"
+     "keeps up to --concurrency deliveries in flight; finished ones are recorded\n"
+     "in batches while others run, and leases of slow ones are renewed.  Runs\n"
+     "until SIGINT or SIGTERM: deliveries in flight are finished, jobs claimed\n"
      "but not started are handed back, and the exit status is 0.  Idle, it sleeps\n"
      "until jobs are inserted (LISTEN/NOTIFY) or the next scheduled one is due,\n"
      "polling every 5 s at most; it reconnects when the database goes away.  Any\n"
@@ -211,6 +221,13 @@ static const cli_command commands[] = {
      "Options:\n"
      "  --once                   deliver one batch, print its counts and exit\n"
      "  --limit N                jobs per batch, 1 to 10000 (default 500)\n"
+     "  --concurrency N          deliveries in flight at once, 1 to 1000 (default 10)\n"
+     "  --rate PER_SECOND        start at most this many deliveries per second (a\n"
+     "                           token bucket; default: no limit)\n"
+     "  --http-allow PATTERN     let notifiers reach URLs matching PATTERN, e.g.\n"
+     "                           https://hooks.example.com/ or http://127.0.0.1:*\n"
+     "                           (repeatable; also CAIRNLOOP_HTTP_ALLOW, comma-\n"
+     "                           separated; default: nothing is allowed)\n"
      "  --max-attempts N         attempts before a failing job is discarded\n"
      "                           (default 20)\n"
      "  --lease-seconds S        how long a claimed job stays leased before another\n"
@@ -508,6 +525,7 @@ int cli_open_config(const cli_ctx *ctx, const cl_config *cfgp, cl_engine **out) 
   cfg.schema = ctx->schema;
   if (ctx->no_prepared_statements)
     cfg.no_prepared_statements = 1; /* else the engine reads $CAIRNLOOP_NO_PREPARED_STATEMENTS */
+  if (ctx->nhttp_allow) cfg.http_allow = ctx->http_allow; /* the engine adds $CAIRNLOOP_HTTP_ALLOW */
   cl_error err;
   cl_engine *eng = NULL;
   cl_status st = cl_open(&eng, &cfg, &err);
@@ -562,6 +580,11 @@ static int store_option(cli_ctx *ctx, const cli_command *cmd, int id, const char
     return CLI_CONTINUE;
   case CLI_OPT_NO_PREPARED_STATEMENTS:
     ctx->no_prepared_statements = true;
+    return CLI_CONTINUE;
+  case CLI_OPT_HTTP_ALLOW:
+    if (ctx->nhttp_allow == CLI_MAX_HTTP_ALLOW)
+      return cli_fail(CL_INVALID_ARGUMENT, "--http-allow: at most %d patterns", CLI_MAX_HTTP_ALLOW);
+    ctx->http_allow[ctx->nhttp_allow++] = value;
     return CLI_CONTINUE;
   case CLI_OPT_POLICY:
     if (ctx->npolicies == CLI_MAX_POLICIES)

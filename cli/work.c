@@ -29,6 +29,8 @@
 /* Jobs per batch by default: large enough that the two round trips of a
  * batch are cheap per job, small enough that a stop hands back little. */
 #define DEFAULT_LIMIT 500
+/* Deliveries in flight by default (a notifier that calls cl.http.request). */
+#define DEFAULT_CONCURRENCY 10
 /* Reconnect backoff: doubles from the first to the last. */
 #define RETRY_FIRST_MS 100
 #define RETRY_MAX_MS 5000
@@ -187,7 +189,7 @@ static void outage(cl_engine *eng, const cl_error *err, int *delay_ms) {
   *delay_ms = *delay_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : *delay_ms * 2;
 }
 
-static int run_loop(worker *w, cl_engine *eng, int limit) {
+static int run_loop(worker *w, cl_engine *eng, const cl_work_options *opts) {
   int delay_ms = 0; /* 0: connected; else the next reconnect delay */
   cl_wake why = CL_WAKE_TIMEOUT;
   cl_error err;
@@ -195,7 +197,7 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
     cl_work_stats s;
     cl_batch_info b;
     cli_metrics_batch_begin(w->metrics);
-    cl_status st = cl_work_batch(eng, limit, &stop_signal, &s, &b, &err);
+    cl_status st = cl_work_run(eng, opts, &s, &b, &err);
     cli_metrics_batch_end(w->metrics, st == CL_OK, &s, &b);
     if (st == CL_DB_ERROR) {
       outage(eng, &err, &delay_ms);
@@ -208,15 +210,12 @@ static int run_loop(worker *w, cl_engine *eng, int limit) {
     }
     add_stats(&w->total, &s);
     if (b.rescued) cl_log(eng, CL_LOG_INFO, "work: rescued %d jobs whose lease expired", b.rescued);
-    if (b.released)
-      cl_log(eng, stop_signal ? CL_LOG_INFO : CL_LOG_WARN,
-             "work: handed back %d claimed jobs not yet started%s", b.released,
-             stop_signal ? ""
-                         : " (half their lease was spent: lower --limit or raise --lease-seconds)");
+    if (b.released) cl_log(eng, CL_LOG_INFO, "work: handed back %d claimed jobs not yet started",
+                           b.released);
     progress(w, false);
     cli_metrics_refresh(w->metrics, eng, false);
     /* A full batch suggests more is due: go again without asking. */
-    if (b.claimed == limit) continue;
+    if (b.claimed == opts->limit) continue;
     /* Due jobs that could not be claimed are locked by someone else (a
      * claim about to commit, or a session holding row locks): pause
      * instead of asking again in a tight loop. */
@@ -257,10 +256,30 @@ static int retention_flag(const cli_ctx *ctx, enum cli_opt id, const char *name,
   return rc;
 }
 
+/* --rate: deliveries per second, a positive number up to a million
+ * ("0.5" is one every two seconds). */
+static int rate_flag(const char *text, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(text, &end);
+  if (errno || end == text || *end || !(v > 0 && v <= 1e6))
+    return cli_fail(CL_INVALID_ARGUMENT,
+                    "--rate: a number of deliveries per second above 0 and at most 1000000, "
+                    "got '%.32s'",
+                    text);
+  *out = v;
+  return 0;
+}
+
 int cli_cmd_work(cli_ctx *ctx) {
-  int64_t limit = DEFAULT_LIMIT, max_attempts = 0, lease = 0, backoff = 0, keep_completed,
+  int64_t limit = DEFAULT_LIMIT, concurrency = DEFAULT_CONCURRENCY, max_attempts = 0, lease = 0, backoff = 0, keep_completed,
           keep_failed, prune_every = 0;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
+  if (rc == 0)
+    rc = int_flag(ctx, CLI_OPT_CONCURRENCY, "--concurrency", 1, CL_WORK_MAX_CONCURRENCY,
+                  &concurrency);
+  double rate = 0;
+  if (rc == 0 && cli_opt(ctx, CLI_OPT_RATE)) rc = rate_flag(cli_opt(ctx, CLI_OPT_RATE), &rate);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_MAX_ATTEMPTS, "--max-attempts", 1, 1000, &max_attempts);
   if (rc == 0) rc = int_flag(ctx, CLI_OPT_LEASE_SECONDS, "--lease-seconds", 1, 86400, &lease);
   if (rc == 0)
@@ -311,10 +330,12 @@ int cli_cmd_work(cli_ctx *ctx) {
     return rc;
   }
 
+  cl_work_options opts = {
+      .limit = (int)limit, .concurrency = (int)concurrency, .rate = rate, .stop = &stop_signal};
   if (once) {
     cl_work_stats s;
     cl_error err;
-    cl_status st = cl_work(eng, (int)limit, &s, &err);
+    cl_status st = cl_work_run(eng, &opts, &s, NULL, &err);
     rc = st == CL_OK ? print_result(&w, &s) : cli_fail_status(st, &err);
     cl_close(eng);
     return rc;
@@ -322,7 +343,7 @@ int cli_cmd_work(cli_ctx *ctx) {
 
   w.last_report_ms = now_ms();
   cli_metrics_refresh(w.metrics, eng, true);
-  rc = run_loop(&w, eng, (int)limit);
+  rc = run_loop(&w, eng, &opts);
   if (w.progress_shown) {
     fputs("\n", stderr);
     w.progress_shown = false;

@@ -152,6 +152,14 @@ typedef struct cl_config {
    * 0/false/no/off), else off: statements are prepared once per connection
    * and idle workers LISTEN. */
   int no_prepared_statements;
+  /* Destinations a policy's notifier may reach with cl.http.request,
+   * NULL-terminated; env CAIRNLOOP_HTTP_ALLOW (comma-separated) adds its
+   * own.  NULL and no env: nothing is allowed.  A pattern is
+   * "scheme://host[:port][/path-prefix]" (http or https; host "*" or
+   * "*.domain"; port "*"; no port: the scheme's default), e.g.
+   * "https://hooks.example.com/" or "http://127.0.0.1:*".  A malformed
+   * pattern makes cl_open fail with CL_INVALID_ARGUMENT. */
+  const char *const *http_allow;
 } cl_config;
 
 /* The idle worker's poll interval when no_prepared_statements is set, in ms. */
@@ -466,6 +474,76 @@ typedef struct cl_notifier {
 
 CL_API cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err);
 
+/*
+ * Why a delivery failed, as the `reason` of the
+ * cairnloop.outbound.delivery.failed event says it (enum values only):
+ * enum suffix and name.
+ */
+#define CL_DELIVERY_REASON_MAP(XX)                 \
+  XX(NOTIFIER_ERROR, "notifier_returned_error")    \
+  XX(HTTP_STATUS, "http_status")                   \
+  XX(HTTP_TIMEOUT, "http_timeout")                 \
+  XX(HTTP_ERROR, "http_error")                     \
+  XX(NOT_ALLOWED, "not_allowed")
+
+typedef enum cl_delivery_reason {
+#define XX(name, str) CL_REASON_##name,
+  CL_DELIVERY_REASON_MAP(XX)
+#undef XX
+} cl_delivery_reason;
+
+/* "http_status", ...; NULL if out of range. */
+CL_API const char *cl_delivery_reason_name(cl_delivery_reason reason);
+
+/* One delivery in flight, from an asynchronous notifier's start until its
+ * cl_delivery_done. */
+typedef struct cl_delivery cl_delivery;
+
+typedef enum cl_delivery_verdict {
+  CL_DELIVERY_SENT,     /* delivered: the job completes, the message is sent */
+  CL_DELIVERY_FAILED,   /* retried with backoff until max_attempts, then discarded */
+  CL_DELIVERY_DISCARDED /* failed for good (e.g. HTTP 410): discarded now */
+} cl_delivery_verdict;
+
+typedef struct cl_delivery_result {
+  cl_delivery_verdict verdict;
+  /* Failures: the event's reason, and one line recorded in the job's
+   * errors (copied; NULL: the reason's name). */
+  cl_delivery_reason reason;
+  const char *message;
+  /* Failures: the next attempt no sooner than this many seconds from now
+   * (e.g. an HTTP Retry-After), nor sooner than the backoff.  0: the backoff. */
+  int64_t retry_after_seconds;
+} cl_delivery_result;
+
+/*
+ * A notifier that delivers concurrently: `start` begins delivering one
+ * message and returns at once; the host completes it later with
+ * cl_delivery_done(d, ...), exactly once, on the engine's thread: inside
+ * `start` itself (a delivery that finished at once) or inside `poll`.
+ * While deliveries are in flight and the engine has nothing else to do,
+ * it calls poll(ud, timeout_ms): run the host's I/O for up to timeout_ms
+ * and complete what finished (poll may be NULL when every start completes
+ * at once).  cl_work_run keeps up to its `concurrency` deliveries started
+ * and records finished ones in batches while others are in flight; it
+ * never returns with deliveries in flight.  What start receives is valid
+ * until its cl_delivery_done (the idempotency key is "cl-msg-<message id>",
+ * as for cl_notifier).  Replaces any notifier set before (and vice versa).
+ */
+typedef struct cl_async_notifier {
+  void (*start)(void *ud, cl_delivery *d, const cl_message *message,
+                const cl_conversation *conversation, const char *idempotency_key, int attempt);
+  void (*poll)(void *ud, int timeout_ms);
+  void (*release)(void *ud);
+  void *ud;
+} cl_async_notifier;
+
+CL_API cl_status cl_set_async_notifier(cl_engine *eng, const cl_async_notifier *notifier,
+                                       cl_error *err);
+/* Completes a delivery started by an asynchronous notifier; `d` is invalid
+ * afterwards.  NULL result: sent. */
+CL_API void cl_delivery_done(cl_delivery *d, const cl_delivery_result *result);
+
 typedef struct cl_work_stats {
   int sent, failed, no_op, retried, discarded;
 } cl_work_stats;
@@ -510,6 +588,38 @@ typedef struct cl_batch_info {
  */
 CL_API cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
                                cl_work_stats *stats, cl_batch_info *batch, cl_error *err);
+
+/* Largest cl_work_options.concurrency. */
+#define CL_WORK_MAX_CONCURRENCY 1000
+
+typedef struct cl_work_options {
+  int limit;       /* most jobs this call delivers: 1 to CL_WORK_MAX_LIMIT */
+  int concurrency; /* most deliveries in flight at once; 0: 1 */
+  /* Most deliveries started per second by this engine (a token bucket
+   * holding at most a tenth of a second's worth, at least one; it lives
+   * on the engine across calls).  0: no limit. */
+  double rate;
+  /* Read before each claim and start: once set, nothing more is started,
+   * claimed jobs not started are handed back, and the call returns when
+   * the deliveries in flight have finished.  May be NULL. */
+  const volatile sig_atomic_t *stop;
+} cl_work_options;
+
+/*
+ * Delivers up to opts->limit due jobs with up to opts->concurrency in
+ * flight (an asynchronous notifier or a policy notifier that calls
+ * cl.http.request; a synchronous notifier delivers one at a time), and
+ * returns once they are recorded or nothing more is due.  Claims and
+ * completions are one statement per batch: jobs are claimed as slots come
+ * free and finished deliveries are recorded while others are still in
+ * flight.  A delivery that runs longer than half the lease gets the lease
+ * of every job this call holds extended, in one statement.  Otherwise as
+ * cl_work_batch (which is cl_work_run with a concurrency of 1 claiming
+ * its whole limit at once).  Returns CL_OK, CL_INVALID_ARGUMENT or
+ * CL_DB_ERROR.
+ */
+CL_API cl_status cl_work_run(cl_engine *eng, const cl_work_options *opts, cl_work_stats *stats,
+                             cl_batch_info *batch, cl_error *err);
 
 /* Why cl_work_wait returned. */
 typedef enum cl_wake {

@@ -9,6 +9,7 @@
  * nothing below calls back into it.
  */
 #include "engine.h"
+#include "http.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -66,6 +67,37 @@ static cl_status env_no_prepare(bool *out, cl_error *err) {
                   "CAIRNLOOP_NO_PREPARED_STATEMENTS must be 1 or 0, got '%.32s'", v);
 }
 
+/* The allow list: cfg->http_allow, then CAIRNLOOP_HTTP_ALLOW's
+ * comma-separated patterns (blanks around them dropped).  No pattern: no
+ * client, and every request is not_allowed. */
+static cl_status open_http(cl_engine *eng, const char *const *allow, cl_error *err) {
+  const char *env = getenv("CAIRNLOOP_HTTP_ALLOW");
+  size_t n = 0, cap = 1;
+  for (const char *const *a = allow; a && *a; a++) cap++;
+  for (const char *c = env; c && *c; c++) cap += *c == ',';
+  if (env) cap++;
+  char *copy = env ? strdup(env) : NULL;
+  const char **list = calloc(cap, sizeof *list);
+  cl_status st = CL_OK;
+  if (!list || (env && !copy)) {
+    st = cl__fail(err, CL_DB_ERROR, "out of memory");
+    goto done;
+  }
+  for (const char *const *a = allow; a && *a; a++) list[n++] = *a;
+  for (char *save = NULL, *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok;
+       tok = strtok_r(NULL, ",", &save)) {
+    while (*tok == ' ' || *tok == '\t') tok++;
+    char *end = tok + strlen(tok);
+    while (end > tok && (end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
+    if (*tok) list[n++] = tok;
+  }
+  if (n) st = cl__http_new(list, &eng->http, err);
+done:
+  free(list);
+  free(copy);
+  return st;
+}
+
 cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   cl_config defaults;
   const cl_config *cfg = cfg_in;
@@ -118,8 +150,13 @@ cl_status cl_open(cl_engine **out, const cl_config *cfg_in, cl_error *err) {
   if (!db) db = getenv("CAIRNLOOP_DATABASE_URL");
   if (!db) db = ""; /* libpq's own defaults: PGHOST, PGDATABASE, ... */
 
+  cl_status st = open_http(eng, cfg->http_allow, err);
+  if (st != CL_OK) {
+    cl_close(eng);
+    return st;
+  }
   eng->db.unnamed = no_prepare;
-  cl_status st = cl__db_connect(&eng->db, db, eng->schema, err);
+  st = cl__db_connect(&eng->db, db, eng->schema, err);
   if (st != CL_OK) {
     cl_close(eng);
     return st;
@@ -144,7 +181,10 @@ void cl_close(cl_engine *eng) {
   }
   if (eng->has_auditor && eng->auditor.release) eng->auditor.release(eng->auditor.ud);
   if (eng->has_resolver && eng->resolver.release) eng->resolver.release(eng->resolver.ud);
-  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  if (eng->has_notifier) {
+    if (eng->notifier_async && eng->anotifier.release) eng->anotifier.release(eng->anotifier.ud);
+    if (!eng->notifier_async && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  }
   eng->has_auditor = eng->has_resolver = eng->has_notifier = false;
   /* Delivered but unrecorded outcomes: one last try, so that a worker
    * stopping after an outage does not leave them to be delivered again. */
@@ -153,6 +193,7 @@ void cl_close(cl_engine *eng) {
   /* The policy state goes after the hooks and handlers that point into it. */
   cl__policy_free(eng->policy);
   eng->policy = NULL;
+  cl__http_free(eng->http);
   cl__db_close(&eng->db);
   free(eng);
 }

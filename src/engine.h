@@ -63,6 +63,19 @@ struct cl_engine {
   bool has_resolver;
   cl_notifier notifier;
   bool has_notifier;
+  /* An asynchronous notifier (cl_set_async_notifier, and the policy
+   * state's): has_notifier is set too, and `notifier` is unused. */
+  cl_async_notifier anotifier;
+  bool notifier_async;
+  /* The notifiers' HTTP client (http.c): made by cl_open when
+   * destinations are allowed, NULL otherwise. */
+  struct cl__http *http;
+  /* cl_work_options.rate's token bucket, kept across calls. */
+  double rate, rate_tokens;
+  int64_t rate_at_ns;
+  /* The deliveries of the cl_work_run in progress (queue.c), NULL between
+   * calls: cl_delivery_done finds its slot through it. */
+  struct cl__run *run;
 
   /* Delivery settings (cl_config) and this worker's lease owner name. */
   int max_attempts;

@@ -192,6 +192,21 @@ cl_status cl__deliver(cl_engine *eng, const cl_message *msg, const cl_conversati
   return st;
 }
 
+void cl__deliver_start(cl_engine *eng, cl_delivery *d, const cl_message *msg,
+                       const cl_conversation *conv, const char *idempotency_key, int attempt) {
+  eng->in_hook = true;
+  arm_deadline(eng);
+  eng->anotifier.start(eng->anotifier.ud, d, msg, conv, idempotency_key, attempt);
+  eng->in_hook = false;
+}
+
+void cl__deliver_poll(cl_engine *eng, int timeout_ms) {
+  eng->in_hook = true;
+  arm_deadline(eng);
+  eng->anotifier.poll(eng->anotifier.ud, timeout_ms);
+  eng->in_hook = false;
+}
+
 /* ------------------------------------------------------------------ */
 /* Installing hooks                                                     */
 /* ------------------------------------------------------------------ */
@@ -220,14 +235,36 @@ cl_status cl_set_actor_resolver(cl_engine *eng, const cl_actor_resolver *resolve
   return CL_OK;
 }
 
+/* Releases whichever notifier is installed. */
+static void drop_notifier(cl_engine *eng) {
+  if (eng->has_notifier) {
+    if (eng->notifier_async && eng->anotifier.release) eng->anotifier.release(eng->anotifier.ud);
+    if (!eng->notifier_async && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  }
+  memset(&eng->notifier, 0, sizeof eng->notifier);
+  memset(&eng->anotifier, 0, sizeof eng->anotifier);
+  eng->has_notifier = eng->notifier_async = false;
+}
+
 cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error *err) {
   CL__ENTER(eng, err);
   if (notifier && !notifier->deliver)
     return cl__fail(err, CL_INVALID_ARGUMENT, "notifier has no deliver function");
-  if (eng->has_notifier && eng->notifier.release) eng->notifier.release(eng->notifier.ud);
+  drop_notifier(eng);
   eng->has_notifier = notifier != NULL;
   if (notifier) eng->notifier = *notifier;
-  else memset(&eng->notifier, 0, sizeof eng->notifier);
+  cl__ok(err);
+  return CL_OK;
+}
+
+cl_status cl_set_async_notifier(cl_engine *eng, const cl_async_notifier *notifier,
+                                cl_error *err) {
+  CL__ENTER(eng, err);
+  if (notifier && !notifier->start)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "asynchronous notifier has no start function");
+  drop_notifier(eng);
+  eng->has_notifier = eng->notifier_async = notifier != NULL;
+  if (notifier) eng->anotifier = *notifier;
   cl__ok(err);
   return CL_OK;
 }

@@ -28,5 +28,10 @@ cl_status cl__audited(cl_engine *eng, cl__stmt id, int nparams, const char *cons
 /* Calls the installed notifier for one delivery (in_hook set meanwhile). */
 cl_status cl__deliver(cl_engine *eng, const cl_message *msg, const cl_conversation *conv,
                       const char *idempotency_key, int attempt, cl_error *err);
+/* Starts one delivery with the asynchronous notifier, and runs its poll
+ * (in_hook set meanwhile, so neither can call back into the engine). */
+void cl__deliver_start(cl_engine *eng, cl_delivery *d, const cl_message *msg,
+                       const cl_conversation *conv, const char *idempotency_key, int attempt);
+void cl__deliver_poll(cl_engine *eng, int timeout_ms);
 
 #endif

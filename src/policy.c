@@ -16,6 +16,10 @@
 #include "lua_bounded.h"
 #include "lua_glue.inc"
 
+#include "crypto.h"
+#include "hooks.h"
+#include "http.h"
+
 #include <dlfcn.h>
 #include <limits.h>
 #include <link.h>
@@ -35,6 +39,7 @@ struct cl__policy {
   bool running; /* a call is in progress: the state is not re-entrant */
   bool loading; /* a policy file is loading: new globals are allowed */
   char *lua_path;
+  struct pdelivery *current; /* the delivery whose coroutine runs now */
   char warn[CL_ERROR_MESSAGE_MAX]; /* pieces of a warning being assembled */
   size_t warn_len;
 };
@@ -153,6 +158,424 @@ static cl_status policy_hook_call(glue_side *side, lua_CFunction frame, glue_cal
 static lua_State *policy_state(glue_side *side) { return ((struct cl__policy *)side)->L; }
 
 /* ------------------------------------------------------------------ */
+/* The notifier: one coroutine per delivery                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The policy's notifier is an asynchronous one (cl_async_notifier): each
+ * delivery runs in a coroutine of this state, which cl.http.request
+ * suspends while its request is in flight, so one worker keeps many
+ * deliveries going.  The engine's poll drives the HTTP client; a finished
+ * request resumes its coroutine from there.  A delivery's instruction and
+ * time budget is its own and runs only while its coroutine does: the time
+ * spent waiting for the network is not charged.
+ */
+struct pdelivery {
+  glue_call c; /* first: the setup frame's call */
+  struct cl__policy *p;
+  cl_delivery *d;
+  lua_State *co;
+  int co_ref;
+  cl__budget budget;
+  int64_t waited_from_ns; /* 0: not waiting */
+  bool waiting;           /* suspended in cl.http.request */
+  /* The response being handed to the coroutine (during that resume only). */
+  const cl__http_response *res;
+  cl_delivery_result result;
+  char message[CL_ERROR_MESSAGE_MAX];
+};
+
+/* Makes the coroutine with the notifier and its three arguments on it. */
+static int pd_setup_frame(lua_State *L) {
+  struct pdelivery *pd = (struct pdelivery *)lua_touserdata(L, 1);
+  lua_State *co = lua_newthread(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, pd->c.fn_ref);
+  glue_push_message(L, pd->c.message);
+  glue_push_conversation(L, pd->c.conversation);
+  lua_createtable(L, 0, 2);
+  glue_setstr(L, "idempotency_key", pd->c.idempotency_key);
+  glue_setint(L, "attempt", pd->c.attempt);
+  if (!lua_checkstack(co, 4 + LUA_MINSTACK)) return luaL_error(L, "not enough memory");
+  lua_xmove(L, co, 4);
+  pd->co = co;
+  pd->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the thread */
+  return 0;
+}
+
+/* The delivery's result from what its coroutine ended with: values 3..
+ * are its return values (LUA_OK) or its error object.  Runs unarmed,
+ * calls no script code. */
+static int pd_verdict_frame(lua_State *L) {
+  struct pdelivery *pd = (struct pdelivery *)lua_touserdata(L, 1);
+  int rc = (int)lua_tointeger(L, 2), n = lua_gettop(L) - 2;
+  cl_delivery_result *r = &pd->result;
+  char what[CL_ERROR_MESSAGE_MAX - 16];
+  r->message = pd->message;
+  if (rc == LUA_YIELD) {
+    snprintf(pd->message, sizeof pd->message,
+             "notifier: yielded outside cl.http.request (a coroutine.yield of its own)");
+    cl_log(pd->p->eng, CL_LOG_ERROR, "%s", pd->message);
+    return 0;
+  }
+  if (rc != LUA_OK) {
+    const char *msg = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : NULL;
+    if (msg == NULL) {
+      glue_describe(L, 3, what, sizeof what);
+      msg = what;
+    }
+    cl_error e;
+    if (rc != LUA_ERRMEM) msg = (luaL_traceback(L, pd->co, msg, 0), lua_tostring(L, -1));
+    cl__hook_failed(pd->p->eng, "notifier", msg, rc == LUA_ERRMEM, &pd->budget, pd->p->mem_limit,
+                    &e);
+    snprintf(pd->message, sizeof pd->message, "%s", e.message);
+    return 0;
+  }
+  if (pd->budget.exceeded != CL__BUDGET_WITHIN) {
+    cl_error e;
+    cl__budget_fail(&pd->budget, "notifier", &e);
+    snprintf(pd->message, sizeof pd->message, "%s", e.message);
+    return 0;
+  }
+  if (n >= 1 && lua_toboolean(L, 3)) {
+    r->verdict = CL_DELIVERY_SENT;
+    return 0;
+  }
+  if (n >= 2 && !lua_isnil(L, 4)) {
+    glue_describe(L, 4, what, sizeof what);
+    snprintf(pd->message, sizeof pd->message, "notifier: %s", what);
+  } else {
+    snprintf(pd->message, sizeof pd->message, "notifier: returned %s",
+             n >= 1 && !lua_isnil(L, 3) ? "false" : "nil");
+  }
+  if (n < 3 || lua_type(L, 5) != LUA_TTABLE) return 0;
+  /* opts: raw reads, so no metamethod of the script runs here. */
+  lua_pushliteral(L, "reason");
+  if (lua_rawget(L, 5) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    int i = 0;
+#define XX(id, str) \
+  if (strcmp(name, str) == 0) r->reason = CL_REASON_##id, i = 1;
+    CL_DELIVERY_REASON_MAP(XX)
+#undef XX
+    if (!i)
+      cl_log(pd->p->eng, CL_LOG_WARN,
+             "notifier: reason \"%.64s\" is not one of the delivery reasons: "
+             "notifier_returned_error recorded",
+             name);
+  }
+  lua_pushliteral(L, "retry_after");
+  if (lua_rawget(L, 5) == LUA_TNUMBER) {
+    lua_Number s = lua_tonumber(L, -1);
+    /* Whole seconds, rounded up, at most a day (a longer wait is an hour of
+     * backoff anyway, and a day keeps a mistaken header from parking a job). */
+    if (s > 0) r->retry_after_seconds = s >= 86400 ? 86400 : (int64_t)ceil(s);
+  }
+  lua_pushliteral(L, "discard");
+  if (lua_rawget(L, 5) != LUA_TNIL && lua_toboolean(L, -1)) r->verdict = CL_DELIVERY_DISCARDED;
+  return 0;
+}
+
+/* Ends a delivery whose coroutine returned, raised or misbehaved. */
+static void pd_finish(struct pdelivery *pd, int rc, int nres) {
+  struct cl__policy *p = pd->p;
+  lua_State *L = p->L;
+  int n = rc == LUA_OK ? nres : rc == LUA_YIELD ? 0 : 1;
+  int base = lua_gettop(L);
+  memset(&pd->result, 0, sizeof pd->result);
+  pd->result.verdict = CL_DELIVERY_FAILED;
+  pd->result.reason = CL_REASON_NOTIFIER_ERROR;
+  pd->result.message = pd->message;
+  snprintf(pd->message, sizeof pd->message, "notifier: out of memory");
+  if (lua_checkstack(L, n + 3)) {
+    lua_pushcfunction(L, pd_verdict_frame);
+    lua_pushlightuserdata(L, pd);
+    lua_pushinteger(L, rc);
+    lua_xmove(pd->co, L, n);
+    if (lua_pcall(L, 2 + n, 0, 0) != LUA_OK) {
+      pd->result.verdict = CL_DELIVERY_FAILED;
+      snprintf(pd->message, sizeof pd->message, "notifier: out of memory");
+    }
+  }
+  lua_settop(L, base);
+  luaL_unref(L, LUA_REGISTRYINDEX, pd->co_ref);
+  cl_delivery_result r = pd->result;
+  cl_delivery *d = pd->d;
+  cl_delivery_done(d, &r); /* copies the message */
+  free(pd);
+}
+
+/* Runs the delivery's coroutine until it returns or waits again. */
+static void pd_resume(struct pdelivery *pd, int nargs) {
+  struct cl__policy *p = pd->p;
+  cl_engine *eng = p->eng;
+  bool was_in_hook = eng->in_hook;
+  int nres = 0;
+  if (pd->waited_from_ns) {
+    pd->budget.deadline_ns += cl__monotonic_ns() - pd->waited_from_ns;
+    pd->waited_from_ns = 0;
+  }
+  p->budget = pd->budget;
+  p->armed = p->running = true;
+  eng->in_hook = true;
+  p->current = pd;
+  pd->waiting = false;
+  int rc = lua_resume(pd->co, p->L, nargs, &nres);
+  p->current = NULL;
+  p->armed = p->running = false;
+  eng->in_hook = was_in_hook;
+  pd->budget = p->budget;
+  if (rc == LUA_YIELD && pd->waiting) {
+    pd->waited_from_ns = cl__monotonic_ns();
+    return;
+  }
+  pd_finish(pd, rc, nres);
+}
+
+/* cl_async_notifier.start */
+static void pd_start(void *ud, cl_delivery *d, const cl_message *message,
+                     const cl_conversation *conversation, const char *idempotency_key,
+                     int attempt) {
+  glue_hook *h = (glue_hook *)ud;
+  cl_delivery_result fail = {CL_DELIVERY_FAILED, CL_REASON_NOTIFIER_ERROR, NULL, 0};
+  cl_error local;
+  struct pdelivery *pd = calloc(1, sizeof *pd);
+  if (pd == NULL) {
+    fail.message = "notifier: out of memory";
+    cl_delivery_done(d, &fail);
+    return;
+  }
+  if (!glue_start(&pd->c, h, "notifier", &local, &local)) {
+    fail.message = local.message;
+    cl_delivery_done(d, &fail);
+    free(pd);
+    return;
+  }
+  struct cl__policy *p = (struct cl__policy *)h->side;
+  pd->p = p;
+  pd->d = d;
+  pd->co_ref = LUA_NOREF;
+  pd->c.message = message;
+  pd->c.conversation = conversation;
+  pd->c.idempotency_key = idempotency_key;
+  pd->c.attempt = attempt;
+  if (policy_call(p, pd_setup_frame, &pd->c, true) != CL_OK) {
+    fail.message = local.message;
+    cl_delivery_done(d, &fail);
+    free(pd);
+    return;
+  }
+  cl__budget_arm(&pd->budget, p->eng->hook_instruction_limit, p->eng->hook_time_limit_ms);
+  pd_resume(pd, 3);
+}
+
+/* cl_async_notifier.poll: the HTTP client's sockets; finished requests
+ * resume their deliveries from in here. */
+static void pd_poll(void *ud, int timeout_ms) {
+  glue_hook *h = (glue_hook *)ud;
+  cl_engine *eng = h->eng;
+  if (eng->http) cl__http_run(eng->http, timeout_ms, -1);
+}
+
+/* glue_side.set_notifier */
+static cl_status policy_set_notifier(glue_side *side, cl_engine *eng, glue_hook *h,
+                                     cl_error *err) {
+  (void)side;
+  cl_async_notifier n = {pd_start, pd_poll, glue_hook_release, h};
+  return cl_set_async_notifier(eng, &n, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* cl.http: requests from a notifier                                    */
+/* ------------------------------------------------------------------ */
+
+/* A request's end: hands the response to its coroutine and runs it on. */
+static void pd_http_done(void *ud, const cl__http_response *res) {
+  struct pdelivery *pd = (struct pdelivery *)ud;
+  pd->res = res;
+  pd_resume(pd, 0); /* may free pd */
+}
+
+/* What cl.http.request returns once its response is in: the coroutine
+ * continues here.  A header seen twice is joined with ", ". */
+static int http_continue(lua_State *L, int status, lua_KContext ctx) {
+  struct pdelivery *pd = (struct pdelivery *)ctx;
+  const cl__http_response *res = pd->res;
+  (void)status;
+  pd->res = NULL;
+  if (res == NULL) return luaL_error(L, "cl.http.request: resumed without a response");
+  if (res->reason) {
+    lua_pushnil(L);
+    lua_pushstring(L, res->reason);
+    lua_pushstring(L, res->detail);
+    return 3;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, res->status);
+  lua_setfield(L, -2, "status");
+  lua_createtable(L, 0, (int)res->nheaders);
+  for (size_t i = 0; i < res->nheaders; i++) {
+    const cl__http_header *hd = &res->headers[i];
+    if (lua_getfield(L, -1, hd->name) == LUA_TSTRING) {
+      lua_pushliteral(L, ", ");
+      lua_pushstring(L, hd->value);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushstring(L, hd->value);
+    }
+    lua_setfield(L, -2, hd->name);
+  }
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, res->body ? res->body : "", res->body ? res->body_len : 0);
+  lua_setfield(L, -2, "body");
+  return 1;
+}
+
+/* A string field of the request table (or nil); raises naming it otherwise.
+ * The value stays on the stack, where the suspended call keeps it alive. */
+static const char *http_field(lua_State *L, const char *key, size_t *len) {
+  int t = lua_getfield(L, 1, key);
+  if (t == LUA_TNIL) return NULL;
+  if (t != LUA_TSTRING) luaL_error(L, "cl.http.request: %s must be a string", key);
+  return lua_tolstring(L, -1, len);
+}
+
+/*
+ * cl.http.request{ method =, url =, headers = { [k] = v }, body =,
+ * timeout_ms = } -> { status, headers, body } | nil, reason, detail.
+ * Only in the notifier's own coroutine: it suspends that delivery until
+ * the response is in.
+ */
+static int policy_http_request(lua_State *L) {
+  struct cl__policy *p = policy_of(L);
+  struct pdelivery *pd = p->current;
+  size_t body_len = 0;
+  char detail[256] = "";
+  if (pd == NULL)
+    return luaL_error(L, "cl.http.request: only while a notifier runs (never inside a "
+                         "database transaction, nor while the policy loads)");
+  if (L != pd->co)
+    return luaL_error(L, "cl.http.request: call it from the notifier itself, not from a "
+                         "coroutine it made");
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  const char *url = http_field(L, "url", NULL); /* 2 */
+  if (url == NULL) return luaL_error(L, "cl.http.request: url is required");
+  const char *method = http_field(L, "method", NULL); /* 3 */
+  const char *body = http_field(L, "body", &body_len); /* 4 */
+  lua_settop(L, 4);
+  lua_Integer timeout = 0;
+  int t = lua_getfield(L, 1, "timeout_ms"); /* 5 */
+  if (t != LUA_TNIL) {
+    int isnum = 0;
+    timeout = lua_tointegerx(L, 5, &isnum);
+    if (!isnum || timeout < 1 || timeout > CL__HTTP_MAX_TIMEOUT_MS)
+      return luaL_error(L, "cl.http.request: timeout_ms must be an integer from 1 to %d",
+                        CL__HTTP_MAX_TIMEOUT_MS);
+  }
+  /* Header lines "Name: value", kept in a table on the stack (6) and
+   * pointed to from a userdata array (7). */
+  lua_newtable(L);
+  int nh = 0;
+  if (lua_getfield(L, 1, "headers") != LUA_TNIL) { /* 7, replaced below */
+    luaL_checktype(L, 7, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 7)) {
+      if (lua_type(L, -2) != LUA_TSTRING ||
+          (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+        return luaL_error(L, "cl.http.request: headers must map names to strings");
+      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      lua_rawseti(L, 6, ++nh);
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, 6);
+  const char **lines = (const char **)lua_newuserdatauv(L, sizeof *lines * (size_t)(nh + 1), 0);
+  for (int i = 0; i < nh; i++) {
+    lua_rawgeti(L, 6, i + 1);
+    lines[i] = lua_tostring(L, -1); /* anchored in table 6 */
+    lua_pop(L, 1);
+  }
+  lines[nh] = NULL;
+  if (p->eng->http == NULL) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "not_allowed");
+    lua_pushliteral(L, "no destination is allowed (allow them with --http-allow, "
+                       "CAIRNLOOP_HTTP_ALLOW or the http_allow option)");
+    return 3;
+  }
+  cl__http_request req = {method, url, lines, body, body_len, (long)timeout};
+  const char *reason = cl__http_start(p->eng->http, &req, pd_http_done, pd, detail, sizeof detail);
+  if (reason) {
+    lua_pushnil(L);
+    lua_pushstring(L, reason);
+    lua_pushstring(L, detail);
+    return 3;
+  }
+  pd->waiting = true;
+  return lua_yieldk(L, 0, (lua_KContext)pd, http_continue);
+}
+
+/* cl.http.parse_date(text) -> Unix seconds | nil */
+static int policy_http_parse_date(lua_State *L) {
+  long long t = cl__http_parse_date(luaL_checkstring(L, 1));
+  if (t < 0) lua_pushnil(L);
+  else lua_pushinteger(L, (lua_Integer)t);
+  return 1;
+}
+
+/* cl.crypto.hmac_sha256(key, data) -> 32 raw bytes */
+static int policy_hmac_sha256(lua_State *L) {
+  size_t klen, dlen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  const char *data = luaL_checklstring(L, 2, &dlen);
+  unsigned char mac[CL__SHA256_LEN];
+  if (!cl__hmac_sha256(key, klen, data, dlen, mac))
+    return luaL_error(L, "cl.crypto.hmac_sha256: the crypto library failed");
+  lua_pushlstring(L, (const char *)mac, sizeof mac);
+  return 1;
+}
+
+/* cl.crypto.base64_encode(bytes) -> text */
+static int policy_base64_encode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, cl__base64_encoded_len(len) + 1);
+  cl__base64_encode(s, len, out);
+  luaL_pushresultsize(&b, cl__base64_encoded_len(len));
+  return 1;
+}
+
+/* cl.crypto.base64_decode(text) -> bytes | nil, "invalid base64" */
+static int policy_base64_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len / 4 * 3 + 3);
+  long n = cl__base64_decode(s, len, out);
+  if (n < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "invalid base64");
+    return 2;
+  }
+  luaL_pushresultsize(&b, (size_t)n);
+  return 1;
+}
+
+/* cl.getenv(name) -> value | nil, for CAIRNLOOP_* names only: a policy
+ * reads its own configuration, not the process's secrets at large. */
+static int policy_getenv(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (strncmp(name, "CAIRNLOOP_", 10) != 0)
+    return luaL_error(L, "cl.getenv: only CAIRNLOOP_* variables may be read, not %s", name);
+  const char *v = getenv(name);
+  if (v) lua_pushstring(L, v);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
 /* The registration API: require "cairnloop" in the policy state         */
 /* ------------------------------------------------------------------ */
 
@@ -231,6 +654,19 @@ static int open_policy_api(lua_State *L) {
   luaL_newlibtable(L, fns);
   lua_pushlightuserdata(L, p);
   luaL_setfuncs(L, fns, 1);
+  static const luaL_Reg http[] = {{"request", policy_http_request},
+                                  {"parse_date", policy_http_parse_date},
+                                  {NULL, NULL}};
+  static const luaL_Reg crypto[] = {{"hmac_sha256", policy_hmac_sha256},
+                                    {"base64_encode", policy_base64_encode},
+                                    {"base64_decode", policy_base64_decode},
+                                    {NULL, NULL}};
+  luaL_newlib(L, http);
+  lua_setfield(L, -2, "http");
+  luaL_newlib(L, crypto);
+  lua_setfield(L, -2, "crypto");
+  lua_pushcfunction(L, policy_getenv);
+  lua_setfield(L, -2, "getenv");
   lua_pushstring(L, p->eng->schema);
   lua_setfield(L, -2, "schema");
   lua_pushliteral(L, CL_VERSION);
@@ -540,6 +976,7 @@ static cl_status policy_create(cl_engine *eng, cl_error *err) {
   p->side.call = policy_hook_call;
   p->side.state = policy_state;
   p->side.api = "cl.";
+  p->side.set_notifier = policy_set_notifier;
   p->side.actor_ref = LUA_NOREF;
   p->eng = eng;
   p->mem_limit = eng->hook_memory_limit;

@@ -111,6 +111,9 @@ enum cl__no_op_col { CL__NO_OP_COLS(CL__COL_ENUM) };
   X(CL__COMPLETE_RECORDED, recorded)
 enum cl__complete_col { CL__COMPLETE_COLS(CL__COL_ENUM) };
 
+#define CL__EXTEND_COLS(X) X(CL__EXTEND_EXTENDED, extended)
+enum cl__extend_col { CL__EXTEND_COLS(CL__COL_ENUM) };
+
 #define CL__NEXT_DUE_COLS(X)           \
   X(CL__NEXT_DUE_IN_MS, due_in_ms)     \
   X(CL__NEXT_DUE_LISTENING, listening) \
@@ -187,7 +190,8 @@ enum cl__migrate_status_col { CL__MIGRATE_STATUS_COLS(CL__COL_ENUM) };
   XX(ENVELOPE_GET, "cl_envelope_get", envelope_get, 1, CL__ENVELOPE_COLS)                 \
   XX(ENVELOPES, "cl_envelopes", envelopes, 3, CL__ENVELOPE_COLS)                          \
   XX(CLAIM, "cl_claim", claim, 4, CL__CLAIM_COLS)                                         \
-  XX(COMPLETE, "cl_complete", complete, 6, CL__COMPLETE_COLS)                             \
+  XX(COMPLETE, "cl_complete", complete, 8, CL__COMPLETE_COLS)                             \
+  XX(EXTEND, "cl_extend", extend, 3, CL__EXTEND_COLS)                                     \
   XX(NO_OP, "cl_no_op", no_op, 2, CL__NO_OP_COLS)                                         \
   XX(NEXT_DUE, "cl_next_due", next_due, 1, CL__NEXT_DUE_COLS)                             \
   XX(MIGRATE_LOCK, "cl_migrate_lock", migrate_lock, 1, CL__MIGRATE_LOCK_COLS)             \

@@ -4,7 +4,10 @@
 --             $3 those handed back unstarted (each a bigint[] text),
 --             $4 the failures' reasons as a JSON object keyed by job id,
 --             $5 the lease owner (this worker), $6 the backoff base in
---             seconds.
+--             seconds, $7 the failed jobs to discard now (a notifier's
+--             verdict, e.g. HTTP 410; a subset of $2), $8 the seconds a
+--             failed job must wait at least (e.g. Retry-After), a JSON
+--             object keyed by job id.
 -- Columns:    retried, discarded, recorded (jobs touched in total; fewer
 --             than the batch when leases passed to another worker).
 --
@@ -24,7 +27,8 @@
 -- Backoff after failed attempt n: d = min(base * 2^n, 3600) seconds, plus
 -- uniform jitter in [0, d/10): 2 s, 4 s, 8 s ... up to an hour (the
 -- longest backoff, defined here only), the jitter keeping jobs that failed
--- together from retrying in lockstep.
+-- together from retrying in lockstep.  A job with a wait in $8 retries no
+-- sooner than that wait either.
 --
 -- Only rows this worker still leases are touched: if the lease expired and
 -- another worker rescued the job, that worker owns its outcome now.  (Its
@@ -42,18 +46,22 @@ WITH j AS (
       WHEN j.id = ANY ($3::bigint[]) THEN
         CASE WHEN j.attempt > 1 THEN 'retryable' ELSE 'available' END
       WHEN j.id = ANY ($2::bigint[]) THEN
-        CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END
+        CASE WHEN j.attempt >= j.max_attempts OR j.id = ANY ($7::bigint[]) THEN 'discarded'
+             ELSE 'retryable' END
       ELSE 'completed' END,
     attempt = CASE WHEN j.id = ANY ($3::bigint[]) THEN j.attempt - 1 ELSE j.attempt END,
     attempted_at = CASE WHEN j.id = ANY ($3::bigint[]) AND j.attempt = 1 THEN NULL
                         ELSE j.attempted_at END,
     completed_at = CASE WHEN j.id = ANY ($2::bigint[]) OR j.id = ANY ($3::bigint[]) THEN NULL
                         ELSE now() END,
-    discarded_at = CASE WHEN j.id = ANY ($2::bigint[]) AND j.attempt >= j.max_attempts
+    discarded_at = CASE WHEN j.id = ANY ($2::bigint[])
+                         AND (j.attempt >= j.max_attempts OR j.id = ANY ($7::bigint[]))
                         THEN now() END,
     scheduled_at = CASE WHEN j.id = ANY ($2::bigint[]) AND j.attempt < j.max_attempts
-      THEN now() + make_interval(secs => least($6::float8 * power(2, j.attempt), 3600)
-                                          * (1 + 0.1 * random()))
+                         AND NOT j.id = ANY ($7::bigint[])
+      THEN now() + make_interval(secs => greatest(
+             least($6::float8 * power(2, j.attempt), 3600) * (1 + 0.1 * random()),
+             coalesce(($8::jsonb ->> j.id::text)::float8, 0)))
       ELSE j.scheduled_at END,
     errors = CASE WHEN j.id = ANY ($2::bigint[]) THEN j.errors || jsonb_build_array(
       jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', $4::jsonb ->> j.id::text))

@@ -523,8 +523,7 @@ typedef struct cl_delivery_result {
  * `start` itself (a delivery that finished at once) or inside `poll`.
  * While deliveries are in flight and the engine has nothing else to do,
  * it calls poll(ud, timeout_ms): run the host's I/O for up to timeout_ms
- * and complete what finished (poll may be NULL when every start completes
- * at once).  cl_work_run keeps up to its `concurrency` deliveries started
+ * and complete what finished.  cl_work_run keeps up to its `concurrency` deliveries started
  * and records finished ones in batches while others are in flight; it
  * never returns with deliveries in flight.  What start receives is valid
  * until its cl_delivery_done (the idempotency key is "cl-msg-<message id>",

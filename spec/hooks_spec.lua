@@ -3,6 +3,7 @@
 -- failures map to codes.  They run in the host's own state.
 local H = require "spec.support.helper"
 local C = require "spec.support.compat"
+local cairnloop = require "cairnloop"
 
 local function ok_auditor(calls)
   return {
@@ -455,5 +456,62 @@ describe("engine:notifier and engine:work (host)", function()
     local stats, code = engine:work { limit = 0 }
     assert.is_nil(stats)
     assert.equals("invalid_argument", code)
+  end)
+
+  it("delivers with a concurrency too (a host notifier delivers in turn)", function()
+    local n = 0
+    engine:notifier(function() n = n + 1 return true end)
+    for id = 1, 5 do assert(engine:trigger(id, { template_id = "c1" })) end
+    local stats = assert(engine:work { limit = 10, concurrency = 4 })
+    assert.same({ sent = 5, failed = 0, no_op = 0, retried = 0, discarded = 0 }, stats)
+    assert.equals(5, n)
+  end)
+
+  it("refuses a bad concurrency or rate", function()
+    for _, opts in ipairs { { concurrency = 0 }, { concurrency = 1001 }, { concurrency = 1.5 },
+                            { rate = 0 }, { rate = "fast" }, { concurrency = 2, limit = 10001 } } do
+      local stats, code = engine:work(opts)
+      assert.is_nil(stats)
+      assert.equals("invalid_argument", code)
+    end
+  end)
+end)
+
+describe("engine:work with a policy notifier", function()
+  it("records the verdicts a policy notifier returns", function()
+    local policy = H.policy_file([[
+      local cl = require "cairnloop"
+      cl.notifier(function(m)
+        if m.conversation_id == 1 then return true end
+        if m.conversation_id == 2 then return nil, "gone", { reason = "http_status", discard = true } end
+        return nil, "later", { reason = "http_status", retry_after = 600 }
+      end)
+    ]])
+    local engine, schema = H.open("policy_verdicts", { policy = policy })
+    for id = 1, 3 do assert(engine:trigger(id, { template_id = "v1" })) end
+    local stats = assert(engine:work { limit = 10, concurrency = 3 })
+    assert.same({ sent = 1, failed = 2, no_op = 0, retried = 1, discarded = 1 }, stats)
+    assert.equals("discarded", H.scalar("SELECT state FROM " .. schema ..
+      ".cairnloop_delivery_jobs WHERE conversation_id = 2"))
+    assert.equals("t", H.scalar("SELECT scheduled_at > now() + interval '590 s' FROM " .. schema ..
+      ".cairnloop_delivery_jobs WHERE conversation_id = 3"))
+    engine:close()
+    os.remove(policy)
+  end)
+end)
+
+describe("cairnloop.open{ http_allow }", function()
+  it("accepts a list of patterns", function()
+    local engine = H.open("http_allow_ok", { http_allow = { "https://hooks.example.com/", "http://127.0.0.1:*" } })
+    engine:close()
+  end)
+
+  it("refuses a malformed pattern or a value that is not a list of strings", function()
+    for _, allow in ipairs { { "ftp://example.com/" }, "http://127.0.0.1:*", { 42 } } do
+      local engine, code, msg = cairnloop.open { schema = H.schema_name("http_allow_bad"), http_allow = allow }
+      assert.is_nil(engine)
+      assert.equals("invalid_argument", code)
+      assert.matches("http_allow", msg)
+    end
   end)
 end)

@@ -262,6 +262,8 @@ cl_status cl_set_async_notifier(cl_engine *eng, const cl_async_notifier *notifie
   CL__ENTER(eng, err);
   if (notifier && !notifier->start)
     return cl__fail(err, CL_INVALID_ARGUMENT, "asynchronous notifier has no start function");
+  if (notifier && !notifier->poll)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "asynchronous notifier has no poll function");
   drop_notifier(eng);
   eng->has_notifier = eng->notifier_async = notifier != NULL;
   if (notifier) eng->anotifier = *notifier;

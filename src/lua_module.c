@@ -442,7 +442,8 @@ static cl_status load_policies(lua_State *L, lengine *le, int idx, cl_error *err
  * hook_instruction_limit, hook_time_limit_ms, hook_memory_limit,
  * max_attempts, lease_seconds, log (function(level, line)), log_level,
  * prepared_statements (boolean, default true; false for PgBouncer in
- * transaction mode: cl_config.no_prepared_statements).
+ * transaction mode: cl_config.no_prepared_statements), http_allow (a list
+ * of URL patterns a policy's notifier may reach: cl_config.http_allow).
  */
 static int engine_open(lua_State *L) {
   static const char *const allowed[] = {"database",
@@ -457,6 +458,7 @@ static int engine_open(lua_State *L) {
                                         "log",
                                         "log_level",
                                         "prepared_statements",
+                                        "http_allow",
                                         NULL};
   bool has_opts = opt_table(L, 1);
   cl_config cfg;
@@ -502,6 +504,31 @@ static int engine_open(lua_State *L) {
   }
   cfg.no_prepared_statements = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
   lua_pop(L, 1);
+  /* http_allow: the strings stay anchored in opts while cl_open copies them. */
+  lua_getfield(L, 1, "http_allow");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "http_allow must be a list of URL patterns, got a %s",
+               luaL_typename(L, -1));
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+    }
+    size_t n = compat_rawlen(L, -1);
+    const char **list = (const char **)compat_newuserdata(L, sizeof *list * (n + 1));
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, -2, (int)i + 1);
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        cl__fail(&err, CL_INVALID_ARGUMENT, "http_allow[%zu] must be a string, got a %s", i + 1,
+                 luaL_typename(L, -1));
+        return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+      }
+      list[i] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+    list[n] = NULL;
+    cfg.http_allow = list;
+    lua_replace(L, -2); /* the array; the table stays reachable from opts */
+  }
+  /* That slot (nil or the array) stays on the stack until cl_open has run. */
   lua_getfield(L, 1, "log_level");
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING) {
@@ -528,6 +555,7 @@ static int engine_open(lua_State *L) {
   le->side.hooks = NULL;
   le->side.actor_ref = LUA_NOREF;
   le->side.actor_json = NULL;
+  le->side.set_notifier = NULL; /* host notifiers are plain ones */
   le->eng = NULL;
   le->L = L;
   le->log_ref = LUA_NOREF;
@@ -876,20 +904,41 @@ static int engine_audit_events(lua_State *L) {
   return 1;
 }
 
-/* engine:work([{ limit = 100 }]) -> { sent, failed, no_op, retried, discarded } | nil, code, msg */
+/* engine:work([{ limit = 100, concurrency = N, rate = R }])
+ *   -> { sent, failed, no_op, retried, discarded } | nil, code, msg
+ * Without concurrency (or rate) it is cl_work: one batch, delivered in turn. */
 static int engine_work(lua_State *L) {
-  static const char *const allowed[] = {"limit", NULL};
+  static const char *const allowed[] = {"limit", "concurrency", "rate", NULL};
   lengine *le = check_engine(L, "work", false);
   cl_work_stats stats;
   cl_error err;
   cl_status st;
-  int64_t limit = 100;
+  int64_t limit = 100, concurrency = 0;
+  double rate = 0;
   lua_settop(L, 2);
   if (opt_table(L, 2) &&
-      (!check_keys(L, 2, allowed, &err) || !opt_int(L, 2, "limit", 1, INT_MAX, &limit, &err)))
+      (!check_keys(L, 2, allowed, &err) || !opt_int(L, 2, "limit", 1, INT_MAX, &limit, &err) ||
+       !opt_int(L, 2, "concurrency", 1, CL_WORK_MAX_CONCURRENCY, &concurrency, &err)))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  if (opt_table(L, 2)) {
+    lua_getfield(L, 2, "rate");
+    if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))) {
+      cl__fail(&err, CL_INVALID_ARGUMENT, "rate must be a number of deliveries per second above 0");
+      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+    }
+    rate = lua_isnil(L, -1) ? 0 : (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
   memset(&stats, 0, sizeof stats);
-  st = cl_work(le->eng, (int)limit, &stats, &err);
+  if (concurrency == 0 && rate == 0) {
+    st = cl_work(le->eng, (int)limit, &stats, &err);
+  } else {
+    cl_work_options o = {.limit = (int)limit, .concurrency = (int)concurrency, .rate = rate};
+    st = limit > CL_WORK_MAX_LIMIT ? cl__fail(&err, CL_INVALID_ARGUMENT,
+                                              "limit must be from 1 to %d, got %lld",
+                                              CL_WORK_MAX_LIMIT, (long long)limit)
+                                   : cl_work_run(le->eng, &o, &stats, NULL, &err);
+  }
   if (st != CL_OK) return glue_push_failure(L, st, &err);
   lua_createtable(L, 0, 5);
   glue_setint(L, "sent", stats.sent);

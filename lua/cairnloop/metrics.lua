@@ -36,7 +36,8 @@ local ENUMS = {
   outcome = set { "triggered", "failed", "duplicate", "exception", "submitted",
     "refused_cap_exceeded", "refused_cap_exceeded_audit_failed", "sent", "no_op", "cancelled" },
   kind = set { "hook_error", "db_error" },
-  reason = set { "notifier_ok", "notifier_returned_error", "no_notifier_configured" },
+  reason = set { "notifier_ok", "notifier_returned_error", "no_notifier_configured",
+    "http_status", "http_timeout", "http_error", "not_allowed" },
 }
 
 -- Metric families: name, type, help.

@@ -19,9 +19,9 @@ size_t cl__base64_encoded_len(size_t n);
 /* Writes the encoding of n bytes and a NUL to out (cl__base64_encoded_len(n) + 1 bytes). */
 void cl__base64_encode(const void *in, size_t n, char *out);
 /*
- * Decodes `len` characters of standard base64 (padding required when the
- * length is not a multiple of 4 ... or absent: both are accepted; no
- * whitespace, no URL-safe alphabet) into out, which has room for
+ * Decodes `len` characters of standard base64 (with its '=' padding or
+ * without it: both are accepted; no whitespace, no URL-safe alphabet, no
+ * '=' but at the end) into out, which has room for
  * len / 4 * 3 + 3 bytes.  Returns the decoded length, or -1 when the text
  * is not base64.
  */

@@ -11,7 +11,8 @@
  * kept alive and reused between transfers.  Redirects are not followed
  * (a redirect is a response like any other), only http and https are
  * spoken, TLS peers and host names are verified.  Lua-free and
- * libpq-free: http.c includes only the engine's public header and curl.
+ * libpq-free: http.c uses only curl and the engine's error helper
+ * (cl__fail, engine.h).  Link with libcurl (pkg-config libcurl).
  */
 #ifndef CL_HTTP_H
 #define CL_HTTP_H
@@ -35,7 +36,8 @@ typedef struct cl__http_request {
   const char *const *headers; /* "Name: value" lines, NULL-terminated; may be NULL */
   const char *body;           /* may be NULL */
   size_t body_len;
-  long timeout_ms; /* the whole transfer; 0: CL__HTTP_DEFAULT_TIMEOUT_MS */
+  long timeout_ms; /* the whole transfer; 0: CL__HTTP_DEFAULT_TIMEOUT_MS; larger than
+                      CL__HTTP_MAX_TIMEOUT_MS: that; negative: "invalid_request" */
 } cl__http_request;
 
 typedef struct cl__http_header {
@@ -46,7 +48,9 @@ typedef struct cl__http_header {
 /* What a transfer ended with; owned by http.c, valid during the callback. */
 typedef struct cl__http_response {
   /* NULL when a response arrived (any status); otherwise why not:
-   * "timeout" | "connect_failed" | "tls_failed" | "too_large" | "error". */
+   * "timeout" | "connect_failed" | "tls_failed" | "too_large" (the body
+   * over CL__HTTP_MAX_BODY, or the headers over 256 KiB) | "error".  On
+   * failure status is 0, there are no headers and the body is "". */
   const char *reason;
   char detail[256]; /* one line for the log: curl's message, or "" */
   long status;      /* HTTP status; 0 without a response */
@@ -69,6 +73,15 @@ typedef void (*cl__http_done_fn)(void *ud, const cl__http_response *res);
  * blind), the port matches, and its path starts with the pattern's path
  * (pattern without a path: any path).  URLs with user info are never
  * allowed.  A malformed pattern is CL_INVALID_ARGUMENT naming it.
+ * Details: "*.example.com" matches a.example.com and a.b.example.com, not
+ * example.com (list both for both); hosts and paths are compared as curl
+ * will fetch them (127.1 is 127.0.0.1, "/a/../b" is "/b", percent-encoded
+ * host bytes decoded), the path prefix byte for byte (case matters, and
+ * "/hooks" also matches "/hooksmore": end a prefix with '/' to mean a
+ * directory); refused whatever the patterns: non-ASCII host names (write
+ * punycode), IPv6 zones, and paths that decode to a "." or ".." segment
+ * ("/hooks/%2e%2e/admin").  Blanks, '@', '?', '#' and '\' make a pattern
+ * malformed.
  */
 cl_status cl__http_new(const char *const *allow, cl__http **out, cl_error *err);
 /* Aborts every transfer still in flight (their callbacks are not called). */
@@ -85,7 +98,11 @@ size_t cl__http_patterns(const cl__http *h);
  * URL, or it is not http/https or has user info), "invalid_request" (a
  * header with CR/LF or without a colon, an empty method, an unparsable
  * URL), "error" (out of memory, curl refused).  `detail` (may be NULL,
- * cap bytes) gets one line saying why.
+ * cap bytes) gets one line saying why (never the URL's path or query).
+ * Everything `req` points to is copied.  Sent as well: "User-Agent:
+ * cairnloop/<version>" unless the request names one; never "Expect:
+ * 100-continue", nor a Content-Type the request does not name; a header
+ * with an empty value ("X-Name:") is sent empty.
  */
 const char *cl__http_start(cl__http *h, const cl__http_request *req, cl__http_done_fn done,
                            void *ud, char *detail, size_t cap);
@@ -97,6 +114,8 @@ int cl__http_in_flight(const cl__http *h);
  * transfers and calls `done` for each one that ended.  Returns the
  * number of transfers that ended; returns at once when none is in flight
  * and extra_fd is -1.  An interrupted wait (a signal) returns early.
+ * A done callback may start transfers and run this again; it must not
+ * free the client.
  */
 int cl__http_run(cl__http *h, int timeout_ms, int extra_fd);
 

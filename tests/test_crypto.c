@@ -154,7 +154,7 @@ static void test_crypto__standard_webhooks_example_signature(void **state) {
   long key_len = cl__base64_decode(b64, strlen(b64), key);
   assert_int_equal(key_len, 24);
   assert_true(cl__hmac_sha256(key, (size_t)key_len, content, strlen(content), mac));
-  memcpy(sig, "v1,", 3);
+  snprintf(sig, sizeof sig, "v1,");
   cl__base64_encode(mac, sizeof mac, sig + 3);
   assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
 }

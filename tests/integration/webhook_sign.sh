@@ -13,6 +13,7 @@
 #     variable with spaces or commas) sign each request once per secret,
 #     and a receiver holding any one of them accepts;
 #   - install() from a policy script of one's own, with extra headers;
+#   - a Lua host opening an engine with the policy file and http_allow;
 #   - configuration errors stop the worker at start with one line naming
 #     the option, never showing the secret, with nothing delivered.
 set -u
@@ -151,6 +152,28 @@ like "$err" "webhook: POST to $(rcv_url installed), 2 signing secrets, timeout 2
   "install(): the log line shows the URL without its query"
 if grep -qF "kept-out-of-logs" "$cl_tmp/w5.err"; then tap 1 "the query string is kept out of the log"; else
   tap 0 "the query string is kept out of the log"; fi
+
+# --- a Lua host: open{ policy = webhook.lua, http_allow = ... }, engine:work{ concurrency }
+start_receiver lua_host --secret "$S1"
+for i in 11 12 13 14; do cl trigger "$i" --template lua_host; done
+final=$((final + 4))
+rc=0
+out=$(CAIRNLOOP_WEBHOOK_URL=$(rcv_url lua_host) CAIRNLOOP_WEBHOOK_SECRET=$S1 \
+  LUA_CPATH_5_4="$CLI_TEST_ROOT/build/lua5.4/?.so;${LUA_CPATH_5_4:-;}" \
+  lua5.4 - "$WEBHOOK_POLICY" "$(rcv_allow lua_host)" 2>"$cl_tmp/lua_host.err" <<'LUA'
+local cairnloop = require "cairnloop"
+local engine = assert(cairnloop.open { database = os.getenv("CAIRNLOOP_DATABASE_URL"),
+  policy = arg[1], http_allow = { arg[2] } })
+local s = assert(engine:work { limit = 10, concurrency = 4 })
+io.write(s.sent, " sent, ", s.failed, " failed")
+engine:close()
+LUA
+) || rc=$?
+err=$(cat "$cl_tmp/lua_host.err")
+is "$out" "4 sent, 0 failed" "a Lua host's engine with the policy file sends 4 in one engine:work call"
+is "$(rcv_stat lua_host 'r.valid .. "/" .. r.requests')" "4/4" "a Lua host: the receiver verifies every request"
+is "$(sql "SELECT count(*) FROM cairnloop.cairnloop_delivery_jobs WHERE template_id = 'lua_host' AND state = 'completed'")" \
+  "4" "a Lua host: the jobs completed"
 
 # --- configuration errors: the worker does not start; nothing is delivered
 cl trigger 10 --template never_sent

@@ -35,6 +35,9 @@ M.EVENT_TYPE = "message.outbound"
 M.DEFAULT_TIMEOUT_MS = 5000
 -- The engine's HTTP client refuses longer transfers (src/http.h).
 M.MAX_TIMEOUT_MS = 300000
+-- The engine waits at most a day for a Retry-After (src/policy.c); the
+-- message says what it will do.
+M.MAX_RETRY_AFTER = 86400
 
 -- Headers the notifier sets itself: a caller's value would break the
 -- signature or the body's meaning.
@@ -188,7 +191,7 @@ local function check_headers(headers)
   for k, v in pairs(headers) do
     if type(k) ~= "string" or type(v) ~= "string" then fail("headers must map strings to strings") end
     if RESERVED[k:lower()] then fail("headers: \"" .. k .. "\" is set by the notifier itself") end
-    if k:find("[^%w!#$%%&'*+.^_`|~-]") or v:find("[\r\n%z]") then
+    if k:find("[^%w!#$%%&'*+.^_`|~-]") or v:find("[\r\n\0]") then
       fail("headers: \"" .. k .. "\" is not a valid header")
     end
     out[k] = v
@@ -227,17 +230,21 @@ end
 local function retry_after(cl, value, now)
   if not value then return nil end
   local secs = value:match("^%s*(%d+)%s*$")
-  if secs then return math.tointeger(tonumber(secs)) end
-  local at = cl.http.parse_date(value)
-  if at then return math.max(0, at - now) end
-  return nil
+  local wait = secs and tonumber(secs)
+  if not wait then
+    local at = cl.http.parse_date(value)
+    if not at then return nil end
+    wait = math.max(0, at - now)
+  end
+  return math.tointeger(math.min(wait, M.MAX_RETRY_AFTER))
 end
 
 -- One line of the response body for the failure message (a receiver
--- often says why it refused), bounded.
+-- often says why it refused): at most 200 bytes, valid UTF-8 (the job's
+-- errors are JSON), no control characters.
 local function excerpt(body)
   if type(body) ~= "string" or body == "" then return "" end
-  local line = body:match("^%s*([^\r\n]*)"):sub(1, 200):gsub("%c", " ")
+  local line = valid_utf8(body:match("^%s*([^\r\n]*)"):sub(1, 200)):gsub("%c", " ")
   if line == "" then return "" end
   return ": " .. line
 end

@@ -21,7 +21,7 @@
 #                                 ARGS` configured by the environment
 #   wait_worker_exit SECS NAME    waits until NAME's process ended
 #   job_of TEMPLATE EXPR          EXPR over the template's (single) job row
-#   all_final N                   true when N jobs are completed or discarded
+#   all_final N                   true when N jobs are completed, discarded or cancelled
 #
 # Every receiver also watches this shell (--parent-pid) and ends with it.
 
@@ -108,6 +108,6 @@ msg_status_of() {
 }
 all_final() {
   sql_is_true "SELECT count(*) = $1 FROM cairnloop.cairnloop_delivery_jobs
-               WHERE state IN ('completed', 'discarded')"
+               WHERE state IN ('completed', 'discarded', 'cancelled')"
 }
 job_states() { sql "SELECT template_id, state, attempt, errors FROM cairnloop.cairnloop_delivery_jobs ORDER BY id"; }

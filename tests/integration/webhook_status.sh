@@ -5,7 +5,8 @@
 #   - 200 and 201: sent;
 #   - 410: discarded at once, the message failed, one request;
 #   - 500 then 200: retried with the error recorded, then sent;
-#   - always 500: discarded after 3 attempts, every error recorded;
+#   - always 500: discarded after 3 attempts, every error recorded; after
+#     one batch (--once) the job is retryable in `cairnloop jobs --json`;
 #   - 429 with Retry-After: 2 and 503 with an HTTP date 3 s ahead: the next
 #     attempt no sooner than that (the engine's schedule and the arrival at
 #     the receiver both say so); 503 without the header: plain backoff;
@@ -141,6 +142,24 @@ fi
 # --- the reasons, as the delivery telemetry carries them
 is "$w_http_status" "8" "metrics: 8 failed attempts with reason http_status"
 is "$w_sent" "6" "metrics: 6 sent"
+
+# --- one batch (--once) against a 500: the job waits, retryable, as the
+# operator sees it in `cairnloop jobs`
+rcv_control r '{"by_template": {"once500": [{"status": 500}]}}'
+cl trigger 17 --template once500
+n=$((n + 1))
+rc=0
+CAIRNLOOP_WEBHOOK_URL=$URL CAIRNLOOP_WEBHOOK_SECRET=$S cl work --once --policy "$WEBHOOK_POLICY" \
+  --http-allow "$(rcv_allow r)"
+exits 0 "500, one batch: the worker exits 0"
+is "$out" "sent 0, failed 1, no_op 0, retried 1, discarded 0" "500, one batch: one failed attempt, to be retried"
+cl jobs --json --template once500
+is "$(jget 'r.state .. "|" .. r.attempt .. "|" .. r.last_error')" \
+  "retryable|1|notifier: HTTP 500 from $URL: 500 from the test receiver" \
+  "500: \`cairnloop jobs\` shows the job retryable, with the error"
+is "$(job_of once500 "scheduled_at > now()")" "t" "500: its retry is scheduled ahead (the default backoff)"
+cl cancel "$(job_of once500 id)"
+exits 0 "cancel it (it is not retried here)"
 
 # --- a receiver that never answers
 rcv_control r '{"by_template": {"slow": [{"hang": true}]}}'

@@ -54,8 +54,10 @@ fi
 is "$(rcv_stat r 'r.requests .. " " .. r.ids_ok .. " " .. r.duplicates .. " " .. r.invalid')" "60 60 0 0" \
   "concurrency: 60 verified requests, one per message"
 
-# --- SIGTERM with deliveries in flight
-rcv_control r '{"reset": true, "delay_ms": 1500}'
+# --- SIGTERM with deliveries in flight (each answered after 3 s: long
+# enough that the signal lands while all ten are still open, even on a
+# loaded machine)
+rcv_control r '{"reset": true, "delay_ms": 3000}'
 webhook_worker t "$URL" "$S" --http-allow "$ALLOW" --concurrency 10
 wait_idle 10 1 || true
 cl_in "$(seq 1 30)" bulk --template term --body "Hello" --ids-file - --max-batch-size 30

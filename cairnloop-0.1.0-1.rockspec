@@ -30,6 +30,8 @@ external_dependencies = {
   PQ = { header = "postgresql/libpq-fe.h", library = "pq" },
   UUID = { header = "uuid/uuid.h", library = "uuid" },
   JANSSON = { header = "jansson.h", library = "jansson" },
+  CURL = { header = "curl/curl.h", library = "curl" },
+  CRYPTO = { header = "openssl/hmac.h", library = "crypto" },
 }
 build = {
   type = "make",

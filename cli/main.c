@@ -525,7 +525,8 @@ int cli_open_config(const cli_ctx *ctx, const cl_config *cfgp, cl_engine **out) 
   cfg.schema = ctx->schema;
   if (ctx->no_prepared_statements)
     cfg.no_prepared_statements = 1; /* else the engine reads $CAIRNLOOP_NO_PREPARED_STATEMENTS */
-  if (ctx->nhttp_allow) cfg.http_allow = ctx->http_allow; /* the engine adds $CAIRNLOOP_HTTP_ALLOW */
+  if (ctx->nhttp_allow)
+    cfg.http_allow = ctx->http_allow; /* the engine adds $CAIRNLOOP_HTTP_ALLOW */
   cl_error err;
   cl_engine *eng = NULL;
   cl_status st = cl_open(&eng, &cfg, &err);

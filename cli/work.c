@@ -210,8 +210,8 @@ static int run_loop(worker *w, cl_engine *eng, const cl_work_options *opts) {
     }
     add_stats(&w->total, &s);
     if (b.rescued) cl_log(eng, CL_LOG_INFO, "work: rescued %d jobs whose lease expired", b.rescued);
-    if (b.released) cl_log(eng, CL_LOG_INFO, "work: handed back %d claimed jobs not yet started",
-                           b.released);
+    if (b.released)
+      cl_log(eng, CL_LOG_INFO, "work: handed back %d claimed jobs not yet started", b.released);
     progress(w, false);
     cli_metrics_refresh(w->metrics, eng, false);
     /* A full batch suggests more is due: go again without asking. */
@@ -272,8 +272,8 @@ static int rate_flag(const char *text, double *out) {
 }
 
 int cli_cmd_work(cli_ctx *ctx) {
-  int64_t limit = DEFAULT_LIMIT, concurrency = DEFAULT_CONCURRENCY, max_attempts = 0, lease = 0, backoff = 0, keep_completed,
-          keep_failed, prune_every = 0;
+  int64_t limit = DEFAULT_LIMIT, concurrency = DEFAULT_CONCURRENCY, max_attempts = 0, lease = 0,
+          backoff = 0, keep_completed, keep_failed, prune_every = 0;
   int rc = int_flag(ctx, CLI_OPT_LIMIT, "--limit", 1, CL_WORK_MAX_LIMIT, &limit);
   if (rc == 0)
     rc = int_flag(ctx, CLI_OPT_CONCURRENCY, "--concurrency", 1, CL_WORK_MAX_CONCURRENCY,

@@ -479,11 +479,11 @@ CL_API cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl
  * cairnloop.outbound.delivery.failed event says it (enum values only):
  * enum suffix and name.
  */
-#define CL_DELIVERY_REASON_MAP(XX)                 \
-  XX(NOTIFIER_ERROR, "notifier_returned_error")    \
-  XX(HTTP_STATUS, "http_status")                   \
-  XX(HTTP_TIMEOUT, "http_timeout")                 \
-  XX(HTTP_ERROR, "http_error")                     \
+#define CL_DELIVERY_REASON_MAP(XX)              \
+  XX(NOTIFIER_ERROR, "notifier_returned_error") \
+  XX(HTTP_STATUS, "http_status")                \
+  XX(HTTP_TIMEOUT, "http_timeout")              \
+  XX(HTTP_ERROR, "http_error")                  \
   XX(NOT_ALLOWED, "not_allowed")
 
 typedef enum cl_delivery_reason {

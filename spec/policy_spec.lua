@@ -22,8 +22,8 @@ describe("the policy state's cairnloop module", function()
       cl.auditor { audit = function() return { names = names, schema = cl.schema, version = cl.VERSION } end }
     ]])
     local res = assert(engine:trigger(1, { template_id = "t" }))
-    assert.same({ "EVENTS", "VERSION", "actor_resolver", "attach", "attach_many", "auditor", "detach", "log",
-      "notifier", "schema" }, res.audit.names)
+    assert.same({ "EVENTS", "VERSION", "actor_resolver", "attach", "attach_many", "auditor", "crypto",
+      "detach", "getenv", "http", "log", "notifier", "schema" }, res.audit.names)
     assert.equals(schema, res.audit.schema)
     assert.equals(cairnloop.VERSION, res.audit.version)
     engine:close()

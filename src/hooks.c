@@ -257,8 +257,7 @@ cl_status cl_set_notifier(cl_engine *eng, const cl_notifier *notifier, cl_error 
   return CL_OK;
 }
 
-cl_status cl_set_async_notifier(cl_engine *eng, const cl_async_notifier *notifier,
-                                cl_error *err) {
+cl_status cl_set_async_notifier(cl_engine *eng, const cl_async_notifier *notifier, cl_error *err) {
   CL__ENTER(eng, err);
   if (notifier && !notifier->start)
     return cl__fail(err, CL_INVALID_ARGUMENT, "asynchronous notifier has no start function");

@@ -934,10 +934,10 @@ static int engine_work(lua_State *L) {
     st = cl_work(le->eng, (int)limit, &stats, &err);
   } else {
     cl_work_options o = {.limit = (int)limit, .concurrency = (int)concurrency, .rate = rate};
-    st = limit > CL_WORK_MAX_LIMIT ? cl__fail(&err, CL_INVALID_ARGUMENT,
-                                              "limit must be from 1 to %d, got %lld",
-                                              CL_WORK_MAX_LIMIT, (long long)limit)
-                                   : cl_work_run(le->eng, &o, &stats, NULL, &err);
+    st = limit > CL_WORK_MAX_LIMIT
+           ? cl__fail(&err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %lld",
+                      CL_WORK_MAX_LIMIT, (long long)limit)
+           : cl_work_run(le->eng, &o, &stats, NULL, &err);
   }
   if (st != CL_OK) return glue_push_failure(L, st, &err);
   lua_createtable(L, 0, 5);

@@ -39,7 +39,7 @@ struct cl__policy {
   bool running; /* a call is in progress: the state is not re-entrant */
   bool loading; /* a policy file is loading: new globals are allowed */
   char *lua_path;
-  struct pdelivery *current; /* the delivery whose coroutine runs now */
+  struct pdelivery *current;       /* the delivery whose coroutine runs now */
   char warn[CL_ERROR_MESSAGE_MAX]; /* pieces of a warning being assembled */
   size_t warn_len;
 };
@@ -377,8 +377,7 @@ static void pd_poll(void *ud, int timeout_ms) {
 }
 
 /* glue_side.set_notifier */
-static cl_status policy_set_notifier(glue_side *side, cl_engine *eng, glue_hook *h,
-                                     cl_error *err) {
+static cl_status policy_set_notifier(glue_side *side, cl_engine *eng, glue_hook *h, cl_error *err) {
   (void)side;
   cl_async_notifier n = {pd_start, pd_poll, glue_hook_release, h};
   return cl_set_async_notifier(eng, &n, err);
@@ -398,11 +397,11 @@ static void pd_http_done(void *ud, const cl__http_response *res) {
 /* What cl.http.request returns once its response is in: the coroutine
  * continues here.  A header seen twice is joined with ", ". */
 static int http_continue(lua_State *L, int status, lua_KContext ctx) {
-  struct pdelivery *pd = (struct pdelivery *)ctx;
-  const cl__http_response *res = pd->res;
-  (void)status;
-  pd->res = NULL;
+  struct pdelivery *pd = policy_of(L)->current; /* set by pd_resume */
+  const cl__http_response *res = pd ? pd->res : NULL;
+  (void)status, (void)ctx;
   if (res == NULL) return luaL_error(L, "cl.http.request: resumed without a response");
+  pd->res = NULL;
   if (res->reason) {
     lua_pushnil(L);
     lua_pushstring(L, res->reason);
@@ -461,7 +460,7 @@ static int policy_http_request(lua_State *L) {
   lua_settop(L, 1);
   const char *url = http_field(L, "url", NULL); /* 2 */
   if (url == NULL) return luaL_error(L, "cl.http.request: url is required");
-  const char *method = http_field(L, "method", NULL); /* 3 */
+  const char *method = http_field(L, "method", NULL);  /* 3 */
   const char *body = http_field(L, "body", &body_len); /* 4 */
   lua_settop(L, 4);
   lua_Integer timeout = 0;
@@ -513,7 +512,7 @@ static int policy_http_request(lua_State *L) {
     return 3;
   }
   pd->waiting = true;
-  return lua_yieldk(L, 0, (lua_KContext)pd, http_continue);
+  return lua_yieldk(L, 0, 0, http_continue);
 }
 
 /* cl.http.parse_date(text) -> Unix seconds | nil */
@@ -654,9 +653,8 @@ static int open_policy_api(lua_State *L) {
   luaL_newlibtable(L, fns);
   lua_pushlightuserdata(L, p);
   luaL_setfuncs(L, fns, 1);
-  static const luaL_Reg http[] = {{"request", policy_http_request},
-                                  {"parse_date", policy_http_parse_date},
-                                  {NULL, NULL}};
+  static const luaL_Reg http[] = {
+      {"request", policy_http_request}, {"parse_date", policy_http_parse_date}, {NULL, NULL}};
   static const luaL_Reg crypto[] = {{"hmac_sha256", policy_hmac_sha256},
                                     {"base64_encode", policy_base64_encode},
                                     {"base64_decode", policy_base64_decode},

@@ -139,7 +139,7 @@ static void emit_delivery(cl_engine *eng, char kind, cl_delivery_reason why,
   const char *outcome = kind == 's' ? "sent" : kind == 'f' ? "failed" : "no_op";
   cl_kv m[] = {KV_INT("count", 1)};
   if (cl__tel_on(&eng->tel, ev)) {
-    const char *reason = kind == 's'   ? "notifier_ok"
+    const char *reason = kind == 's' ? "notifier_ok"
                        : kind == 'f' ? cl_delivery_reason_name(why)
                                      : "no_notifier_configured";
     cl_kv md[] = {KV_STR("outcome", outcome), KV_STR("reason", reason)};
@@ -280,8 +280,8 @@ static cl_status complete_once(cl_engine *eng, const outcomes *o, cl_work_stats 
  * second delivery after the lease runs out.  The statement is idempotent
  * (it only touches rows still leased to this worker).
  */
-static cl_status complete(cl_engine *eng, const outcomes *o, int64_t since_ms,
-                          cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
+static cl_status complete(cl_engine *eng, const outcomes *o, int64_t since_ms, cl_work_stats *stats,
+                          cl_batch_info *batch, cl_error *err) {
   int64_t window = (int64_t)eng->lease_seconds * 1000 / 2;
   if (window > 10000) window = 10000;
   int delay = 100, retries = 0;
@@ -422,7 +422,7 @@ struct cl__run {
   int nready, nflight;
   int started_inline; /* deliveries of this call that finished inside start */
   int started;
-  outcomes o;           /* finished, not recorded */
+  outcomes o;            /* finished, not recorded */
   int64_t first_done_ms; /* when the oldest of them finished */
   int64_t o_since_ms;    /* the oldest lease among them (complete's window) */
   cl_work_stats *stats;
@@ -489,9 +489,10 @@ static void start_one(struct cl__run *r) {
   r->started++;
   d->state = SLOT_FLIGHT;
   if (eng->notifier_async) {
-    int before = r->nflight;
+    /* Read through eng: start may finish the delivery (cl_delivery_done). */
+    int before = eng->run->nflight;
     cl__deliver_start(eng, d, &d->msg, &d->conv, d->key, d->attempt);
-    if (r->nflight < before) r->started_inline++;
+    if (eng->run->nflight < before) r->started_inline++;
     return;
   }
   cl_error nerr;
@@ -608,8 +609,7 @@ static cl_status renew_leases(struct cl__run *r, cl_error *err) {
     cl_log(eng, CL_LOG_WARN,
            "%d of %d held jobs had lost their lease to another worker before it was renewed",
            n - kept, n);
-  else
-    cl_log(eng, CL_LOG_DEBUG, "renewed the lease of %d held jobs", n);
+  else cl_log(eng, CL_LOG_DEBUG, "renewed the lease of %d held jobs", n);
   return CL_OK;
 }
 
@@ -691,17 +691,17 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
       continue;
     }
     bool idle = !r->ready && r->nflight == 0;
-    bool want_claim = !stopping && !drained && claimed < o->limit && !r->ready &&
-                      r->nflight < conc;
-    if (r->o.n && (idle || want_claim || r->o.n >= flush_at ||
-                   now_ms() - r->first_done_ms >= FLUSH_MS)) {
+    bool want_claim = !stopping && !drained && claimed < o->limit && !r->ready && r->nflight < conc;
+    if (r->o.n &&
+        (idle || want_claim || r->o.n >= flush_at || now_ms() - r->first_done_ms >= FLUSH_MS)) {
       if ((st = flush(r, &first)) != CL_OK) continue;
     }
     if (want_claim) {
       /* Synchronous deliveries gain nothing from small claims; in-flight
        * ones claim what the free slots and one more round can take. */
       int left = o->limit - claimed, n = left;
-      if (!chunk_all && (r->started_inline < r->started || (r->started == 0 && eng->notifier_async)))
+      if (!chunk_all &&
+          (r->started_inline < r->started || (r->started == 0 && eng->notifier_async)))
         n = min_int(left, 2 * conc - r->nflight);
       if (o->rate > 0) n = min_int(n, o->rate > 1 ? (int)o->rate : 1);
       int got = 0;
@@ -725,14 +725,10 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
   return st;
 }
 
-/* The common body of cl_work_run and cl_work_batch. */
+/* The common body of cl_work_run and cl_work_batch, after their entry
+ * guard (which names the public function). */
 static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_all,
-                          cl_work_stats *stats_out, cl_batch_info *batch, cl_error *err) {
-  cl_work_stats scratch = {0};
-  cl_work_stats *stats = stats_out ? stats_out : &scratch;
-  memset(stats, 0, sizeof *stats);
-  if (batch) memset(batch, 0, sizeof *batch);
-  CL__ENTER(eng, err);
+                          cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
   if (!o) return cl__fail(err, CL_INVALID_ARGUMENT, "work: no options");
   if (o->limit < 1 || o->limit > CL_WORK_MAX_LIMIT)
     return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %d",
@@ -741,7 +737,8 @@ static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_a
     return cl__fail(err, CL_INVALID_ARGUMENT, "concurrency must be from 1 to %d, got %d",
                     CL_WORK_MAX_CONCURRENCY, o->concurrency);
   if (!(o->rate >= 0 && o->rate <= 1e6))
-    return cl__fail(err, CL_INVALID_ARGUMENT, "rate must be from 0 (no limit) to 1000000 per second");
+    return cl__fail(err, CL_INVALID_ARGUMENT,
+                    "rate must be from 0 (no limit) to 1000000 per second");
   if (eng->run) return cl__fail(err, CL_INVALID_ARGUMENT, "work: already running on this engine");
   ensure_worker_id(eng);
   /* Finished jobs past their retention, at most once an interval (ops.c). */
@@ -773,11 +770,21 @@ static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_a
 
 cl_status cl_work_run(cl_engine *eng, const cl_work_options *opts, cl_work_stats *stats,
                       cl_batch_info *batch, cl_error *err) {
+  cl_work_stats scratch;
+  if (!stats) stats = &scratch;
+  memset(stats, 0, sizeof *stats);
+  if (batch) memset(batch, 0, sizeof *batch);
+  CL__ENTER(eng, err);
   return work_run(eng, opts, false, stats, batch, err);
 }
 
 cl_status cl_work_batch(cl_engine *eng, int limit, const volatile sig_atomic_t *stop,
                         cl_work_stats *stats, cl_batch_info *batch, cl_error *err) {
+  cl_work_stats scratch;
+  if (!stats) stats = &scratch;
+  memset(stats, 0, sizeof *stats);
+  if (batch) memset(batch, 0, sizeof *batch);
+  CL__ENTER(eng, err);
   cl_work_options o = {.limit = limit, .concurrency = 1, .stop = stop};
   return work_run(eng, &o, true, stats, batch, err);
 }

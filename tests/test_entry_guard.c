@@ -85,6 +85,24 @@ static cl_status p_work_batch(cl_engine *eng, cl_error *err) {
   return cl_work_batch(eng, 1, NULL, &stats, &batch, err);
 }
 
+static cl_status p_work_run(cl_engine *eng, cl_error *err) {
+  cl_work_stats stats;
+  cl_work_options o = {.limit = 1, .concurrency = 4};
+  return cl_work_run(eng, &o, &stats, NULL, err);
+}
+
+static void p_noop_start(void *ud, cl_delivery *d, const cl_message *m, const cl_conversation *c,
+                         const char *key, int attempt) {
+  (void)ud, (void)m, (void)c, (void)key, (void)attempt;
+  cl_delivery_done(d, NULL);
+}
+static void p_noop_poll(void *ud, int timeout_ms) { (void)ud, (void)timeout_ms; }
+
+static cl_status p_set_async_notifier(cl_engine *eng, cl_error *err) {
+  cl_async_notifier n = {p_noop_start, p_noop_poll, NULL, NULL};
+  return cl_set_async_notifier(eng, &n, err);
+}
+
 static cl_status p_work_wait(cl_engine *eng, cl_error *err) {
   cl_wake why;
   return cl_work_wait(eng, 0, -1, &why, err);
@@ -140,6 +158,8 @@ static const probe probes[] = {
     {"cl_bulk_trigger", p_bulk_trigger},
     {"cl_work", p_work},
     {"cl_work_batch", p_work_batch},
+    {"cl_work_run", p_work_run},
+    {"cl_set_async_notifier", p_set_async_notifier},
     {"cl_work_wait", p_work_wait},
     {"cl_envelope_get", p_envelope_get},
     {"cl_envelopes_list", p_envelopes_list},

@@ -39,7 +39,7 @@ typedef struct anotifier {
   pending q[256];
   int head, tail; /* q[head..tail) in flight */
   int started, max_in_flight, polls;
-  int done_inline; /* finish inside start instead */
+  int done_inline;                         /* finish inside start instead */
   volatile sig_atomic_t *stop_after_start; /* set once `stop_at` deliveries started */
   int stop_at;
   cl_delivery_result (*choose)(int64_t message_id);
@@ -103,7 +103,7 @@ static void trigger_n(cl_engine *eng, int n) {
 }
 
 static cl_work_stats run(cl_engine *eng, int limit, int concurrency, double rate,
-                         volatile sig_atomic_t *stop, cl_batch_info *b) {
+                         const volatile sig_atomic_t *stop, cl_batch_info *b) {
   cl_work_options o = {.limit = limit, .concurrency = concurrency, .rate = rate, .stop = stop};
   cl_work_stats st;
   cl_error err;
@@ -134,8 +134,9 @@ static void test_run__keeps_concurrency_deliveries_in_flight_and_records_in_batc
                    "SELECT count(*) FILTER (WHERE state = 'completed') || '|' || "
                    "count(*) FILTER (WHERE state = 'executing') FROM %s.cairnloop_delivery_jobs",
                    S);
-  ct_assert_scalar("100", "SELECT count(*) FROM %s.cairnloop_messages WHERE metadata->>'status' = "
-                          "'sent'",
+  ct_assert_scalar("100",
+                   "SELECT count(*) FROM %s.cairnloop_messages WHERE metadata->>'status' = "
+                   "'sent'",
                    S);
   ct_world_free(w);
 }
@@ -156,7 +157,8 @@ static void test_run__records_finished_deliveries_while_others_run(void **state)
   assert_int_equal(st.sent, 40);
   /* Completed in several statements spread over the run, not one at the
    * end: completion times differ across the batch. */
-  assert_true(ct_int("SELECT count(DISTINCT completed_at) FROM %s.cairnloop_delivery_jobs", S) >= 5);
+  assert_true(ct_int("SELECT count(DISTINCT completed_at) FROM %s.cairnloop_delivery_jobs", S) >=
+              5);
   ct_world_free(w);
 }
 
@@ -206,24 +208,28 @@ static void test_run__verdicts_discard_wait_and_reason(void **state) {
   assert_int_equal(st.discarded, 2);
   assert_int_equal(st.retried, 4);
   /* 410: discarded at its first attempt, message failed. */
-  ct_assert_scalar("2", "SELECT count(*) FROM %s.cairnloop_delivery_jobs j JOIN %s.cairnloop_messages m "
-                        "ON m.id = j.message_id WHERE j.state = 'discarded' AND j.attempt = 1 "
-                        "AND j.discarded_at IS NOT NULL AND m.id %% 3 = 0 "
-                        "AND m.metadata->>'status' = 'failed'",
+  ct_assert_scalar("2",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs j JOIN %s.cairnloop_messages m "
+                   "ON m.id = j.message_id WHERE j.state = 'discarded' AND j.attempt = 1 "
+                   "AND j.discarded_at IS NOT NULL AND m.id %% 3 = 0 "
+                   "AND m.metadata->>'status' = 'failed'",
                    S, S);
   /* Retry-After 120 s: no sooner than that (the backoff alone is ~2 s). */
-  ct_assert_scalar("2", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'retryable' "
-                        "AND message_id %% 3 = 1 AND scheduled_at >= now() + interval '119 s'",
+  ct_assert_scalar("2",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'retryable' "
+                   "AND message_id %% 3 = 1 AND scheduled_at >= now() + interval '119 s'",
                    S);
   /* No wait given: the plain backoff. */
-  ct_assert_scalar("2", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'retryable' "
-                        "AND message_id %% 3 = 2 AND scheduled_at < now() + interval '5 s'",
+  ct_assert_scalar("2",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'retryable' "
+                   "AND message_id %% 3 = 2 AND scheduled_at < now() + interval '5 s'",
                    S);
   /* The message says which; without one, the reason's name. */
-  ct_assert_scalar("HTTP 410 Gone|HTTP 503 (retry after 120 s)|http_timeout",
-                   "SELECT string_agg(e, '|' ORDER BY e) FROM (SELECT DISTINCT errors->0->>'error' AS e "
-                   "FROM %s.cairnloop_delivery_jobs) x",
-                   S);
+  ct_assert_scalar(
+      "HTTP 410 Gone|HTTP 503 (retry after 120 s)|http_timeout",
+      "SELECT string_agg(e, '|' ORDER BY e) FROM (SELECT DISTINCT errors->0->>'error' AS e "
+      "FROM %s.cairnloop_delivery_jobs) x",
+      S);
   /* Telemetry carries the enum reason. */
   size_t failed = ct_capture_count(&w->cap, "cairnloop.outbound.delivery.failed");
   assert_int_equal(failed, 6);
@@ -293,8 +299,9 @@ static void test_run__renews_leases_of_slow_deliveries(void **state) {
   cl_work_stats st = run(w->eng, 3, 3, 0, NULL, &b);
   assert_int_equal(st.sent, 3);
   assert_int_equal(b.lost, 0);
-  ct_assert_scalar("3", "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'completed' "
-                        "AND attempt = 1",
+  ct_assert_scalar("3",
+                   "SELECT count(*) FROM %s.cairnloop_delivery_jobs WHERE state = 'completed' "
+                   "AND attempt = 1",
                    S);
   ct_world_free(w);
 }

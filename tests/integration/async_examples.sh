@@ -50,7 +50,7 @@ build() {
   shift
   # shellcheck disable=SC2046
   if cc -std=c11 -Wall -Wextra -Werror -I"$ROOT/include" "$ROOT/examples/async/$name.c" \
-      "$ROOT/build/libcairnloop.a" $(pkg-config --libs libpq uuid jansson) "$@" -lm -ldl -pthread \
+      "$ROOT/build/libcairnloop.a" $(pkg-config --libs libpq uuid jansson libcurl libcrypto) "$@" -lm -ldl -pthread \
       -o "$tmp/$name" >"$tmp/$name.log" 2>&1; then
     ok "examples/async/$name.c builds with -Wall -Wextra -Werror"
   else

@@ -44,7 +44,7 @@ int main(void) {
 }
 C
 if out=$(cc -std=c11 -Iinclude $(pkg-config --cflags lua5.4) -o "$tmp/host" "$tmp/host.c" \
-      build/libcairnloop.a "$lua_a" $(pkg-config --libs libpq uuid jansson) -lm -ldl 2>&1); then
+      build/libcairnloop.a "$lua_a" $(pkg-config --libs libpq uuid jansson libcurl libcrypto) -lm -ldl 2>&1); then
   ok "a program with its own static Lua 5.4 links libcairnloop.a"
 else
   nok "a program with its own static Lua 5.4 links libcairnloop.a" "$(echo "$out" | head -n 3)"

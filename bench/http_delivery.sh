@@ -187,11 +187,11 @@ if ! "$CLI" work --help 2>&1 | grep -q -- '--concurrency' ||
   ! "$CLI" work --help 2>&1 | grep -q -- '--http-allow'; then
   have_cl=0
   note "cairnloop: this engine's \`cairnloop work\` has no --concurrency / --http-allow yet: contender skipped"
-elif [ -f lua/cairnloop/webhook.lua ]; then
-  cl_policy=$ROOT/lua/cairnloop/webhook.lua
+elif [ ! -f lua/cairnloop/webhook.lua ]; then
+  have_cl=0
+  note "cairnloop: lua/cairnloop/webhook.lua is missing: contender skipped"
 else
-  cl_policy=$ROOT/bench/http_notifier.lua
-  note "cairnloop: lua/cairnloop/webhook.lua is not there yet: bench/http_notifier.lua stands in"
+  cl_policy=$ROOT/lua/cairnloop/webhook.lua
 fi
 
 GW_DIR=$WORK/graphile
@@ -571,7 +571,7 @@ for d in "${delays[@]}"; do
   done
 done
 
-table_note="Each run: the jobs enqueued untimed (cairnloop bulk; graphile_worker.add_jobs in one statement), VACUUM ANALYZE of the queue tables and a CHECKPOINT, then the workers start and every job is one POST of a signed JSON webhook (Standard Webhooks headers: webhook-id, webhook-timestamp, webhook-signature over HMAC-SHA256) to the receiver, which answers after the delay.  jobs/s: the jobs over the time from the receiver's first request to its last answer.  limit: what the jobs in flight allow, in flight / delay; of limit: jobs/s over it.  x graphile: over graphile-worker's median at the same delay and concurrency.  Every run is checked: each job delivered exactly once (the receiver counts repeated webhook-ids: none) and finished (cairnloop: completed on its first attempt, its message sent; graphile: its jobs table empty).  cairnloop work: --concurrency N, the webhook notifier ($(basename "${cl_policy:-none}")), keep-alive connections.  graphile-worker: run() with concurrency N, maxPoolSize max(10, N + 2), a task POSTing with Node's http.request and a keep-alive http.Agent, the HMAC in node:crypto; its log at warnings; batched: localQueue size N + 1 and completeJobBatchDelay 0 (its performance guide).  max in flight: the most requests the receiver had at once.  Worker CPU: user + system of the worker processes, their start-up included; server CPU: the whole PostgreSQL server.  Workers, server and receiver share this machine's $(nproc) CPUs."
+table_note="Each run: the jobs enqueued untimed (cairnloop bulk; graphile_worker.add_jobs in one statement), VACUUM ANALYZE of the queue tables and a CHECKPOINT, then the workers start and every job is one POST of a signed JSON webhook (Standard Webhooks headers: webhook-id, webhook-timestamp, webhook-signature over HMAC-SHA256) to the receiver, which answers after the delay.  jobs/s: the jobs over the time from the receiver's first request to its last answer.  limit: what the jobs in flight allow, in flight / delay; of limit: jobs/s over it.  x graphile: over graphile-worker's median at the same delay and concurrency.  Every run is checked: each job delivered exactly once (the receiver counts repeated webhook-ids: none) and finished (cairnloop: completed on its first attempt, its message sent; graphile: its jobs table empty).  cairnloop work: --concurrency N, the webhook notifier (lua/cairnloop/webhook.lua), keep-alive connections (libcurl).  graphile-worker: run() with concurrency N, maxPoolSize max(10, N + 2), a task POSTing with Node's http.request and a keep-alive http.Agent, the HMAC in node:crypto; its log at warnings; batched: localQueue size N + 1 and completeJobBatchDelay 0 (its performance guide).  max in flight: the most requests the receiver had at once.  Worker CPU: user + system of the worker processes, their start-up included; server CPU: the whole PostgreSQL server.  Workers, server and receiver share this machine's $(nproc) CPUs."
 print_table \
   "HTTP delivery: one signed webhook POST per job to a local receiver answering after a fixed delay (median of $ROUNDS runs)" \
   "delay ms|concurrency|contender|processes|in flight|limit jobs/s|runs|jobs per run|jobs/s|range jobs/s|of limit|x graphile|max in flight|worker CPU ms / 1,000 jobs|server CPU ms / 1,000 jobs" \

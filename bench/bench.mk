@@ -5,11 +5,11 @@
 # webhook notifier against graphile-worker (bench/http_delivery.sh, on a
 # cluster of its own).  Never part of `make check`.
 #
-#   make bench                      full run (about 9-10 minutes), tables on stdout,
+#   make bench                      full run (about 7.5 minutes), tables on stdout,
 #                                   markdown in $(BUILD)/bench/results.md, plans
 #                                   in $(BUILD)/bench/explain.txt
 #   make bench BENCH_ARGS=--quick   a short smoke run of the same code paths
-#   BENCH_ARGS=--http-only          only the HTTP delivery lane (about 5 minutes)
+#   BENCH_ARGS=--http-only          only the HTTP delivery lane (about 4 minutes)
 #   BENCH_ARGS=--no-http            everything but it (--no-delivery skips it too)
 #
 # The HTTP lane installs graphile-worker with npm into $(BUILD)/bench/graphile

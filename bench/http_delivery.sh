@@ -570,7 +570,7 @@ for d in "${delays[@]}"; do
       # Against graphile-worker with as many jobs in flight.
       vs=
       if [ "$who" = cairnloop ] && [ "$procs" = 1 ] && has "graphile 1 $c $d"; then
-        vs=$(awk -v a="$med" -v b="$(r "graphile 1 $c $d")" 'BEGIN { printf "%.1fx", a / b }')
+        vs=$(awk -v a="$med" -v b="$(r "graphile 1 $c $d")" 'BEGIN { printf "%.2fx", a / b }')
       fi
       rows+=("$d|$c|$(label "$who")|$procs|$inflight|$(fmt "$limit")|$runs|$jobs|$(fmt "$med")|$(fmt "$lo")-$(fmt "$hi")|$ratio|$vs|$maxf|$(fmt "$cpu")|$(fmt "$srv")")
     done
@@ -620,7 +620,7 @@ for d in "${delays[@]}"; do
       # Twice graphile-worker's rate may be more than the limit allows.
       above=$(awk -v g="$g" -v l=$((c * 1000 / d)) 'BEGIN { if (2 * g > l) printf "; 2x graphile-worker is above the limit, %d", l }')
       target "$d ms, concurrency $c, one process: >= 2x graphile-worker" \
-        "$(awk -v v="$v" -v g="$g" 'BEGIN { printf "%.1fx", v / g }') ($(fmt "$v") vs $(fmt "$g") jobs/s${b:+; vs batched: $(awk -v v="$v" -v g="$b" 'BEGIN { printf "%.1fx", v / g }')}$above)" \
+        "$(awk -v v="$v" -v g="$g" 'BEGIN { printf "%.2fx", v / g }') ($(fmt "$v") vs $(fmt "$g") jobs/s${b:+; vs batched: $(awk -v v="$v" -v g="$b" 'BEGIN { printf "%.2fx", v / g }')}$above)" \
         "$(awk -v v="$v" -v g="$g" 'BEGIN { print (v >= 2 * g) ? 1 : 0 }')"
     fi
   done

@@ -3,7 +3,9 @@
  *
  * One source for Lua 5.4 and LuaJIT (version branches in lua_compat.h).
  * Provides cairnloop.open, cairnloop.EVENTS and the engine methods of
- * API.md: foreseeable failures return `nil, code, message`, misuse raises.
+ * API.md: foreseeable failures return `nil, code, message`, misuse raises;
+ * and cairnloop.open_async (lua_async.inc, on the same argument and result
+ * helpers).
  * Hooks registered from the host's Lua run in the host's state, through
  * this side's call point, host_call(): the calling thread, a traceback
  * handler, and an instruction budget and deadline installed for the call.
@@ -1323,6 +1325,9 @@ static int engine_prune(lua_State *L) {
   return 1;
 }
 
+/* cairnloop.open_async: the asynchronous engine, on the helpers above. */
+#include "lua_async.inc"
+
 /* ------------------------------------------------------------------ */
 /* The module                                                           */
 /* ------------------------------------------------------------------ */
@@ -1357,7 +1362,8 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
                                      {NULL, NULL}};
   static const luaL_Reg metamethods[] = {
       {"__gc", engine_gc}, {"__close", engine_gc}, {"__tostring", engine_tostring}, {NULL, NULL}};
-  static const luaL_Reg module[] = {{"open", engine_open}, {NULL, NULL}};
+  static const luaL_Reg module[] = {
+      {"open", engine_open}, {"open_async", async_open}, {NULL, NULL}};
 
 #if CL_LUAJIT
   /* ABI guard: this build needs LuaJIT's symbols; loaded into Lua 5.4 it
@@ -1373,6 +1379,7 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
     lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
+  async_register(L);
   glue_register(L);
   compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
   if (lua_isnil(L, -1)) { /* first load in this state; never reset a live one */

@@ -30,7 +30,8 @@ external_dependencies = {
   PQ = { header = "postgresql/libpq-fe.h", library = "pq" },
   UUID = { header = "uuid/uuid.h", library = "uuid" },
   JANSSON = { header = "jansson.h", library = "jansson" },
-  CURL = { header = "curl/curl.h", library = "curl" },
+  -- libcurl too (the Makefile finds it with pkg-config): Debian keeps its
+  -- header under a multiarch directory luarocks does not search.
   CRYPTO = { header = "openssl/hmac.h", library = "crypto" },
 }
 build = {

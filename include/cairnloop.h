@@ -1012,6 +1012,10 @@ CL_API cl_status cl_async_bulk_trigger(cl_async *a, const int64_t *conversation_
                                        cl_error *err);
 CL_API cl_status cl_async_work(cl_async *a, int limit, cl_async_work_cb cb, void *ud,
                                cl_error *err);
+/* cl_work_run on the engine thread (opts->stop is ignored: closing the
+ * asynchronous engine is how a host stops it). */
+CL_API cl_status cl_async_work_run(cl_async *a, const cl_work_options *opts, cl_async_work_cb cb,
+                                   void *ud, cl_error *err);
 CL_API cl_status cl_async_envelope_get(cl_async *a, const char *envelope_id,
                                        cl_async_envelopes_cb cb, void *ud, cl_error *err);
 CL_API cl_status cl_async_envelopes_list(cl_async *a, const cl_envelope_query *query,

@@ -10,8 +10,8 @@ describe("cairnloop module", function()
     assert.matches("^%d+%.%d+%.%d+", cairnloop.VERSION)
   end)
 
-  it("exports only open, VERSION and EVENTS", function()
-    assert.same({ "EVENTS", "VERSION", "open" }, H.keys(cairnloop))
+  it("exports only open, open_async, VERSION and EVENTS", function()
+    assert.same({ "EVENTS", "VERSION", "open", "open_async" }, H.keys(cairnloop))
   end)
 end)
 

@@ -27,6 +27,7 @@ typedef enum op_kind {
   OP_TRIGGER,
   OP_BULK,
   OP_WORK,
+  OP_WORK_RUN,
   OP_ENVELOPE_GET,
   OP_ENVELOPES_LIST,
   OP_QUERY,
@@ -65,6 +66,7 @@ typedef struct op {
       const cl_bulk_opts *opts;
     } bulk;
     int limit;
+    cl_work_options work; /* OP_WORK_RUN; stop is always NULL */
     const char *envelope_id;
     const cl_envelope_query *query;
     struct {
@@ -216,6 +218,9 @@ static void run(op *o, cl_engine *eng) {
   case OP_WORK:
     st = cl_work(eng, o->in.limit, &o->out.work, e);
     break;
+  case OP_WORK_RUN:
+    st = cl_work_run(eng, &o->in.work, &o->out.work, NULL, e);
+    break;
   case OP_ENVELOPE_GET:
     st = cl_envelope_get(eng, o->in.envelope_id, &o->out.list, e);
     break;
@@ -248,6 +253,7 @@ static void finish(op *o) {
     cl_bulk_result_clear(&o->out.bulk);
     break;
   case OP_WORK:
+  case OP_WORK_RUN:
     if (o->cb.work) o->cb.work(o->ud, o->status, e, &o->out.work);
     break;
   case OP_ENVELOPE_GET:
@@ -605,6 +611,18 @@ cl_status cl_async_work(cl_async *a, int limit, cl_async_work_cb cb, void *ud, c
   if (!o) return CL_DB_ERROR;
   o->cb.work = cb;
   o->in.limit = limit;
+  return submit(a, o, err);
+}
+
+cl_status cl_async_work_run(cl_async *a, const cl_work_options *opts, cl_async_work_cb cb, void *ud,
+                            cl_error *err) {
+  ASYNC_ENTER(a, err);
+  if (!opts) return cl__fail(err, CL_INVALID_ARGUMENT, "cl_async_work_run: no options");
+  op *o = op_new(OP_WORK_RUN, 0, ud, err);
+  if (!o) return CL_DB_ERROR;
+  o->cb.work = cb;
+  o->in.work = *opts;
+  o->in.work.stop = NULL; /* cl_async_close is how a host stops it */
   return submit(a, o, err);
 }
 

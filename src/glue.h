@@ -77,7 +77,14 @@ void cl__hook_failed(cl_engine *eng, const char *hook, const char *full, bool ou
 typedef struct cl__box {
   void (*drop)(void *p); /* releases p; NULL once released */
   void *p;
-  max_align_t data[]; /* inline storage when asked for */
+  /* Inline storage when asked for, aligned for what is kept there
+   * (integers, doubles, pointers): Lua userdata guarantee no more, and
+   * LuaJIT's only 8 bytes, so max_align_t would promise 16 in vain. */
+  union {
+    int64_t i;
+    double d;
+    void *p;
+  } data[];
 } cl__box;
 
 /* Releases what the box owns, once; NULL-safe drop. */

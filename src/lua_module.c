@@ -3,7 +3,9 @@
  *
  * One source for Lua 5.4 and LuaJIT (version branches in lua_compat.h).
  * Provides cairnloop.open, cairnloop.EVENTS and the engine methods of
- * API.md: foreseeable failures return `nil, code, message`, misuse raises.
+ * API.md: foreseeable failures return `nil, code, message`, misuse raises;
+ * and cairnloop.open_async (lua_async.inc, on the same argument and result
+ * helpers).
  * Hooks registered from the host's Lua run in the host's state, through
  * this side's call point, host_call(): the calling thread, a traceback
  * handler, and an instruction budget and deadline installed for the call.
@@ -239,13 +241,16 @@ static bool opt_string(lua_State *L, int idx, const char *name, const char **out
  * resolver to map, as API.md allows: *value_idx is set to its stack slot
  * when the resolver was registered from this state (it gets the value
  * itself), or *json to a box holding the value's JSON when the resolver
- * is the policy state's (it gets a copy made there, within the same
- * copy bounds as a hook's result).  stage_actor hands either over just
- * before the operation.  Without a resolver such an actor is invalid.
- * The value stays pushed; raises only on memory.
+ * is the policy state's (it gets a copy made there, within `json_limit`
+ * bytes, the copy bounds of a hook's result).  stage_actor hands either
+ * over just before the operation.  Without a resolver such an actor is
+ * invalid.  `le` NULL is the asynchronous engine, whose resolver lives on
+ * its thread and can only be a policy's: a plain value always becomes
+ * JSON there, and the engine thread checks the resolver.  The value stays
+ * pushed; raises only on memory.
  */
-static bool opt_actor(lua_State *L, lengine *le, int idx, const char **out, int *value_idx,
-                      cl__box **json, cl_error *err) {
+static bool opt_actor(lua_State *L, const lengine *le, size_t json_limit, int idx, const char **out,
+                      int *value_idx, cl__box **json, cl_error *err) {
   int t;
   char why[96];
   json_t *j;
@@ -255,25 +260,26 @@ static bool opt_actor(lua_State *L, lengine *le, int idx, const char **out, int 
   t = lua_type(L, -1);
   if (t == LUA_TNIL || t == LUA_TSTRING) return top_string(L, "actor", out, err);
   *out = NULL;
-  if (!le->eng->has_resolver || (t != LUA_TBOOLEAN && t != LUA_TNUMBER && t != LUA_TTABLE)) {
+  if ((le && !le->eng->has_resolver) ||
+      (t != LUA_TBOOLEAN && t != LUA_TNUMBER && t != LUA_TTABLE)) {
     cl__fail(err, CL_INVALID_ARGUMENT,
              "actor must be a string, got a %s (an actor resolver may take plain values)",
              luaL_typename(L, -1));
     return false;
   }
-  if (glue_owns_resolver(&le->side, le->eng)) {
+  if (le && glue_owns_resolver(&le->side, le->eng)) {
     *value_idx = lua_gettop(L);
     return true;
   }
   *json = glue_newbox(L, 0);
   lua_insert(L, -2); /* box actor: the actor stays on top */
-  if ((j = glue_to_json(L, -1, 0, le->eng->hook_memory_limit, why, sizeof why)) == NULL) {
+  if ((j = glue_to_json(L, -1, 0, json_limit, why, sizeof why)) == NULL) {
     cl__fail(err, CL_INVALID_ARGUMENT, "actor cannot be copied into the policy state: %s", why);
     return false;
   }
   if (((*json)->p = cl__json_take_text(j, true)) == NULL) luaL_error(L, "not enough memory");
   (*json)->drop = free;
-  if (cl__policy_owns_resolver(le->eng)) return true;
+  if (le == NULL || cl__policy_owns_resolver(le->eng)) return true;
   cl__fail(err, CL_INVALID_ARGUMENT, "actor must be a string for this actor resolver, got a %s",
            luaL_typename(L, -1));
   return false;
@@ -372,11 +378,12 @@ static void push_envelope(lua_State *L, const cl_envelope *e) {
 
 /*
  * Pushes what becomes res.audit: the host auditor's own value (its ref is
- * taken here), else the policy auditor's JSON decoded, else nil.
+ * taken here), else the policy auditor's JSON decoded, else nil.  `le` is
+ * NULL for the asynchronous engine, whose auditor can only be a policy's.
  */
 static void push_audit(lua_State *L, lengine *le, const char *audit_json) {
-  int ref = le->audit_ref;
-  le->audit_ref = LUA_NOREF;
+  int ref = le ? le->audit_ref : LUA_NOREF;
+  if (le) le->audit_ref = LUA_NOREF;
   if (ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
@@ -389,6 +396,63 @@ static void push_audit(lua_State *L, lengine *le, const char *audit_json) {
 static void drop_audit(lua_State *L, lengine *le) {
   luaL_unref(L, LUA_REGISTRYINDEX, le->audit_ref);
   le->audit_ref = LUA_NOREF;
+}
+
+/* trigger's res: { message, delivery_job, audit, duplicate } (`le` as push_audit). */
+static void push_trigger_result(lua_State *L, lengine *le, const cl_trigger_result *res) {
+  lua_createtable(L, 0, 4);
+  glue_push_message(L, &res->message);
+  lua_setfield(L, -2, "message");
+  push_job(L, &res->delivery_job);
+  lua_setfield(L, -2, "delivery_job");
+  push_audit(L, le, res->audit_json);
+  lua_setfield(L, -2, "audit");
+  lua_pushboolean(L, res->duplicate);
+  lua_setfield(L, -2, "duplicate");
+}
+
+/* bulk_trigger's res: { envelope, messages, delivery_jobs, audit, replayed } (`le` as push_audit). */
+static void push_bulk_result(lua_State *L, lengine *le, const cl_bulk_result *res) {
+  size_t i;
+  lua_createtable(L, 0, 5);
+  push_envelope(L, &res->envelope);
+  lua_setfield(L, -2, "envelope");
+  lua_createtable(L, (int)res->count, 0);
+  for (i = 0; i < res->count; i++) {
+    glue_push_message(L, &res->messages[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "messages");
+  lua_createtable(L, (int)res->count, 0);
+  for (i = 0; i < res->count; i++) {
+    push_job(L, &res->delivery_jobs[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "delivery_jobs");
+  push_audit(L, le, res->audit_json);
+  lua_setfield(L, -2, "audit");
+  lua_pushboolean(L, res->replayed);
+  lua_setfield(L, -2, "replayed");
+}
+
+/* envelopes' list, newest first as read. */
+static void push_envelope_list(lua_State *L, const cl_envelope_list *list) {
+  size_t i;
+  lua_createtable(L, (int)list->count, 0);
+  for (i = 0; i < list->count; i++) {
+    push_envelope(L, &list->items[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+}
+
+/* work's { sent, failed, no_op, retried, discarded }. */
+static void push_work_stats(lua_State *L, const cl_work_stats *stats) {
+  lua_createtable(L, 0, 5);
+  glue_setint(L, "sent", stats->sent);
+  glue_setint(L, "failed", stats->failed);
+  glue_setint(L, "no_op", stats->no_op);
+  glue_setint(L, "retried", stats->retried);
+  glue_setint(L, "discarded", stats->discarded);
 }
 
 static void drop_trigger_result(void *p) { cl_trigger_result_clear((cl_trigger_result *)p); }
@@ -408,32 +472,129 @@ static void engine_close_now(lua_State *L, lengine *le) {
   le->log_ref = LUA_NOREF;
 }
 
-/* Loads the policy path(s) at `idx` (a string or a list of strings). */
-static cl_status load_policies(lua_State *L, lengine *le, int idx, cl_error *err) {
-  size_t i, n;
-  const char *path;
-  cl_status st;
+/*
+ * The policy path(s) at `idx` (nil, a path, or a list of paths) as an
+ * array of *n strings, in a userdata left pushed; the strings themselves
+ * stay anchored where they are (the caller's opts table).  False with
+ * `err` set when a path is not a string or holds a NUL byte.
+ */
+static bool policy_paths(lua_State *L, int idx, const char ***paths, size_t *n, cl_error *err) {
+  size_t i;
   idx = compat_absindex(L, idx);
-  if (lua_isnil(L, idx)) return CL_OK;
+  *n = lua_isnil(L, idx) ? 0 : lua_type(L, idx) == LUA_TTABLE ? compat_rawlen(L, idx) : 1;
+  *paths = (const char **)compat_newuserdata(L, (*n ? *n : 1) * sizeof **paths);
+  if (lua_isnil(L, idx)) return true;
   if (lua_type(L, idx) == LUA_TSTRING) {
     lua_pushvalue(L, idx);
-    if (!top_string(L, "policy", &path, err)) return CL_INVALID_ARGUMENT;
-    st = cl_load_policy(le->eng, path, err);
+    if (!top_string(L, "policy", &(*paths)[0], err)) return false;
     lua_pop(L, 1);
-    return st;
+    return true;
   }
-  if (lua_type(L, idx) != LUA_TTABLE)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "policy must be a path or a list of paths");
-  n = compat_rawlen(L, idx);
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, idx, (int)i);
-    if (!top_string(L, "policy", &path, err) || path == NULL)
-      return cl__fail(err, CL_INVALID_ARGUMENT, "policy %zu must be a path", i);
-    st = cl_load_policy(le->eng, path, err);
+  if (lua_type(L, idx) != LUA_TTABLE) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "policy must be a path or a list of paths");
+    return false;
+  }
+  for (i = 0; i < *n; i++) {
+    lua_rawgeti(L, idx, (int)i + 1);
+    if (!top_string(L, "policy", &(*paths)[i], err) || (*paths)[i] == NULL) {
+      cl__fail(err, CL_INVALID_ARGUMENT, "policy %zu must be a path", i + 1);
+      return false;
+    }
     lua_pop(L, 1);
-    if (st != CL_OK) return st;
   }
-  return CL_OK;
+  return true;
+}
+
+/*
+ * The options cairnloop.open and cairnloop.open_async share, from the
+ * table at `idx` into `cfg`: every one but `log` (only checked to be nil
+ * or a function) and `policy`, which each opener handles its own way.
+ * `allowed` lists every key the caller accepts.  What the strings need
+ * to stay alive (their values, http_allow's array) is left pushed: keep
+ * it there until the engine is open.
+ * False with `err` set on a bad option.
+ */
+static bool read_config(lua_State *L, int idx, const char *const *allowed, cl_config *cfg,
+                        cl_error *err) {
+  int64_t v;
+  cl_config_init(cfg);
+  if (!check_keys(L, idx, allowed, err)) return false;
+  if (!opt_string(L, idx, "database", &cfg->database, err) ||
+      !opt_string(L, idx, "schema", &cfg->schema, err))
+    return false;
+  v = 0;
+  if (!opt_int(L, idx, "max_batch_size", 1, CL_MAX_COHORT, &v, err)) return false;
+  cfg->max_batch_size = (int)v;
+  if (!opt_int(L, idx, "hook_instruction_limit", 1, INT64_MAX, &cfg->hook_instruction_limit, err) ||
+      !opt_int(L, idx, "hook_time_limit_ms", 1, INT64_MAX / 1000000, &cfg->hook_time_limit_ms, err))
+    return false;
+  v = 0;
+  if (!opt_int(L, idx, "hook_memory_limit", 64 * 1024, INT64_MAX, &v, err)) return false;
+  cfg->hook_memory_limit = (size_t)v;
+  v = 0;
+  if (!opt_int(L, idx, "max_attempts", 1, INT_MAX, &v, err)) return false;
+  cfg->max_attempts = (int)v;
+  v = 0;
+  if (!opt_int(L, idx, "lease_seconds", 1, INT_MAX, &v, err)) return false;
+  cfg->lease_seconds = (int)v;
+  lua_getfield(L, idx, "prepared_statements");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "prepared_statements must be a boolean, got a %s",
+             luaL_typename(L, -1));
+    return false;
+  }
+  cfg->no_prepared_statements = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "log_level");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      cl__fail(err, CL_INVALID_ARGUMENT, "log_level must be a string, got a %s",
+               luaL_typename(L, -1));
+      return false;
+    }
+    if (cl_log_level_parse(lua_tostring(L, -1), &cfg->log_level, err) != CL_OK) return false;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "log");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "log must be a function");
+    return false;
+  }
+  lua_pop(L, 1);
+  /* http_allow: the strings stay anchored in opts while the engine copies them. */
+  lua_getfield(L, idx, "http_allow");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      cl__fail(err, CL_INVALID_ARGUMENT, "http_allow must be a list of URL patterns, got a %s",
+               luaL_typename(L, -1));
+      return false;
+    }
+    size_t n = compat_rawlen(L, -1);
+    const char **list = (const char **)compat_newuserdata(L, sizeof *list * (n + 1));
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, -2, (int)i + 1);
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        cl__fail(err, CL_INVALID_ARGUMENT, "http_allow[%zu] must be a string, got a %s", i + 1,
+                 luaL_typename(L, -1));
+        return false;
+      }
+      list[i] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+    list[n] = NULL;
+    cfg->http_allow = list;
+    lua_replace(L, -2); /* the array; the table stays reachable from opts */
+  }
+  return true;
+}
+
+/* Pushes an empty opts table in place of a nil or absent one at 1. */
+static void opts_or_empty(lua_State *L) {
+  lua_settop(L, 1);
+  if (lua_isnil(L, 1)) {
+    lua_newtable(L);
+    lua_replace(L, 1);
+  }
 }
 
 /*
@@ -460,92 +621,24 @@ static int engine_open(lua_State *L) {
                                         "prepared_statements",
                                         "http_allow",
                                         NULL};
-  bool has_opts = opt_table(L, 1);
+  const char **paths;
+  size_t npaths, i;
   cl_config cfg;
   cl_error err;
   cl_status st;
   lengine *le;
-  int64_t v;
+  int log_idx;
 
-  lua_settop(L, 1);
-  if (!has_opts) {
-    lua_newtable(L);
-    lua_replace(L, 1);
-  }
-  cl_config_init(&cfg);
-  if (!check_keys(L, 1, allowed, &err)) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  if (!opt_string(L, 1, "database", &cfg.database, &err) ||
-      !opt_string(L, 1, "schema", &cfg.schema, &err))
+  opt_table(L, 1);
+  opts_or_empty(L);
+  if (!read_config(L, 1, allowed, &cfg, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  v = 0;
-  if (!opt_int(L, 1, "max_batch_size", 1, CL_MAX_COHORT, &v, &err))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  cfg.max_batch_size = (int)v;
-  if (!opt_int(L, 1, "hook_instruction_limit", 1, INT64_MAX, &cfg.hook_instruction_limit, &err) ||
-      !opt_int(L, 1, "hook_time_limit_ms", 1, INT64_MAX / 1000000, &cfg.hook_time_limit_ms, &err))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  v = 0;
-  if (!opt_int(L, 1, "hook_memory_limit", 64 * 1024, INT64_MAX, &v, &err))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  cfg.hook_memory_limit = (size_t)v;
-  v = 0;
-  if (!opt_int(L, 1, "max_attempts", 1, INT_MAX, &v, &err))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  cfg.max_attempts = (int)v;
-  v = 0;
-  if (!opt_int(L, 1, "lease_seconds", 1, INT_MAX, &v, &err))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  cfg.lease_seconds = (int)v;
-  lua_getfield(L, 1, "prepared_statements");
-  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "prepared_statements must be a boolean, got a %s",
-             luaL_typename(L, -1));
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  cfg.no_prepared_statements = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  /* http_allow: the strings stay anchored in opts while cl_open copies them. */
-  lua_getfield(L, 1, "http_allow");
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TTABLE) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "http_allow must be a list of URL patterns, got a %s",
-               luaL_typename(L, -1));
-      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-    }
-    size_t n = compat_rawlen(L, -1);
-    const char **list = (const char **)compat_newuserdata(L, sizeof *list * (n + 1));
-    for (size_t i = 0; i < n; i++) {
-      lua_rawgeti(L, -2, (int)i + 1);
-      if (lua_type(L, -1) != LUA_TSTRING) {
-        cl__fail(&err, CL_INVALID_ARGUMENT, "http_allow[%zu] must be a string, got a %s", i + 1,
-                 luaL_typename(L, -1));
-        return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-      }
-      list[i] = lua_tostring(L, -1);
-      lua_pop(L, 1);
-    }
-    list[n] = NULL;
-    cfg.http_allow = list;
-    lua_replace(L, -2); /* the array; the table stays reachable from opts */
-  }
-  /* That slot (nil or the array) stays on the stack until cl_open has run. */
-  lua_getfield(L, 1, "log_level");
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "log_level must be a string, got a %s",
-               luaL_typename(L, -1));
-      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-    }
-    if (cl_log_level_parse(lua_tostring(L, -1), &cfg.log_level, &err) != CL_OK)
-      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  lua_pop(L, 1);
+  /* What read_config pushed stays until cl_open has run. */
   lua_getfield(L, 1, "log");
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "log must be a function");
+  log_idx = lua_gettop(L);
+  lua_getfield(L, 1, "policy");
+  if (!policy_paths(L, -1, &paths, &npaths, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  lua_getfield(L, 1, "policy"); /* ... log policy */
 
   le = (lengine *)compat_newuserdata(L, sizeof *le);
   le->side.call = host_call;
@@ -562,14 +655,14 @@ static int engine_open(lua_State *L) {
   le->audit_ref = LUA_NOREF;
   le->logging = false;
   luaL_setmetatable(L, ENGINE_MT); /* from here on __gc cleans up */
-  if (!lua_isnil(L, -3)) {
-    lua_pushvalue(L, -3);
+  if (!lua_isnil(L, log_idx)) {
+    lua_pushvalue(L, log_idx);
     le->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     cfg.log = host_log;
     cfg.log_ud = le;
   }
   st = cl_open(&le->eng, &cfg, &err);
-  if (st == CL_OK) st = load_policies(L, le, -2, &err);
+  for (i = 0; st == CL_OK && i < npaths; i++) st = cl_load_policy(le->eng, paths[i], &err);
   if (st != CL_OK) {
     engine_close_now(L, le);
     return glue_push_failure(L, st, &err);
@@ -662,10 +755,82 @@ static int engine_query(lua_State *L) {
 /* trigger and bulk_trigger                                             */
 /* ------------------------------------------------------------------ */
 
-/* engine:trigger(conversation_id, opts) -> res | nil, code, msg; raises if opts is not a table */
-static int engine_trigger(lua_State *L) {
+/*
+ * trigger's arguments, shared with the asynchronous engine: the
+ * conversation id at 2, the opts table at 3 (the caller checked that it
+ * is a table).  What the options point to stays pushed.  False with `err`
+ * set on an invalid argument.  `le` and `json_limit` as opt_actor.
+ */
+static bool trigger_args(lua_State *L, const lengine *le, size_t json_limit, int64_t *id,
+                         cl_trigger_opts *o, int *actor_idx, cl__box **actor_json, cl_error *err) {
   static const char *const allowed[] = {"template_id", "content",          "schedule_in",
                                         "actor",       "bulk_envelope_id", NULL};
+  memset(o, 0, sizeof *o);
+  *actor_idx = 0;
+  *actor_json = NULL;
+  return check_id(L, 2, "conversation_id", id, err) && check_keys(L, 3, allowed, err) &&
+         opt_string(L, 3, "template_id", &o->template_id, err) &&
+         opt_string(L, 3, "content", &o->content, err) &&
+         opt_actor(L, le, json_limit, 3, &o->actor, actor_idx, actor_json, err) &&
+         opt_string(L, 3, "bulk_envelope_id", &o->bulk_envelope_id, err) &&
+         opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o->schedule_in, err);
+}
+
+/*
+ * bulk_trigger's arguments, shared with the asynchronous engine: the list
+ * of conversation ids at 2 (copied into a userdata left pushed: *ids, *n),
+ * the opts table at 3 (checked as a table by the caller).  As trigger_args.
+ */
+static bool bulk_args(lua_State *L, const lengine *le, size_t json_limit, int64_t **ids, size_t *n,
+                      cl_bulk_opts *o, int *actor_idx, cl__box **actor_json, cl_error *err) {
+  static const char *const allowed[] = {"template_id", "rendered_body", "actor",
+                                        "envelope_id", "schedule_in",   NULL};
+  size_t i, keys = 0;
+  memset(o, 0, sizeof *o);
+  *ids = NULL;
+  *n = 0;
+  *actor_idx = 0;
+  *actor_json = NULL;
+  if (lua_type(L, 2) != LUA_TTABLE) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "conversation ids must be a list, got a %s",
+             luaL_typename(L, 2));
+    return false;
+  }
+  /* A list: keys exactly 1..n, so {1, nil, 3} is refused, not cut short. */
+  *n = compat_rawlen(L, 2);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pop(L, 1);
+    keys++;
+  }
+  if (keys != *n) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "conversation ids must be a list without holes");
+    return false;
+  }
+  if (*n > CL_MAX_COHORT) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "conversation_ids has %zu ids, at most %d", *n,
+             CL_MAX_COHORT);
+    return false;
+  }
+  *ids = (int64_t *)compat_newuserdata(L, (*n ? *n : 1) * sizeof **ids);
+  for (i = 0; i < *n; i++) {
+    char what[48];
+    bool ok;
+    snprintf(what, sizeof what, "conversation id %zu", i + 1);
+    lua_rawgeti(L, 2, (int)i + 1);
+    ok = check_id(L, -1, what, &(*ids)[i], err);
+    lua_pop(L, 1);
+    if (!ok) return false;
+  }
+  return check_keys(L, 3, allowed, err) && opt_string(L, 3, "template_id", &o->template_id, err) &&
+         opt_string(L, 3, "rendered_body", &o->rendered_body, err) &&
+         opt_actor(L, le, json_limit, 3, &o->actor, actor_idx, actor_json, err) &&
+         opt_string(L, 3, "envelope_id", &o->envelope_id, err) &&
+         opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o->schedule_in, err);
+}
+
+/* engine:trigger(conversation_id, opts) -> res | nil, code, msg; raises if opts is not a table */
+static int engine_trigger(lua_State *L) {
   lengine *le = check_engine(L, "trigger", false);
   cl_trigger_opts o;
   cl_trigger_result *res;
@@ -677,13 +842,7 @@ static int engine_trigger(lua_State *L) {
 
   luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
-  memset(&o, 0, sizeof o);
-  if (!check_id(L, 2, "conversation_id", &id, &err) || !check_keys(L, 3, allowed, &err) ||
-      !opt_string(L, 3, "template_id", &o.template_id, &err) ||
-      !opt_string(L, 3, "content", &o.content, &err) ||
-      !opt_actor(L, le, 3, &o.actor, &actor_idx, &actor_json, &err) ||
-      !opt_string(L, 3, "bulk_envelope_id", &o.bulk_envelope_id, &err) ||
-      !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
+  if (!trigger_args(L, le, le->eng->hook_memory_limit, &id, &o, &actor_idx, &actor_json, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
 
   box = glue_newbox(L, sizeof *res); /* owns the result while the table is built */
@@ -698,23 +857,13 @@ static int engine_trigger(lua_State *L) {
     cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
-  lua_createtable(L, 0, 4);
-  glue_push_message(L, &res->message);
-  lua_setfield(L, -2, "message");
-  push_job(L, &res->delivery_job);
-  lua_setfield(L, -2, "delivery_job");
-  push_audit(L, le, res->audit_json);
-  lua_setfield(L, -2, "audit");
-  lua_pushboolean(L, res->duplicate);
-  lua_setfield(L, -2, "duplicate");
+  push_trigger_result(L, le, res);
   cl__box_release(box);
   return 1;
 }
 
 /* engine:bulk_trigger(ids, opts) -> res | nil, code, msg; raises if opts is not a table */
 static int engine_bulk_trigger(lua_State *L) {
-  static const char *const allowed[] = {"template_id", "rendered_body", "actor",
-                                        "envelope_id", "schedule_in",   NULL};
   lengine *le = check_engine(L, "bulk_trigger", false);
   cl_bulk_opts o;
   cl_bulk_result *res;
@@ -722,48 +871,12 @@ static int engine_bulk_trigger(lua_State *L) {
   cl_error err;
   cl_status st;
   int64_t *ids;
-  size_t n, i, keys = 0;
+  size_t n;
   int actor_idx;
 
   luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
-  memset(&o, 0, sizeof o);
-  if (lua_type(L, 2) != LUA_TTABLE) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation ids must be a list, got a %s",
-             luaL_typename(L, 2));
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  /* A list: keys exactly 1..n, so {1, nil, 3} is refused, not cut short. */
-  n = compat_rawlen(L, 2);
-  lua_pushnil(L);
-  while (lua_next(L, 2)) {
-    lua_pop(L, 1);
-    keys++;
-  }
-  if (keys != n) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation ids must be a list without holes");
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  if (n > CL_MAX_COHORT) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "conversation_ids has %zu ids, at most %d", n,
-             CL_MAX_COHORT);
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  ids = (int64_t *)compat_newuserdata(L, (n ? n : 1) * sizeof *ids); /* 4 */
-  for (i = 0; i < n; i++) {
-    char what[48];
-    bool ok;
-    snprintf(what, sizeof what, "conversation id %zu", i + 1);
-    lua_rawgeti(L, 2, (int)i + 1);
-    ok = check_id(L, -1, what, &ids[i], &err);
-    lua_pop(L, 1);
-    if (!ok) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
-  if (!check_keys(L, 3, allowed, &err) || !opt_string(L, 3, "template_id", &o.template_id, &err) ||
-      !opt_string(L, 3, "rendered_body", &o.rendered_body, &err) ||
-      !opt_actor(L, le, 3, &o.actor, &actor_idx, &actor_json, &err) ||
-      !opt_string(L, 3, "envelope_id", &o.envelope_id, &err) ||
-      !opt_int(L, 3, "schedule_in", INT64_MIN, INT64_MAX, &o.schedule_in, &err))
+  if (!bulk_args(L, le, le->eng->hook_memory_limit, &ids, &n, &o, &actor_idx, &actor_json, &err))
     return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
 
   box = glue_newbox(L, sizeof *res);
@@ -778,25 +891,7 @@ static int engine_bulk_trigger(lua_State *L) {
     cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
-  lua_createtable(L, 0, 5);
-  push_envelope(L, &res->envelope);
-  lua_setfield(L, -2, "envelope");
-  lua_createtable(L, (int)res->count, 0);
-  for (i = 0; i < res->count; i++) {
-    glue_push_message(L, &res->messages[i]);
-    lua_rawseti(L, -2, (int)i + 1);
-  }
-  lua_setfield(L, -2, "messages");
-  lua_createtable(L, (int)res->count, 0);
-  for (i = 0; i < res->count; i++) {
-    push_job(L, &res->delivery_jobs[i]);
-    lua_rawseti(L, -2, (int)i + 1);
-  }
-  lua_setfield(L, -2, "delivery_jobs");
-  push_audit(L, le, res->audit_json);
-  lua_setfield(L, -2, "audit");
-  lua_pushboolean(L, res->replayed);
-  lua_setfield(L, -2, "replayed");
+  push_bulk_result(L, le, res);
   cl__box_release(box);
   return 1;
 }
@@ -804,6 +899,32 @@ static int engine_bulk_trigger(lua_State *L) {
 /* ------------------------------------------------------------------ */
 /* Reads and delivery                                                   */
 /* ------------------------------------------------------------------ */
+
+/* envelope's id at `idx`: a string without NUL bytes (the core checks
+ * that it is a UUID), pushed.  False with `err` set otherwise. */
+static bool envelope_id_arg(lua_State *L, int idx, const char **id, cl_error *err) {
+  lua_pushvalue(L, idx);
+  if (lua_type(L, -1) != LUA_TSTRING || !top_string(L, "envelope id", id, err)) {
+    cl__fail(err, CL_INVALID_ARGUMENT, "envelope id must be a UUID string");
+    return false;
+  }
+  return true;
+}
+
+/* envelopes' optional { template_id =, status =, limit = 50 } at `idx`, into `q`.
+ * Raises if it is neither nil nor a table; false with `err` set on a bad value. */
+static bool envelope_query_args(lua_State *L, int idx, cl_envelope_query *q, cl_error *err) {
+  static const char *const allowed[] = {"template_id", "status", "limit", NULL};
+  int64_t limit = 50;
+  memset(q, 0, sizeof *q);
+  if (opt_table(L, idx) && (!check_keys(L, idx, allowed, err) ||
+                            !opt_string(L, idx, "template_id", &q->template_id, err) ||
+                            !opt_string(L, idx, "status", &q->status, err) ||
+                            !opt_int(L, idx, "limit", 1, 10000, &limit, err)))
+    return false;
+  q->limit = (int)limit;
+  return true;
+}
 
 /* engine:envelope(id) -> envelope | nil | nil, code, msg */
 static int engine_envelope(lua_State *L) {
@@ -814,10 +935,7 @@ static int engine_envelope(lua_State *L) {
   cl_error err;
   cl_status st;
   lua_settop(L, 2);
-  if (lua_type(L, 2) != LUA_TSTRING || !top_string(L, "envelope id", &id, &err)) {
-    cl__fail(&err, CL_INVALID_ARGUMENT, "envelope id must be a UUID string");
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  }
+  if (!envelope_id_arg(L, 2, &id, &err)) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   box = glue_newbox(L, sizeof *list);
   list = (cl_envelope_list *)box->p;
   st = cl_envelope_get(le->eng, id, list, &err);
@@ -834,23 +952,14 @@ static int engine_envelope(lua_State *L) {
 
 /* engine:envelopes([{ template_id =, status =, limit = 50 }]) -> list | nil, code, msg */
 static int engine_envelopes(lua_State *L) {
-  static const char *const allowed[] = {"template_id", "status", "limit", NULL};
   lengine *le = check_engine(L, "envelopes", false);
   cl_envelope_query q;
   cl_envelope_list *list;
   cl__box *box;
   cl_error err;
   cl_status st;
-  int64_t limit = 50;
-  size_t i;
   lua_settop(L, 2);
-  memset(&q, 0, sizeof q);
-  if (opt_table(L, 2) &&
-      (!check_keys(L, 2, allowed, &err) || !opt_string(L, 2, "template_id", &q.template_id, &err) ||
-       !opt_string(L, 2, "status", &q.status, &err) ||
-       !opt_int(L, 2, "limit", 1, 10000, &limit, &err)))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  q.limit = (int)limit;
+  if (!envelope_query_args(L, 2, &q, &err)) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
   box = glue_newbox(L, sizeof *list);
   list = (cl_envelope_list *)box->p;
   st = cl_envelopes_list(le->eng, &q, list, &err);
@@ -859,11 +968,7 @@ static int engine_envelopes(lua_State *L) {
     cl__box_release(box);
     return glue_push_failure(L, st, &err);
   }
-  lua_createtable(L, (int)list->count, 0);
-  for (i = 0; i < list->count; i++) {
-    push_envelope(L, &list->items[i]);
-    lua_rawseti(L, -2, (int)i + 1);
-  }
+  push_envelope_list(L, list);
   cl__box_release(box);
   return 1;
 }
@@ -904,48 +1009,61 @@ static int engine_audit_events(lua_State *L) {
   return 1;
 }
 
-/* engine:work([{ limit = 100, concurrency = N, rate = R }])
- *   -> { sent, failed, no_op, retried, discarded } | nil, code, msg
- * Without concurrency (or rate) it is cl_work: one batch, delivered in turn. */
-static int engine_work(lua_State *L) {
+/* What engine:work{} asks for: a limit, and deliveries in flight and per second (0: unset). */
+typedef struct work_req {
+  int64_t limit, concurrency;
+  double rate;
+} work_req;
+
+/* work's optional { limit = 100, concurrency =, rate = } at `idx`, into `w`.
+ * Raises if it is neither nil nor a table; false with `err` set on a bad value. */
+static bool work_args(lua_State *L, int idx, work_req *w, cl_error *err) {
   static const char *const allowed[] = {"limit", "concurrency", "rate", NULL};
+  w->limit = 100;
+  w->concurrency = 0;
+  w->rate = 0;
+  if (!opt_table(L, idx)) return true;
+  if (!check_keys(L, idx, allowed, err) || !opt_int(L, idx, "limit", 1, INT_MAX, &w->limit, err) ||
+      !opt_int(L, idx, "concurrency", 1, CL_WORK_MAX_CONCURRENCY, &w->concurrency, err))
+    return false;
+  lua_getfield(L, idx, "rate");
+  if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))) {
+    lua_pop(L, 1);
+    cl__fail(err, CL_INVALID_ARGUMENT, "rate must be a number of deliveries per second above 0");
+    return false;
+  }
+  w->rate = lua_isnil(L, -1) ? 0 : (double)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return true;
+}
+
+/*
+ * Delivers as `w` asks: without concurrency (or rate) it is cl_work, one
+ * batch delivered in turn; with them cl_work_run.  Plain C, so that the
+ * asynchronous engine runs it on its own thread.
+ */
+static cl_status run_work(cl_engine *eng, const work_req *w, cl_work_stats *stats, cl_error *err) {
+  memset(stats, 0, sizeof *stats);
+  if (w->concurrency == 0 && w->rate == 0) return cl_work(eng, (int)w->limit, stats, err);
+  if (w->limit > CL_WORK_MAX_LIMIT)
+    return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %lld",
+                    CL_WORK_MAX_LIMIT, (long long)w->limit);
+  cl_work_options o = {.limit = (int)w->limit, .concurrency = (int)w->concurrency, .rate = w->rate};
+  return cl_work_run(eng, &o, stats, NULL, err);
+}
+
+/* engine:work([{ limit = 100, concurrency = N, rate = R }])
+ *   -> { sent, failed, no_op, retried, discarded } | nil, code, msg */
+static int engine_work(lua_State *L) {
   lengine *le = check_engine(L, "work", false);
   cl_work_stats stats;
   cl_error err;
   cl_status st;
-  int64_t limit = 100, concurrency = 0;
-  double rate = 0;
+  work_req w;
   lua_settop(L, 2);
-  if (opt_table(L, 2) &&
-      (!check_keys(L, 2, allowed, &err) || !opt_int(L, 2, "limit", 1, INT_MAX, &limit, &err) ||
-       !opt_int(L, 2, "concurrency", 1, CL_WORK_MAX_CONCURRENCY, &concurrency, &err)))
-    return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-  if (opt_table(L, 2)) {
-    lua_getfield(L, 2, "rate");
-    if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0))) {
-      cl__fail(&err, CL_INVALID_ARGUMENT, "rate must be a number of deliveries per second above 0");
-      return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
-    }
-    rate = lua_isnil(L, -1) ? 0 : (double)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-  }
-  memset(&stats, 0, sizeof stats);
-  if (concurrency == 0 && rate == 0) {
-    st = cl_work(le->eng, (int)limit, &stats, &err);
-  } else {
-    cl_work_options o = {.limit = (int)limit, .concurrency = (int)concurrency, .rate = rate};
-    st = limit > CL_WORK_MAX_LIMIT
-           ? cl__fail(&err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %lld",
-                      CL_WORK_MAX_LIMIT, (long long)limit)
-           : cl_work_run(le->eng, &o, &stats, NULL, &err);
-  }
-  if (st != CL_OK) return glue_push_failure(L, st, &err);
-  lua_createtable(L, 0, 5);
-  glue_setint(L, "sent", stats.sent);
-  glue_setint(L, "failed", stats.failed);
-  glue_setint(L, "no_op", stats.no_op);
-  glue_setint(L, "retried", stats.retried);
-  glue_setint(L, "discarded", stats.discarded);
+  if (!work_args(L, 2, &w, &err)) return glue_push_failure(L, CL_INVALID_ARGUMENT, &err);
+  if ((st = run_work(le->eng, &w, &stats, &err)) != CL_OK) return glue_push_failure(L, st, &err);
+  push_work_stats(L, &stats);
   return 1;
 }
 
@@ -1207,6 +1325,9 @@ static int engine_prune(lua_State *L) {
   return 1;
 }
 
+/* cairnloop.open_async: the asynchronous engine, on the helpers above. */
+#include "lua_async.inc"
+
 /* ------------------------------------------------------------------ */
 /* The module                                                           */
 /* ------------------------------------------------------------------ */
@@ -1241,7 +1362,8 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
                                      {NULL, NULL}};
   static const luaL_Reg metamethods[] = {
       {"__gc", engine_gc}, {"__close", engine_gc}, {"__tostring", engine_tostring}, {NULL, NULL}};
-  static const luaL_Reg module[] = {{"open", engine_open}, {NULL, NULL}};
+  static const luaL_Reg module[] = {
+      {"open", engine_open}, {"open_async", async_open}, {NULL, NULL}};
 
 #if CL_LUAJIT
   /* ABI guard: this build needs LuaJIT's symbols; loaded into Lua 5.4 it
@@ -1257,6 +1379,7 @@ CL_LUA_EXPORT int luaopen_cairnloop(lua_State *L) {
     lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
+  async_register(L);
   glue_register(L);
   compat_rawgetp(L, LUA_REGISTRYINDEX, &armed_key);
   if (lua_isnil(L, -1)) { /* first load in this state; never reset a live one */

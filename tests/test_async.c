@@ -801,9 +801,20 @@ static void test_async__reads_work_migrate_and_call_complete_with_their_results(
   recs_init(&c.r, 1, &t);
   ct_assert_ok(cl_async_call(a, lower_cap, on_cap_done, &c, &err), &err);
   ct_assert_ok(cl_async_bulk_trigger(a, ids, 3, &bo, on_bulk, &r[9], &err), &err);
+  /* cl_work_run's options travel too (the stop flag does not: close stops). */
+  cl_trigger_opts to = {.template_id = "reads_run"};
+  ct_assert_ok(cl_async_trigger(a, 4, &to, on_trigger, &r[10], &err), &err);
+  volatile sig_atomic_t never = 1;
+  cl_work_options wo = {.limit = 100, .concurrency = 4, .stop = &never};
+  ct_assert_ok(cl_async_work_run(a, &wo, on_work, &r[11], &err), &err);
+  ct_assert_error(cl_async_work_run(a, NULL, on_work, &r[11], &err), &err, CL_INVALID_ARGUMENT,
+                  "no options");
   drain(a);
 
   assert_int_equal(t.off_host, 0);
+  ct_assert_ok(r[11].status, &r[11].err);
+  assert_int_equal(r[11].stats.no_op, 1);
+  assert_int_equal(r[11].calls, 1);
   ct_assert_ok(r[2].status, &r[2].err);
   assert_int_equal(r[2].items, 1);
   assert_string_equal(r[2].envelope_id, r[1].envelope_id);

@@ -7,7 +7,7 @@ PKGS="build-essential pkg-config make gcc libc6-dev liblua5.4-dev lua5.4 lua-bus
       lua-cjson lua-dkjson libluajit2-5.1-dev luajit2 nginx libnginx-mod-http-lua
       curl procps util-linux libuv1-dev libmicrohttpd-dev prometheus wrk
       clang-format clang-tidy cppcheck clang libclang-rt-14-dev luarocks pgbouncer
-      libcurl4-openssl-dev libssl-dev python3"
+      libcurl4-openssl-dev libssl-dev python3 lua-luv"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -206,7 +206,8 @@ static cl_status ensure_conn(cl__db *db, cl_error *err) {
 }
 
 /*
- * PQgetResult for a hook's statement, bounded by db->deadline_ns: waits on
+ * PQgetResult; with db->waiter set, the waiter runs while the result is not
+ * in.  For a hook's statement, bounded by db->deadline_ns: waits on
  * the socket while the result is not in, and at the deadline asks the
  * server to cancel the statement (the hook's own code cannot undo that, as
  * it could a statement_timeout).  If even the cancellation does not come
@@ -218,7 +219,13 @@ static cl_status ensure_conn(cl__db *db, cl_error *err) {
 
 static PGresult *get_result(cl__db *db) {
   PGconn *c = db->conn;
-  while (db->deadline_ns && PQisBusy(c)) {
+  while ((db->deadline_ns || db->waiter) && PQisBusy(c)) {
+    if (!db->deadline_ns) { /* the waiter only */
+      if (PQsocket(c) < 0) break;
+      db->waiter(db->waiter_ud, PQsocket(c), 1000);
+      if (!PQconsumeInput(c)) break;
+      continue;
+    }
     int64_t left = db->deadline_ns - mono_ns();
     if (left <= 0) {
       if (db->timed_out) {

@@ -69,6 +69,12 @@ typedef struct cl__db {
   bool ro_open;
   /* The last cl__db_tx_close failed its session check. */
   bool session_changed;
+  /* While set, a wait for the server's answer calls waiter(ud, socket,
+   * ms) instead of sleeping: the delivery loop (queue.c) drives its
+   * deliveries in flight meanwhile.  It returns within ms, sooner when the
+   * socket is readable; it must not use this connection. */
+  void (*waiter)(void *ud, int fd, int ms);
+  void *waiter_ud;
 } cl__db;
 
 /* Connects and registers every statement of the table for `schema`

@@ -19,7 +19,9 @@
 #include "engine.h"
 #include "hooks.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -427,6 +429,8 @@ struct cl__run {
   int64_t o_since_ms;    /* the oldest lease among them (complete's window) */
   cl_work_stats *stats;
   cl_batch_info *batch;
+  const cl_work_options *opts;
+  int conc;
 };
 
 static int64_t now_ms(void) { return cl__monotonic_ns() / 1000000; }
@@ -614,17 +618,54 @@ static cl_status renew_leases(struct cl__run *r, cl_error *err) {
 }
 
 /* Records the finished deliveries; on failure they stay for a later try. */
-static cl_status flush(struct cl__run *r, cl_error *err) {
-  size_t ends[6];
-  if (!outcomes_close(&r->o, ends))
-    return cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", r->o.n);
-  cl_status st = complete(r->eng, &r->o, r->o_since_ms, r->stats, r->batch, err);
-  if (st != CL_OK) {
-    outcomes_reopen(&r->o, ends);
-    return st;
+/* Appends src's outcomes to dst's (both open) and empties src; false when
+ * memory ran out.  Every list is "{a,b" text, or empty. */
+static bool outcomes_merge(outcomes *dst, outcomes *src) {
+  sbuf *d[] = OUTCOME_LISTS(dst), *f[] = OUTCOME_LISTS(src);
+  for (size_t i = 0; i < NKV(d); i++) {
+    if (f[i]->n == 0) continue;
+    if (d[i]->n == 0) sb_put(d[i], f[i]->p, f[i]->n);
+    else {
+      sb_put(d[i], ",", 1);
+      sb_put(d[i], f[i]->p + 1, f[i]->n - 1);
+    }
+    if (d[i]->oom) return false;
   }
+  dst->n += src->n;
+  dst->nfailed += src->nfailed;
+  dst->nreleased += src->nreleased;
+  dst->ndiscard += src->ndiscard;
+  dst->nwaits += src->nwaits;
+  dst->sent += src->sent;
+  dst->delivery_failed += src->delivery_failed;
+  outcomes_free(src);
+  return true;
+}
+
+/* Records the finished deliveries.  They leave r->o first: deliveries that
+ * finish while the statement runs (the waiter) start a new set.  On
+ * failure they go back in front of those, for a later try. */
+static cl_status flush(struct cl__run *r, cl_error *err) {
+  outcomes o = r->o;
+  int64_t since = r->o_since_ms;
+  memset(&r->o, 0, sizeof r->o);
+  size_t ends[6];
+  cl_status st = outcomes_close(&o, ends)
+                   ? complete(r->eng, &o, since, r->stats, r->batch, err)
+                   : cl__fail(err, CL_DB_ERROR, "out of memory completing %d jobs", o.n);
+  if (st == CL_OK) {
+    outcomes_free(&o);
+    return CL_OK;
+  }
+  outcomes_reopen(&o, ends);
+  if (r->o.n && r->o_since_ms < since) since = r->o_since_ms;
+  if (r->o.n && !outcomes_merge(&o, &r->o))
+    cl_log(r->eng, CL_LOG_ERROR, "out of memory: outcomes of delivered jobs were dropped");
   outcomes_free(&r->o);
-  return CL_OK;
+  r->o = o;
+  r->o_since_ms = since;
+  if (r->first_done_ms == 0) r->first_done_ms = now_ms();
+  return st;
 }
 
 /* The token bucket of opts->rate: takes one token if there is one, else
@@ -650,6 +691,26 @@ static bool take_token(cl_engine *eng, double rate, int *wait_ms) {
 }
 
 static int min_int(int a, int b) { return a < b ? a : b; }
+
+/*
+ * db.c's waiter while the run's statements wait for the server: drives the
+ * deliveries in flight (their notifier's poll, without waiting) and starts
+ * claimed ones in the slots that freed, then waits on the socket, at most
+ * a millisecond while deliveries are in flight.  So the network never
+ * waits for the database.
+ */
+static void run_wait(void *ud, int fd, int ms) {
+  struct cl__run *r = ud;
+  cl_engine *eng = r->eng;
+  const cl_work_options *o = r->opts;
+  int token_wait = 0;
+  if (r->nflight > 0) cl__deliver_poll(eng, 0);
+  while (r->ready && r->nflight < r->conc && !(o->stop && *o->stop) &&
+         take_token(eng, o->rate, &token_wait))
+    start_one(r);
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  if (poll(&p, 1, r->nflight > 0 && ms > 1 ? 1 : ms) < 0 && errno != EINTR) return;
+}
 
 /*
  * The run: claim, start, wait, record, until `limit` jobs are done or
@@ -691,7 +752,13 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
       continue;
     }
     bool idle = !r->ready && r->nflight == 0;
-    bool want_claim = !stopping && !drained && claimed < o->limit && !r->ready && r->nflight < conc;
+    /* In flight, the next jobs are claimed while the slots are still busy
+     * (once fewer than half a round is ready), so a slot that frees starts
+     * one at once; otherwise when everything claimed is done. */
+    bool ahead = !chunk_all &&
+                 (r->started_inline < r->started || (r->started == 0 && eng->notifier_async));
+    bool room = ahead ? 2 * r->nready < conc : !r->ready && r->nflight < conc;
+    bool want_claim = !stopping && !drained && claimed < o->limit && room;
     if (r->o.n &&
         (idle || want_claim || r->o.n >= flush_at || now_ms() - r->first_done_ms >= FLUSH_MS)) {
       if ((st = flush(r, &first)) != CL_OK) continue;
@@ -700,9 +767,7 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
       /* Synchronous deliveries gain nothing from small claims; in-flight
        * ones claim what the free slots and one more round can take. */
       int left = o->limit - claimed, n = left;
-      if (!chunk_all &&
-          (r->started_inline < r->started || (r->started == 0 && eng->notifier_async)))
-        n = min_int(left, 2 * conc - r->nflight);
+      if (ahead) n = min_int(left, 2 * conc - r->nflight - r->nready);
       if (o->rate > 0) n = min_int(n, o->rate > 1 ? (int)o->rate : 1);
       int got = 0;
       if ((st = claim(r, n, &got, &first)) != CL_OK) continue;
@@ -750,9 +815,19 @@ static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_a
   if (st != CL_OK) return st;
   if (!eng->has_notifier) return work_no_op(eng, o->limit, stats, batch, err);
 
-  struct cl__run r = {.eng = eng, .stats = stats, .batch = batch};
+  struct cl__run r = {.eng = eng,
+                      .stats = stats,
+                      .batch = batch,
+                      .opts = o,
+                      .conc = o->concurrency > 0 ? o->concurrency : 1};
   eng->run = &r;
+  if (eng->notifier_async) {
+    eng->db.waiter = run_wait;
+    eng->db.waiter_ud = &r;
+  }
   st = run_deliveries(&r, o, chunk_all, err);
+  eng->db.waiter = NULL;
+  eng->db.waiter_ud = NULL;
   eng->run = NULL;
   /* What finished but could not be recorded stays on the engine for the
    * next call (the counts are reported then). */

@@ -19,28 +19,7 @@ start_receiver r --secret "$S" --delay-ms 0 --delay-max-ms 2
 
 webhook_worker a "$(rcv_url r)" "$S" --http-allow "$(rcv_allow r)" --concurrency 50
 webhook_worker b "$(rcv_url r)" "$S" --http-allow "$(rcv_allow r)" --concurrency 50
-if wait_idle 10 2; then
-  tap 0 "both workers are idle, listening"
-else
-  tap 1 "both workers are idle, listening" "$(sql "SELECT state, query FROM pg_stat_activity WHERE datname = current_database()")"
-fi
-
-started=$(date +%s%N)
-cl_in "$(seq 1 "$N")" bulk --template "load_$$" --body "Hello" --ids-file - --max-batch-size "$N"
-exits 0 "bulk of $N recipients is accepted"
-if wait_for 120 "SELECT count(*) = $N FROM cairnloop.cairnloop_delivery_jobs WHERE state = 'completed'"; then
-  tap 0 "all $N jobs completed"
-else
-  tap 1 "all $N jobs completed" "$(sql "SELECT state, count(*) FROM cairnloop.cairnloop_delivery_jobs GROUP BY 1")"
-fi
-elapsed_ms=$((($(date +%s%N) - started) / 1000000))
-
-stop_worker a TERM
-exits 0 "worker a stops with status 0 on SIGTERM"
-a_out=$out
-stop_worker b TERM
-exits 0 "worker b stops with status 0 on SIGTERM"
-b_out=$out
+drain_two "$N" "load_$$" 120
 
 stats=$(rcv_get r /_stats)
 is "$(jget 'r.requests .. " " .. r.ids .. " " .. r.ids_ok' "$stats")" "$N $N $N" \

@@ -15,30 +15,7 @@ policy=$(recording_policy)
 
 start_worker a --policy "$policy" --limit 500
 start_worker b --policy "$policy" --limit 500
-# Both are up and subscribed once they sit in their idle wait.
-if wait_idle 10 2; then
-  tap 0 "both workers are idle, listening"
-else
-  tap 1 "both workers are idle, listening" "$(sql "SELECT state, query FROM pg_stat_activity WHERE datname = current_database()")"
-fi
-
-started=$(date +%s%N)
-cl_in "$(seq 1 "$N")" bulk --template "once_$$" --body "Hello" --ids-file - --max-batch-size "$N"
-exits 0 "bulk of $N recipients is accepted"
-
-if wait_for 60 "SELECT count(*) = $N FROM cairnloop.cairnloop_delivery_jobs WHERE state = 'completed'"; then
-  tap 0 "all $N jobs completed"
-else
-  tap 1 "all $N jobs completed" "$(sql "SELECT state, count(*) FROM cairnloop.cairnloop_delivery_jobs GROUP BY 1")"
-fi
-elapsed_ms=$((($(date +%s%N) - started) / 1000000))
-
-stop_worker a TERM
-exits 0 "worker a stops with status 0 on SIGTERM"
-a_out=$out
-stop_worker b TERM
-exits 0 "worker b stops with status 0 on SIGTERM"
-b_out=$out
+drain_two "$N" "once_$$" 60
 
 deliveries=$(delivery_log a b | sort)
 is "$(wc -l <<<"$deliveries")" "$N" "the notifier ran $N times in all"

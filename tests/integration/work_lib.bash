@@ -16,6 +16,10 @@
 #                              lines the recording policy logged, as "id:attempt"
 #   delivery_keys NAMES...     the same lines as "id key" (the idempotency key)
 #   policy_file NAME BODY      writes a policy script, prints its path
+#   drain_two N TEMPLATE SECS  with workers a and b started: waits until both
+#                              are idle, bulks N recipients, waits (at most
+#                              SECS) until every job completed, stops both;
+#                              sets elapsed_ms, a_out and b_out
 #
 # Deliveries are observed through the policy itself: its notifier logs one
 # line per call with cl.log (policy scripts cannot open files or sockets),
@@ -136,4 +140,29 @@ private_cluster() {
 
 pg_ctl_() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$PG_BIN/pg_ctl" "$@"; else "$PG_BIN/pg_ctl" "$@"; fi
+}
+
+drain_two() {
+  local n=$1 template=$2 secs=$3 started
+  # Both are up and subscribed once they sit in their idle wait.
+  if wait_idle 10 2; then
+    tap 0 "both workers are idle, listening"
+  else
+    tap 1 "both workers are idle, listening" "$(sql "SELECT state, query FROM pg_stat_activity WHERE datname = current_database()")"
+  fi
+  started=$(date +%s%N)
+  cl_in "$(seq 1 "$n")" bulk --template "$template" --body "Hello" --ids-file - --max-batch-size "$n"
+  exits 0 "bulk of $n recipients is accepted"
+  if wait_for "$secs" "SELECT count(*) = $n FROM cairnloop.cairnloop_delivery_jobs WHERE state = 'completed'"; then
+    tap 0 "all $n jobs completed"
+  else
+    tap 1 "all $n jobs completed" "$(sql "SELECT state, count(*) FROM cairnloop.cairnloop_delivery_jobs GROUP BY 1")"
+  fi
+  elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+  stop_worker a TERM
+  exits 0 "worker a stops with status 0 on SIGTERM"
+  a_out=$out
+  stop_worker b TERM
+  exits 0 "worker b stops with status 0 on SIGTERM"
+  b_out=$out
 }

@@ -205,6 +205,11 @@ build/fuzz/fuzz_args: tests/fuzz/fuzz_args.c $(CLI_SRCS) cli/cli.h $(BUILD)/obj/
 build/fuzz/fuzz_json_body: tests/fuzz/fuzz_json_body.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 $(LUAJIT_CFLAGS) -o $@ $< $(shell pkg-config --libs luajit 2>/dev/null)
+# The allow list and base64, with the one unit they use (util.c: cl__fail).
+build/fuzz/fuzz_http_allow: tests/fuzz/fuzz_http_allow.c src/http.c src/crypto.c src/util.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(PKG_CFLAGS) -o $@ $< \
+	    src/http.c src/crypto.c src/util.c $(PKG_LIBS) -lm -ldl
 build/fuzz/fuzz_ids: tests/fuzz/fuzz_ids.c cli/parse.c cli/parse.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -std=c11 -D_GNU_SOURCE -Icli -o $@ tests/fuzz/fuzz_ids.c cli/parse.c

@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *allow[] = {buf, NULL};
   cl__http *h = NULL;
   cl_error err;
-  if (strlen(buf) == (nl ? (size_t)(nl - buf) : size) &&
-      cl__http_new(allow, &h, &err) == CL_OK && h) {
+  if (strlen(buf) == (nl ? (size_t)(nl - buf) : size) && cl__http_new(allow, &h, &err) == CL_OK &&
+      h) {
     if (cl__http_allowed(h, url)) {
       /* libcurl's parse decides (it is also what is fetched, and where
        * user info is refused): it may read "https:/host" as

@@ -121,7 +121,8 @@ typedef struct snapshot {
   uint64_t bucket[N_BUCKETS + 1]; /* per bucket, not cumulative; the last is +Inf */
   double duration_sum;
   uint64_t duration_count;
-  uint64_t batches, claimed, rescued, released, retried, discarded;
+  uint64_t batches, claimed, rescued, released, retried, discarded, pruned;
+  uint64_t rate_wait_ms;
   int batch_in_progress;
   int64_t batch_claimed; /* the latest finished batch's claim */
   bool have_queue;       /* cl_stats has answered at least once */
@@ -236,6 +237,8 @@ void cli_metrics_batch_end(cli_metrics *m, bool ok, const cl_work_stats *s,
     l->released += (uint64_t)b->released;
     l->retried += (uint64_t)s->retried;
     l->discarded += (uint64_t)s->discarded;
+    l->pruned += (uint64_t)b->pruned;
+    l->rate_wait_ms += (uint64_t)b->rate_wait_ms;
     l->batch_claimed = b->claimed;
   }
   publish(m, true);
@@ -351,12 +354,14 @@ static void render(text *t, const snapshot *s) {
       {"cairnloop_worker_jobs_rescued_total", "Claimed jobs whose previous lease had expired.",
        offsetof(snapshot, rescued)},
       {"cairnloop_worker_jobs_released_total",
-       "Claimed jobs handed back unstarted (stopping, or half the lease spent).",
+       "Claimed jobs handed back unstarted (stopping, or a lost connection).",
        offsetof(snapshot, released)},
       {"cairnloop_worker_retries_total", "Failed deliveries scheduled for another attempt.",
        offsetof(snapshot, retried)},
       {"cairnloop_worker_discards_total", "Failed deliveries out of attempts (discarded).",
        offsetof(snapshot, discarded)},
+      {"cairnloop_worker_pruned_jobs_total",
+       "Finished jobs past their retention this worker deleted.", offsetof(snapshot, pruned)},
   };
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     family(t, counters[i].name, "counter", counters[i].help);
@@ -364,6 +369,12 @@ static void render(text *t, const snapshot *s) {
     memcpy(&v, (const char *)s + counters[i].offset, sizeof v);
     put(t, "%s %" PRIu64 "\n", counters[i].name, v);
   }
+
+  family(t, "cairnloop_worker_rate_limited_seconds_total", "counter",
+         "Time this worker sat with nothing in flight, waiting for --rate's next token.");
+  put(t, "cairnloop_worker_rate_limited_seconds_total ");
+  put_double(t, (double)s->rate_wait_ms / 1000.0);
+  put(t, "\n");
 
   family(t, "cairnloop_worker_batch_in_progress", "gauge",
          "1 while this worker delivers a batch, else 0.");

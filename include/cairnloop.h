@@ -563,12 +563,17 @@ CL_API cl_status cl_work(cl_engine *eng, int limit, cl_work_stats *stats, cl_err
 typedef struct cl_batch_info {
   int claimed;  /* jobs claimed (due ones and rescued expired leases) */
   int rescued;  /* of them, jobs whose previous lease had expired */
-  int released; /* claimed but handed back unstarted (stop, or half the lease spent) */
+  int released; /* claimed but handed back unstarted (stop, or a lost connection) */
   int lost;     /* delivered, but the lease had passed to another worker */
   /* Outcomes of an earlier batch, delivered before its connection was
    * lost, recorded first thing in this call (their counts are in this
    * call's stats; the failed call reported none of them). */
   int recorded_late;
+  /* Finished jobs past their retention that this call's retention pass
+   * deleted, and the time it sat with nothing in flight waiting for
+   * cl_work_options.rate's next token. */
+  int pruned;
+  int64_t rate_wait_ms;
 } cl_batch_info;
 
 /*

@@ -487,12 +487,12 @@ static cl_status prune_once(cl_engine *eng, int64_t completed_s, int64_t failed_
   return st;
 }
 
-void cl__ops_retention_pass(cl_engine *eng) {
+int64_t cl__ops_retention_pass(cl_engine *eng) {
   cl__ops *ops = &eng->ops;
-  if (ops->retention_interval_ms < 0) return;
-  if (ops->retention_completed_s < 0 && ops->retention_failed_s < 0) return;
+  if (ops->retention_interval_ms < 0) return 0;
+  if (ops->retention_completed_s < 0 && ops->retention_failed_s < 0) return 0;
   int64_t now = cl__monotonic_ns() / 1000000;
-  if (now < ops->next_retention_ms) return;
+  if (now < ops->next_retention_ms) return 0;
   int64_t deleted = 0;
   cl_error err;
   cl_status st = prune_once(eng, ops->retention_completed_s, ops->retention_failed_s,
@@ -506,6 +506,7 @@ void cl__ops_retention_pass(cl_engine *eng) {
   ops->next_retention_ms = st == CL_OK && deleted >= RETENTION_BATCH
                              ? now
                              : now + ops->retention_interval_ms;
+  return st == CL_OK ? deleted : 0;
 }
 
 cl_status cl_prune(cl_engine *eng, int64_t older_than_seconds, int64_t *deleted, cl_error *err) {

@@ -32,7 +32,7 @@ void cl__ops_init(cl__ops *ops, const cl_config *cfg);
 /* The worker's retention pass, when one is due: one statement deleting at
  * most a small batch of expired finished jobs.  It never fails the batch
  * it precedes: a failure is logged and the pass waits an interval. */
-void cl__ops_retention_pass(cl_engine *eng);
+int64_t cl__ops_retention_pass(cl_engine *eng);
 
 /* What a worker's wait learnt about the pause flag: logs once per change
  * that delivery is paused, or resumed. */

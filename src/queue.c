@@ -783,7 +783,9 @@ static cl_status run_deliveries(struct cl__run *r, const cl_work_options *o, boo
       if (token_wait) wait = min_int(wait, token_wait);
       cl__deliver_poll(eng, wait > 0 ? wait : 0);
     } else if (token_wait) {
-      sleep_ms(min_int(token_wait, POLL_MS));
+      int ms = min_int(token_wait, POLL_MS);
+      sleep_ms(ms);
+      if (r->batch) r->batch->rate_wait_ms += ms;
     }
   }
   if (st != CL_OK && err) *err = first;
@@ -807,7 +809,8 @@ static cl_status work_run(cl_engine *eng, const cl_work_options *o, bool chunk_a
   if (eng->run) return cl__fail(err, CL_INVALID_ARGUMENT, "work: already running on this engine");
   ensure_worker_id(eng);
   /* Finished jobs past their retention, at most once an interval (ops.c). */
-  cl__ops_retention_pass(eng);
+  int64_t pruned = cl__ops_retention_pass(eng);
+  if (batch) batch->pruned = (int)pruned;
 
   /* Outcomes kept from a lost connection go first: until they are
    * recorded, nothing new is claimed. */

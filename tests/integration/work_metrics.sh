@@ -131,3 +131,28 @@ exits 0 "the worker stops on SIGTERM with --metrics"
 like "$out" "^sent $N, failed 0" "its totals agree with the metrics"
 if curl -s -o /dev/null "$base/metrics"; then tap 1 "the endpoint is gone once it stopped"
 else tap 0 "the endpoint is gone once it stopped"; fi
+
+# --- the rate limit's waits and the retention pass show as counters
+# A worker limited to 20 starts a second, pruning completed jobs one second
+# after they finished, every 50 ms: 20 jobs take about a second, of which
+# it sits mostly waiting for tokens; once a job is a second old it goes.
+cl_in "$(seq 1 20)" bulk --template "metrics_rate_$$" --body "Hi" --ids-file - --max-batch-size 20
+exits 0 "bulk of 20 for the rate run"
+start_worker r --policy "$slow" --limit 20 --rate 20 --retention-completed 1s \
+  --retention-interval-ms 50 --metrics 127.0.0.1:0
+wait_log 10 r 'metrics at http://127\.0\.0\.1:[0-9]+/metrics' || true
+rport=$(sed -n -E 's|.*metrics at http://127\.0\.0\.1:([0-9]+)/metrics.*|\1|p' "$cl_tmp/r.err")
+rbase="http://127.0.0.1:$rport"
+pruned_some() {
+  curl -sf "$rbase/metrics" >"$cl_tmp/rscrape" || return 1
+  v=$(metric cairnloop_worker_pruned_jobs_total "$cl_tmp/rscrape")
+  [ -n "$v" ] && [ "$v" -gt 0 ]
+}
+if wait_until 20 pruned_some; then tap 0 "the retention pass's deletions are counted ($v)"
+else tap 1 "the retention pass's deletions are counted" "$(grep -E 'pruned|rate_limited' "$cl_tmp/rscrape")"; fi
+w=$(metric cairnloop_worker_rate_limited_seconds_total "$cl_tmp/rscrape")
+like "$w" '^0\.[1-9]|^[1-9]' "the time spent waiting for --rate's tokens is counted ($w s)"
+if out=$(promtool check metrics <"$cl_tmp/rscrape" 2>&1); then tap 0 "promtool accepts the scrape with the new counters"
+else tap 1 "promtool accepts the scrape with the new counters" "$out"; fi
+stop_worker r TERM
+exits 0 "the rate-limited worker stops on SIGTERM"

@@ -411,9 +411,7 @@ openresty_part() {
               SELECT g, 'conversation ' || g FROM generate_series(1, $CONVERSATIONS) AS g;
               SELECT setval(pg_get_serial_sequence('cairnloop.cairnloop_conversations', 'id'), $CONVERSATIONS)" \
     >/dev/null && sql $OR_DB "VACUUM ANALYZE" >/dev/null || die "cannot seed $OR_DB"
-  # The postmaster: the parent of a server process that stays.
-  POSTMASTER=$(ps -o ppid= -p "$(sql postgres "SELECT pid FROM pg_stat_activity
-                                               WHERE backend_type = 'checkpointer'")" | tr -d ' ')
+  POSTMASTER=$(postmaster)
   slow_policy examples/openresty/policy.lua "$WORK/openresty_policy.lua" \
     '  audit = function(tx, action, actor, metadata)'
   or_raw=$WORK/openresty-runs.txt
@@ -614,6 +612,11 @@ ASYNC_DB=cl_bench_nb_async
 if [ "$QUICK" = 1 ]; then OVH_ARGS=(--rounds 3 --calls 50 --query-calls 200)
 else OVH_ARGS=(--rounds 15 --calls 200 --query-calls 1000); fi
 
+# The postmaster: the parent of a server process that stays.
+postmaster() {
+  ps -o ppid= -p "$(sql postgres "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")" | tr -d ' '
+}
+
 overhead_part() {
   echo
   echo "Asynchronous C API per call: $OVERHEAD ${OVH_ARGS[*]}; load average $(loadavg)"
@@ -625,40 +628,68 @@ overhead_part() {
                  SELECT g, 'conversation ' || g FROM generate_series(1, 100) AS g;
                  SELECT setval(pg_get_serial_sequence('cairnloop.cairnloop_conversations', 'id'), 100)" \
     >/dev/null || die "cannot seed $ASYNC_DB"
-  sql postgres "CHECKPOINT" >/dev/null
-  local out=$WORK/overhead.out rc=0
-  CAIRNLOOP_DATABASE_URL=$(db_url $ASYNC_DB) "$OVERHEAD" "${OVH_ARGS[@]}" --conversations 100 \
-    >"$out" 2>"$WORK/overhead.err" || rc=$?
-  sed -n 's/^summary /  /p' "$out"
-  loads+=("overhead part: load average at the end $(loadavg)")
-  if [ "$rc" != 0 ]; then
-    run_failed "async_overhead: exit status $rc: $(cat "$WORK/overhead.err")"
-    return
-  fi
-  local rows=() op line b a ratio paired rounds calls
-  for op in trigger query; do
-    line=$(grep "^summary $op " "$out") || continue
-    b=$(sed -n 's/.* blocking_us=\([0-9.]*\).*/\1/p' <<<"$line")
-    a=$(sed -n 's/.* async_us=\([0-9.]*\).*/\1/p' <<<"$line")
-    ratio=$(sed -n 's/.* ratio=\([0-9.]*\).*/\1/p' <<<"$line")
-    paired=$(sed -n 's/.* paired_ratio=\([0-9.]*\).*/\1/p' <<<"$line")
-    rounds=$(sed -n 's/.* rounds=\([0-9]*\).*/\1/p' <<<"$line")
-    calls=$(sed -n 's/.* calls=\([0-9]*\).*/\1/p' <<<"$line")
-    local lo hi
-    read -r _ lo hi _ <<<"$(awk -v op="$op" '$1 == "round" && $3 == op && $4 == "async" { print $5 }' "$out" | med /dev/stdin 1)"
-    local blo bhi
-    read -r _ blo bhi _ <<<"$(awk -v op="$op" '$1 == "round" && $3 == op && $4 == "blocking" { print $5 }' "$out" | med /dev/stdin 1)"
-    rows+=("$([ "$op" = trigger ] && echo "cl_trigger (message + job, durable commit)" || echo "cl_query SELECT 1 (read-only transaction)")|$rounds|$calls|$(fmt "$b")|$(fmt "$blo")-$(fmt "$bhi")|$(fmt "$a")|$(fmt "$lo")-$(fmt "$hi")|$(awk -v x="$ratio" 'BEGIN { printf "%.3f", x }')|$(awk -v x="$paired" 'BEGIN { printf "%.3f", x }')|$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.1f", a - b }')")
-    if [ "$op" = trigger ]; then
-      target "Asynchronous trigger, no slow hook: <= 1.15x the blocking call" \
-        "$(awk -v x="$ratio" 'BEGIN { printf "%.3fx", x }') ($(fmt "$a") vs $(fmt "$b") us per call)" \
-        "$(awk -v x="$ratio" 'BEGIN { print (x <= 1.15) ? 1 : 0 }')"
+  local rows=() placement out rc pm mask
+  # Twice: where the scheduler puts the threads (how a host runs; the
+  # target), then with the program and the server's new backends on one
+  # CPU (taskset), which takes the cost of waking a thread on another CPU
+  # out of both paths and leaves the engine's own.
+  for placement in free one-cpu; do
+    out=$WORK/overhead-$placement.out rc=0
+    sql postgres "CHECKPOINT" >/dev/null
+    if [ "$placement" = free ]; then
+      CAIRNLOOP_DATABASE_URL=$(db_url $ASYNC_DB) "$OVERHEAD" "${OVH_ARGS[@]}" --conversations 100 \
+        >"$out" 2>"$WORK/overhead.err" || rc=$?
+    else
+      command -v taskset >/dev/null || { note "the one-CPU overhead run needs taskset (util-linux): skipped"; continue; }
+      # Backends inherit the postmaster's affinity when they are forked.
+      pm=$(postmaster)
+      mask=$(taskset -p "$pm" | sed -n 's/.*: //p')
+      taskset -p -c 0 "$pm" >/dev/null || { note "cannot pin the server to CPU 0: one-CPU run skipped"; continue; }
+      CAIRNLOOP_DATABASE_URL=$(db_url $ASYNC_DB) taskset -c 0 "$OVERHEAD" "${OVH_ARGS[@]}" --conversations 100 \
+        >"$out" 2>"$WORK/overhead.err" || rc=$?
+      taskset -p "$mask" "$pm" >/dev/null
     fi
+    echo "  $placement:"
+    sed -n 's/^summary /    /p' "$out"
+    if [ "$rc" != 0 ]; then
+      run_failed "async_overhead ($placement): exit status $rc: $(cat "$WORK/overhead.err")"
+      continue
+    fi
+    local op line b a ratio paired rounds calls lo hi blo bhi label
+    for op in trigger query call; do
+      line=$(grep "^summary $op " "$out") || continue
+      b=$(sed -n 's/.* blocking_us=\([0-9.]*\).*/\1/p' <<<"$line")
+      a=$(sed -n 's/.* async_us=\([0-9.]*\).*/\1/p' <<<"$line")
+      ratio=$(sed -n 's/.* ratio=\([0-9.]*\).*/\1/p' <<<"$line")
+      paired=$(sed -n 's/.* paired_ratio=\([0-9.]*\).*/\1/p' <<<"$line")
+      rounds=$(sed -n 's/.* rounds=\([0-9]*\).*/\1/p' <<<"$line")
+      calls=$(sed -n 's/.* calls=\([0-9]*\).*/\1/p' <<<"$line")
+      read -r _ lo hi _ <<<"$(awk -v op="$op" '$1 == "round" && $3 == op && $4 == "async" { print $5 }' "$out" | med /dev/stdin 1)"
+      read -r _ blo bhi _ <<<"$(awk -v op="$op" '$1 == "round" && $3 == op && $4 == "blocking" { print $5 }' "$out" | med /dev/stdin 1)"
+      case $op in
+        trigger) label="cl_trigger (message + job, durable commit)" ;;
+        query) label="cl_query SELECT 1 (read-only transaction)" ;;
+        call) label="the hand-off alone (cl_async_call of a no-op)" ;;
+      esac
+      if [ "$op" = call ]; then
+        # Against a direct call of the same no-op: a ratio says nothing.
+        ratio=- paired=-
+      else
+        ratio=$(awk -v x="$ratio" 'BEGIN { printf "%.2f", x }') paired=$(awk -v x="$paired" 'BEGIN { printf "%.2f", x }')
+      fi
+      rows+=("$label|$([ "$placement" = free ] && echo "the scheduler's" || echo "one CPU")|$rounds|$calls|$(fmt "$b")|$(fmt "$blo")-$(fmt "$bhi")|$(fmt "$a")|$(fmt "$lo")-$(fmt "$hi")|$ratio|$paired|$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.1f", a - b }')")
+      if [ "$op" = trigger ] && [ "$placement" = free ]; then
+        target "Asynchronous trigger, no slow hook: <= 1.15x the blocking call" \
+          "${ratio}x ($(fmt "$a") vs $(fmt "$b") us per call; paired ${paired}x)" \
+          "$(awk -v x="$ratio" 'BEGIN { print (x <= 1.15) ? 1 : 0 }')"
+      fi
+    done
   done
+  loads+=("overhead part: load average at the end $(loadavg)")
   print_table "Asynchronous C API: per-call time against the blocking call, no hook loaded (median of the rounds)" \
-    "operation|rounds|calls per round|blocking us/call|range|async us/call|range|ratio|paired ratio|added us/call" \
-    "lrrrrrrrrr" \
-    "Each round times N sequential blocking calls (cl_open's engine) and N sequential asynchronous round trips on an engine of cl_async_open (submit, poll(2) on cl_async_fd, cl_async_poll running the callback), the order swapped every other round; both engines on the same database, each with its connection.  ratio: the async median over the blocking one; paired ratio: the median of the rounds' own ratios." \
+    "operation|placement|rounds|calls per round|blocking us/call|range|async us/call|range|ratio|paired ratio|added us/call" \
+    "llrrrrrrrrr" \
+    "Each round times N sequential blocking calls (cl_open's engine) and N sequential asynchronous round trips on an engine of cl_async_open (submit, poll(2) on cl_async_fd, cl_async_poll running the callback), the order swapped every other round; both engines on the same database, each with its connection.  ratio: the async median over the blocking one; paired ratio: the median of the rounds' own ratios.  Placement: the scheduler's (as a host runs; the target), or one CPU: the program (taskset -c 0) and the server's backends (the postmaster pinned while they are forked) on CPU 0, so that no round trip wakes a thread on another CPU." \
     "${rows[@]}"
 }
 

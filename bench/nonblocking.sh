@@ -279,14 +279,20 @@ openresty_missing() {
   [ -r build/luajit/cairnloop.so ] || { echo "build/luajit/cairnloop.so is missing (make luajit)"; return; }
 }
 
-# start_nginx WORKERS THREADS: the example's nginx.conf with that many
-# workers and pool threads (the resty concurrency follows the threads), the
-# baseline's location added, on a free port; sets nginx_pid, NGX_PORT,
-# NGX_DIR.
+# start_nginx WORKERS THREADS POLICY: the example's nginx.conf with that
+# many workers and pool threads (the resty concurrency follows the
+# threads), the baseline's location added, on a free port, with the policy
+# slow (the example's + the 20 ms statement), example (the example's own)
+# or none; sets nginx_pid, NGX_PORT, NGX_DIR.
 start_nginx() {
-  local workers=$1 threads=$2 dir="$WORK/nginx-$1x$2" port i globals=
+  local workers=$1 threads=$2 dir="$WORK/nginx-$1x$2-$3" port i globals= policy
   local vms=$((threads * 2 > 16 ? threads * 2 : 16))
   [ "$(id -u)" -eq 0 ] && globals="user root;" # workers must reach the socket and the checkout
+  case $3 in
+    slow) policy=$WORK/openresty_policy.lua ;;
+    example) policy=$ROOT/examples/openresty/policy.lua ;;
+    none) policy= ;; # CAIRNLOOP_POLICY empty: no policy file
+  esac
   rm -rf "$dir"
   mkdir -p "$dir"
   for _ in 1 2 3 4 5; do
@@ -303,7 +309,7 @@ start_nginx() {
       grep -qF "$i" "$dir/nginx.conf" || die "examples/openresty/nginx.conf changed: cannot set '$i'"
     done
     rm -f "$dir/error.log"
-    env CAIRNLOOP_DATABASE_URL="$(db_url $OR_DB)" CAIRNLOOP_POLICY="$WORK/openresty_policy.lua" \
+    env CAIRNLOOP_DATABASE_URL="$(db_url $OR_DB)" CAIRNLOOP_POLICY="$policy" \
       nginx -p "$dir/" -c "$dir/nginx.conf" -g "daemon off; $globals" >"$dir/stdout" 2>&1 &
     nginx_pid=$!
     # Ready once /healthz answers 200: a worker has opened its engine.
@@ -340,7 +346,9 @@ engine_connections() {
   sql postgres "SELECT count(*) FROM pg_stat_activity WHERE datname = '$OR_DB' AND backend_type = 'client backend'"
 }
 
-path_of() { [ "$1" = thread ] && echo /trigger || echo /trigger_yield; }
+# Handlers: yield (the baseline), thread (the engine, 20 ms auditor), and
+# the diagnostics thread-example and thread-none (other policies).
+path_of() { [ "$1" = yield ] && echo /trigger_yield || echo /trigger; }
 
 # One run: wrk on the path for OR_SECONDS while probe.py times /healthz from
 # 0.5 s in to 0.5 s before the end.  Appends a line to $or_raw and the
@@ -375,7 +383,7 @@ or_run() { # WORKERS THREADS CLIENTS HANDLER
   awk '$2 == 200 { print $1 }' "$probes" >>"$WORK/healthz-$key.txt"
   [ "$not201 $sockerr" = "0 0" ] || run_failed "$key: $not201 writes not answered 201, $sockerr socket errors"
   [ "$bad" = 0 ] || run_failed "$key: $bad of $n /healthz probes not answered 200"
-  if [ "$h" = thread ]; then
+  if [ "$h" != yield ]; then
     # Answered writes are committed; those in flight at the end may still land.
     stored=$(sql $OR_DB "SELECT count(*) FROM cairnloop.cairnloop_messages WHERE metadata->>'template_id' LIKE '${tag}\\_%'")
     if [ "$stored" -lt "$requests" ] || [ "$stored" -gt $((requests + c)) ]; then
@@ -418,23 +426,25 @@ openresty_part() {
   : >"$or_raw"
   rm -f "$WORK"/healthz-*.txt "$WORK"/wrk-*.out "$WORK"/probes-*.txt
   declare -gA or_conns=()
-  # Servers: "workers threads"; the shipped 8 threads, and (full run) the
-  # pool sized to the 32 clients.
-  local servers=("1 8" "2 8") srv w t runs r
-  [ "$QUICK" = 1 ] || servers+=("1 32" "2 32")
+  # Servers: "workers threads policy"; the shipped 8 threads, and (full
+  # run) the pool sized to the 32 clients, and two diagnostics: the
+  # example's policy without the 20 ms statement, and no policy.
+  local servers=("1 8 slow" "2 8 slow") srv w t pol runs r
+  [ "$QUICK" = 1 ] || servers+=("1 32 slow" "2 32 slow" "1 8 example" "1 8 none")
   for round in $(seq 1 "$OR_ROUNDS"); do
     while IFS= read -r srv; do
-      read -r w t <<<"$srv"
-      start_nginx "$w" "$t"
+      read -r w t pol <<<"$srv"
+      start_nginx "$w" "$t" "$pol"
       # Warm-up, untimed: every thread VM opens its engine on its first
       # call; a second of writes on each path gets them all opened.
       for r in thread yield; do
         wrk_run 32 1 "$(path_of $r)" "warm${round}_$RANDOM" "$WORK/warm.out"
         wait "$wrk_pid"
       done
-      or_conns[$w-$t]=$(engine_connections)
-      runs=()
-      if [ "$t" = 8 ]; then
+      or_conns[$w-$t-$pol]=$(engine_connections)
+      if [ "$pol" != slow ]; then
+        runs=("8 thread-$pol")
+      elif [ "$t" = 8 ]; then
         runs=("8 thread" "8 yield" "32 thread" "32 yield")
       else
         runs=("32 thread")
@@ -450,11 +460,11 @@ openresty_part() {
 }
 
 openresty_report() {
-  local rows=() w t c h key runs rps lo hi p99w n p50 p99 max base_rps base_p99 vs hvs label ncpu scpu
+  local rows=() w t c h pol key runs rps lo hi p99w n p50 p99 max base_rps base_p99 vs hvs label ncpu scpu
   for w in 1 2; do
     for c in 8 32; do
-      for th in "8 thread" "8 yield" "32 thread"; do
-        read -r t h <<<"$th"
+      for th in "8 thread slow" "8 yield slow" "32 thread slow" "8 thread-example example" "8 thread-none none"; do
+        read -r t h pol <<<"$th"
         [ "$t" = 32 ] && [ "$c" = 8 ] && continue
         key="$w-$t-$c-$h"
         read -r rps lo hi runs <<<"$(med "$or_raw" 3 "\$1 == \"$key\"")"
@@ -472,18 +482,22 @@ openresty_report() {
             hvs=$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { printf "%.2fx", a / b }')
           fi
           label="engine on the thread pool"
-        else
+        elif [ "$h" = yield ]; then
           label="yielding baseline (ngx.sleep)"
+        elif [ "$h" = thread-example ]; then
+          label="engine, the example's policy without the 20 ms"
+        else
+          label="engine, no policy"
         fi
-        rows+=("$w|$t|$c|$label|$runs|$(fmt "$rps")|$(fmt "$lo")-$(fmt "$hi")|$vs|$(ms "$p99w")|$n|$(ms "$p50")|$(ms "$p99")|$(ms "$max")|$hvs|${or_conns[$w-$t]:-}|$(fmt "$ncpu")|$(fmt "$scpu")")
+        rows+=("$w|$t|$c|$label|$runs|$(fmt "$rps")|$(fmt "$lo")-$(fmt "$hi")|$vs|$(ms "$p99w")|$n|$(ms "$p50")|$(ms "$p99")|$(ms "$max")|$hvs|${or_conns[$w-$t-$pol]:-}|$(fmt "$ncpu")|$(fmt "$scpu")")
       done
     done
   done
   print_table \
-    "OpenResty: writes on POST /trigger (20 ms auditor) while /healthz is timed on new connections (median of $OR_ROUNDS runs of ${OR_SECONDS} s; /healthz quantiles over all probes)" \
+    "OpenResty: writes on POST /trigger while /healthz is timed on new connections (median of $OR_ROUNDS runs of ${OR_SECONDS} s; /healthz quantiles over all probes)" \
     "workers|threads|clients|handler|runs|writes/s|range writes/s|x baseline|write p99 ms|/healthz probes|/healthz p50 ms|/healthz p99 ms|/healthz max ms|p99 x baseline|engine connections|nginx CPU ms / 1,000 writes|server CPU ms / 1,000 writes" \
     "rrrlrrrrrrrrrrrrr" \
-    "Each run: wrk (2 threads, keep-alive, the given clients) POSTs a new trigger per request (its own template id, one of $(fmt $CONVERSATIONS) conversations) for ${OR_SECONDS} s; meanwhile bench/nonblocking/probe.py opens a new connection for each GET /healthz, $PROBE_RATE a second from 0.5 s in to 0.5 s before the end, timing connect to last byte.  The engine on the thread pool: examples/openresty/nginx.conf as shipped (threads = the resty concurrency; 32: the pool sized to the clients), whose policy's auditor first runs SELECT pg_sleep(0.02).  Yielding baseline: the same body checks, then ngx.sleep(0.02) and a 201, on the same server (bench/nonblocking/baseline.locations).  Every write answered 201 (and, on the thread path, is in PostgreSQL); every probe 200.  write p99: wrk's, median over the runs.  x baseline: over the baseline's at the same workers and clients.  engine connections: PostgreSQL sessions of the server after its warm-up.  CPU: user + system of nginx (master, workers and their thread pools) and of the whole PostgreSQL server over the run, per 1,000 writes answered (medians).  nginx, its threads, wrk, the prober and PostgreSQL share $(nproc) CPUs." \
+    "Each run: wrk (2 threads, keep-alive, the given clients) POSTs a new trigger per request (its own template id, one of $(fmt $CONVERSATIONS) conversations) for ${OR_SECONDS} s; meanwhile bench/nonblocking/probe.py opens a new connection for each GET /healthz, $PROBE_RATE a second from 0.5 s in to 0.5 s before the end, timing connect to last byte.  The engine on the thread pool: examples/openresty/nginx.conf as shipped (threads = the resty concurrency; 32: the pool sized to the clients), whose policy (the example's) has its auditor first run SELECT pg_sleep(0.02); two diagnostics run the engine with the example's policy as shipped and with no policy.  Yielding baseline: the same body checks, then ngx.sleep(0.02) and a 201, on the same server (bench/nonblocking/baseline.locations).  Every write answered 201 (and, on the thread path, is in PostgreSQL); every probe 200.  write p99: wrk's, median over the runs.  x baseline: over the baseline's at the same workers and clients.  engine connections: PostgreSQL sessions of the server after its warm-up.  CPU: user + system of nginx (master, workers and their thread pools) and of the whole PostgreSQL server over the run, per 1,000 writes answered (medians).  nginx, its threads, wrk, the prober and PostgreSQL share $(nproc) CPUs." \
     "${rows[@]}"
   # Targets: the shipped pool against the baseline.
   for w in 1 2; do

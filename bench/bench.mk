@@ -8,15 +8,18 @@
 # asynchronous C API's per-call cost (bench/nonblocking.sh, on a cluster of
 # its own).  Never part of `make check`.
 #
-#   make bench                      full run (about 7.5 minutes), tables on stdout,
+#   make bench                      full run (about 14 minutes), tables on stdout,
 #                                   markdown in $(BUILD)/bench/results.md, plans
 #                                   in $(BUILD)/bench/explain.txt
 #   make bench BENCH_ARGS=--quick   a short smoke run of the same code paths
 #   BENCH_ARGS=--http-only          only the HTTP delivery lane (about 4 minutes)
 #   BENCH_ARGS=--no-http            everything but it (--no-delivery skips it too)
 #   BENCH_ARGS=--hosts-only         only the non-blocking hosts (about 6 minutes)
-#   BENCH_ARGS=--no-hosts           everything but them
+#   BENCH_ARGS=--no-hosts           everything but them (--http-only and
+#                                   --delivery-only skip them too)
 #
+# The hosts need nginx with the Lua module, build/luajit/cairnloop.so, wrk
+# and python3 for their OpenResty part (skipped with a note without them).
 # The HTTP lane installs graphile-worker with npm into $(BUILD)/bench/graphile
 # (bench/graphile/package-lock.json) the first time; without npm or the
 # registry that contender is skipped with a note.
@@ -63,7 +66,7 @@ ifeq ($(filter --no-http --no-delivery --hosts-only,$(BENCH_ARGS)),)
 	bench/pg.sh run bench/http_delivery.sh --cli $(CLI_BIN) --work $(BUILD)/bench \
 	    --out $(BUILD)/bench/results.md $(BENCH_HTTP_ARGS)
 endif
-ifeq ($(filter --no-hosts --http-only,$(BENCH_ARGS)),)
+ifeq ($(filter --no-hosts --http-only --delivery-only,$(BENCH_ARGS)),)
 	bench/pg.sh run bench/nonblocking.sh --cli $(CLI_BIN) --work $(BUILD)/bench \
 	    --overhead $(BENCH_OVERHEAD_BIN) --game $(BENCH_GAME_BIN) \
 	    --out $(BUILD)/bench/results.md $(BENCH_HOSTS_ARGS)

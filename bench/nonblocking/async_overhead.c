@@ -119,7 +119,7 @@ static void await(bench *b) {
 }
 
 static void one_call(bench *b, int op, int mode, long i) {
-  cl_error err;
+  cl_error err = {.code = CL_OK}; /* the no-op of OP_CALL writes none */
   char template_id[64];
   cl_trigger_opts t;
   cl_status st;

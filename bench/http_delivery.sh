@@ -22,6 +22,7 @@
 # concurrent HTTP delivery) is skipped with a note; a run that fails (a job
 # not delivered exactly once) makes the exit status 1.
 set -uo pipefail
+. "$(dirname "$0")/lib.bash"
 
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
@@ -59,18 +60,7 @@ MAX_JOBS=10000  # one `cairnloop bulk` call, and plenty for a few seconds
 FIRST_JOBS=4000 # at most, before a configuration's rate is known
 STALL_S=15      # a run fails when no request arrives for this long
 
-db_url() { printf '%s' "${CAIRNLOOP_PG_URL_BASE/:\/\/\/\?/:\/\/\/$1?}"; }
-sql() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -qAt -v ON_ERROR_STOP=1 "$(db_url "$1")" -c "$2"; }
-now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
 
-# 12345.6 -> 12,346 (and 45.6 -> 45.6 below 100)
-fmt() {
-  awk -v x="$1" 'BEGIN {
-    if (x < 100) { printf "%.1f", x; exit }
-    s = sprintf("%d", x + 0.5); o = ""
-    while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-    print s o }'
-}
 
 notes=()
 note() { notes+=("$1"); echo "http bench: $1" >&2; }
@@ -81,17 +71,7 @@ note() { notes+=("$1"); echo "http bench: $1" >&2; }
 recv_pid=
 worker_pids=()
 
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $s != Z* ]]; }
 
-# stop PID SIGNAL: the signal, then up to 10 s for the exit, then KILL.
-stop_pid() {
-  local pid=$1
-  kill -"$2" "$pid" 2>/dev/null
-  for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.05; done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
 
 cleanup() {
   local p
@@ -101,46 +81,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# user + system CPU of one process (all its threads), in ms.
-proc_cpu_ms() {
-  local line f
-  { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
-  read -r -a f <<<"${line##*) }" # after the command name, which may hold spaces
-  echo $(((f[11] + f[12]) * 1000 / $(getconf CLK_TCK)))
-}
 
-# CPU the whole server has used so far, in ms: the postmaster with the
-# children it has reaped, and its live children.
-server_cpu_ms() {
-  local pm=$1 file line f ticks=0
-  for file in /proc/[0-9]*/stat; do
-    # A process may be gone since the glob: no message for it.
-    { read -r line <"$file"; } 2>/dev/null || continue
-    read -r -a f <<<"${line##*) }"
-    if [ "${file//[^0-9]/}" = "$pm" ]; then
-      ticks=$((ticks + f[11] + f[12] + f[13] + f[14]))
-    elif [ "${f[1]}" = "$pm" ]; then
-      ticks=$((ticks + f[11] + f[12]))
-    fi
-  done
-  echo $((ticks * 1000 / $(getconf CLK_TCK)))
-}
 
-# ---------------------------------------------------------------------------
-# The receiver
-# ---------------------------------------------------------------------------
-free_port() {
-  perl -MIO::Socket::INET -e '
-    for (1 .. 50) {
-      my $port = 20000 + int(rand(40000));
-      my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port,
-                                    Proto => "tcp", Listen => 1, ReuseAddr => 1) or next;
-      close $s;
-      print $port;
-      exit 0;
-    }
-    exit 1'
-}
 
 RECV_DIR=$WORK/receiver
 start_receiver() {
@@ -527,32 +469,6 @@ label() {
 # markdown into $OUT.
 md=$WORK/http-results.md
 : >"$md"
-print_table() { # TITLE HEADER ALIGN NOTE ROWS...
-  local title=$1 header=$2 align=$3 tnote=$4
-  shift 4
-  printf '%s\n' "$header" "$@" | awk -F'|' -v title="$title" -v align="$align" -v tnote="$tnote" '
-    { rows[NR] = $0; for (i = 1; i <= NF; i++) if (length($i) > w[i]) w[i] = length($i); if (NF > nf) nf = NF }
-    END {
-      printf "\n%s\n", title
-      for (r = 1; r <= NR; r++) {
-        split(rows[r], c, "|"); line = ""
-        for (i = 1; i <= nf; i++) line = line sprintf(substr(align, i, 1) == "l" ? "  %-" w[i] "s" : "  %" w[i] "s", c[i])
-        print line
-      }
-      if (tnote != "") printf "  %s\n", tnote
-    }'
-  {
-    printf '**%s**\n\n| %s |\n|' "$title" "${header//|/ | }"
-    local i
-    for ((i = 0; i < ${#align}; i++)); do
-      [ "${align:i:1}" = l ] && printf ':---|' || printf -- '---:|'
-    done
-    printf '\n'
-    for r in "$@"; do printf '| %s |\n' "${r//|/ | }"; done
-    [ -n "$tnote" ] && printf '\n%s\n' "$tnote"
-    printf '\n'
-  } >>"$md"
-}
 
 r() { summary "$1" | cut -d' ' -f3; }
 has() { summary "$1" | grep -qv '^0$'; }
@@ -592,11 +508,6 @@ fi
 targets=()
 met=0
 total=0
-target() { # DESC MEASURED PASS(0/1)
-  total=$((total + 1))
-  [ "$3" = 1 ] && met=$((met + 1))
-  targets+=("$1|$2|$([ "$3" = 1 ] && echo pass || echo MISS)")
-}
 if has "cairnloop 1 50 20"; then
   v=$(r "cairnloop 1 50 20")
   target "20 ms, concurrency 50, one process: >= 0.8x the limit (2,000 jobs/s)" \

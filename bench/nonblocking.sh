@@ -43,6 +43,8 @@
 # /healthz probe not answered 200, the game server's own checks) makes the
 # exit status 1.
 set -uo pipefail
+TARGET_WORDS="met MISSED"
+. "$(dirname "$0")/lib.bash"
 
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
@@ -86,19 +88,8 @@ unset CAIRNLOOP_MAX_BATCH_SIZE CAIRNLOOP_POLICY
 
 want() { [[ ,$PARTS, == *,$1,* ]]; }
 
-db_url() { printf '%s' "${CAIRNLOOP_PG_URL_BASE/:\/\/\/\?/:\/\/\/$1?}"; }
-sql() { PGOPTIONS='-c client_min_messages=warning' "$PSQL" -X -qAt -v ON_ERROR_STOP=1 "$(db_url "$1")" -c "$2"; }
-now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# 12345.6 -> 12,346 (and 45.6 -> 45.6 below 100)
-fmt() {
-  awk -v x="$1" 'BEGIN {
-    if (x < 100) { printf "%.1f", x; exit }
-    s = sprintf("%d", x + 0.5); o = ""
-    while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-    print s o }'
-}
 # Milliseconds: two decimals below 10, one above.
 ms() { awk -v x="$1" 'BEGIN { printf(x < 10 ? "%.2f" : "%.1f", x) }'; }
 
@@ -113,28 +104,8 @@ run_failed() { failed=1; echo "hosts bench: run FAILED: $*" >&2; }
 nginx_pid=
 bg_pids=()
 
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $s != Z* ]]; }
 
-# stop_pid PID SIGNAL: the signal, then up to 10 s for the exit, then KILL
-# (and the children it leaves: nginx's workers).
-stop_pid() {
-  local pid=$1 kids
-  kids=$(ps -o pid= --ppid "$pid" 2>/dev/null)
-  kill -"$2" "$pid" 2>/dev/null
-  for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.05; done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
-  return 0
-}
 
-# user + system CPU of one process (all its threads), in ms.
-proc_cpu_ms() {
-  local line f
-  { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
-  read -r -a f <<<"${line##*) }" # after the command name, which may hold spaces
-  echo $(((f[11] + f[12]) * 1000 / $(getconf CLK_TCK)))
-}
 
 # nginx's CPU so far, in ms: the master and its live workers (whose thread
 # pools are threads of theirs).
@@ -145,22 +116,6 @@ nginx_cpu_ms() {
   echo "$ms"
 }
 
-# CPU the whole server has used so far, in ms: the postmaster with the
-# children it has reaped, and its live children.
-server_cpu_ms() {
-  local pm=$1 file line f ticks=0
-  for file in /proc/[0-9]*/stat; do
-    # A process may be gone since the glob: no message for it.
-    { read -r line <"$file"; } 2>/dev/null || continue
-    read -r -a f <<<"${line##*) }"
-    if [ "${file//[^0-9]/}" = "$pm" ]; then
-      ticks=$((ticks + f[11] + f[12] + f[13] + f[14]))
-    elif [ "${f[1]}" = "$pm" ]; then
-      ticks=$((ticks + f[11] + f[12]))
-    fi
-  done
-  echo $((ticks * 1000 / $(getconf CLK_TCK)))
-}
 
 cleanup() {
   local p
@@ -176,32 +131,6 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------
 md=$WORK/results.md
 : >"$md"
-print_table() { # TITLE HEADER ALIGN NOTE ROWS...
-  local title=$1 header=$2 align=$3 tnote=$4
-  shift 4
-  printf '%s\n' "$header" "$@" | awk -F'|' -v title="$title" -v align="$align" -v tnote="$tnote" '
-    { rows[NR] = $0; for (i = 1; i <= NF; i++) if (length($i) > w[i]) w[i] = length($i); if (NF > nf) nf = NF }
-    END {
-      printf "\n%s\n", title
-      for (r = 1; r <= NR; r++) {
-        split(rows[r], c, "|"); line = ""
-        for (i = 1; i <= nf; i++) line = line sprintf(substr(align, i, 1) == "l" ? "  %-" w[i] "s" : "  %" w[i] "s", c[i])
-        print line
-      }
-      if (tnote != "") printf "  %s\n", tnote
-    }'
-  {
-    printf '**%s**\n\n| %s |\n|' "$title" "${header//|/ | }"
-    local i
-    for ((i = 0; i < ${#align}; i++)); do
-      [ "${align:i:1}" = l ] && printf ':---|' || printf -- '---:|'
-    done
-    printf '\n'
-    for r in "$@"; do printf '| %s |\n' "${r//|/ | }"; done
-    [ -n "$tnote" ] && printf '\n%s\n' "$tnote"
-    printf '\n'
-  } >>"$md"
-}
 
 # med FILE COLUMN [FILTER_AWK]: "median min max n" of a column over the
 # lines that match the filter.
@@ -225,11 +154,6 @@ quantiles() {
 targets=()
 met=0
 total=0
-target() { # DESC MEASURED PASS(0/1)
-  total=$((total + 1))
-  [ "$3" = 1 ] && met=$((met + 1))
-  targets+=("$1|$2|$([ "$3" = 1 ] && echo met || echo MISSED)")
-}
 
 t_start=$(now_us)
 machine="machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), $(uname -sr); load average at the start $(loadavg)"
@@ -255,18 +179,6 @@ OR_DB=cl_bench_nb_http
 CONVERSATIONS=10000
 if [ "$QUICK" = 1 ]; then OR_ROUNDS=1 OR_SECONDS=2 PROBE_RATE=50; else OR_ROUNDS=3 OR_SECONDS=5 PROBE_RATE=100; fi
 
-free_port() {
-  perl -MIO::Socket::INET -e '
-    for (1 .. 50) {
-      my $port = 20000 + int(rand(40000));
-      my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port,
-                                    Proto => "tcp", Listen => 1, ReuseAddr => 1) or next;
-      close $s;
-      print $port;
-      exit 0;
-    }
-    exit 1'
-}
 
 openresty_missing() {
   local f

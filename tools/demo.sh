@@ -20,6 +20,7 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
+. tools/proc.bash
 CL=${CAIRNLOOP_BIN:-build/cairnloop}
 [ -x "$CL" ] || { echo "demo: $CL is not built (run make)" >&2; exit 1; }
 
@@ -63,18 +64,7 @@ RECV_DIR=
 recv_pid=
 worker_pid=
 
-# kill -0 alone would count an exited child that is not reaped yet.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $s != Z* ]]; }
 
-# stop PID SIGNAL: the signal, up to 10 s for the exit, then KILL.
-stop_pid() {
-  local pid=$1
-  kill -"$2" "$pid" 2>/dev/null
-  for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.05; done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
 
 cleanup() {
   [ -n "$worker_pid" ] && stop_pid "$worker_pid" TERM
@@ -83,18 +73,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  perl -MIO::Socket::INET -e '
-    for (1 .. 50) {
-      my $port = 20000 + int(rand(40000));
-      my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port,
-                                    Proto => "tcp", Listen => 1, ReuseAddr => 1) or next;
-      close $s;
-      print $port;
-      exit 0;
-    }
-    exit 1'
-}
 
 # Starts examples/receiver on a free loopback port, its prefix (config,
 # pid, logs, the delivery log) under ./.cairnloop/receiver; sets RECV_URL.

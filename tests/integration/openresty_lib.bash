@@ -25,6 +25,8 @@
 # Every nginx started here is stopped at exit, whatever happens; a watchdog
 # process stops it even if this shell is killed outright.
 
+# alive, free_port (and stop_pid).
+. "$(dirname "${BASH_SOURCE[0]}")/../../tools/proc.bash"
 # Lua, in nginx and in the helpers, searches this checkout only.
 . "$(dirname "${BASH_SOURCE[0]}")/lua_env.bash"
 cl_lua_env "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -138,20 +140,6 @@ wait_for() {
   return 1
 }
 
-# A port nothing listens on now.  nginx may still lose it to a race; then
-# start_nginx tries another.
-free_port() {
-  perl -MIO::Socket::INET -e '
-    for (1 .. 50) {
-      my $port = 20000 + int(rand(40000));
-      my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $port,
-                                    Proto => "tcp", Listen => 1, ReuseAddr => 1) or next;
-      close $s;
-      print $port;
-      exit 0;
-    }
-    exit 1'
-}
 
 # Stops PID with TERM (a fast shutdown that takes the workers along) after
 # 60 s, should this shell die without running its EXIT trap (SIGKILL), and
@@ -208,11 +196,6 @@ start_nginx() {
   return 1
 }
 
-# kill -0 alone would count an exited child that is not reaped yet.
-alive() {
-  local stat
-  stat=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $stat != Z* ]]
-}
 
 stop_nginx() {
   local pid=$1 i sig workers

@@ -1045,9 +1045,7 @@ static bool work_args(lua_State *L, int idx, work_req *w, cl_error *err) {
 static cl_status run_work(cl_engine *eng, const work_req *w, cl_work_stats *stats, cl_error *err) {
   memset(stats, 0, sizeof *stats);
   if (w->concurrency == 0 && w->rate == 0) return cl_work(eng, (int)w->limit, stats, err);
-  if (w->limit > CL_WORK_MAX_LIMIT)
-    return cl__fail(err, CL_INVALID_ARGUMENT, "limit must be from 1 to %d, got %lld",
-                    CL_WORK_MAX_LIMIT, (long long)w->limit);
+  /* cl_work_run checks the limit, as cl_work does. */
   cl_work_options o = {.limit = (int)w->limit, .concurrency = (int)w->concurrency, .rate = w->rate};
   return cl_work_run(eng, &o, stats, NULL, err);
 }
